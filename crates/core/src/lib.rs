@@ -1,0 +1,19 @@
+//! Spindle's pure domain.
+//!
+//! This crate holds the types and rules of Spindle — agents, their validation,
+//! and (in later work) workflows and the run state machine — with no I/O at all:
+//! no clock, no randomness, no store, no HTTP. Time and ids are passed in by the
+//! caller, so everything here is deterministic, builds for both native and
+//! `wasm32-wasip2`, and is tested natively.
+//!
+//! It must not depend on `spin-sdk`, `wasmtime` or anything that performs I/O;
+//! adapters at the edge (the Spin components, the local host, the worker)
+//! translate between this crate and the outside world.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod error;
+pub mod keys;
+
+pub use agent::{Agent, AgentSpec, RiskLevel};
+pub use error::{FieldError, ValidationError};
