@@ -197,7 +197,10 @@ impl AgentSpec {
             }
         }
         if self.command.first().is_some_and(|c| c.trim().is_empty()) {
-            errors.push(FieldError::new("/command/0", "the program must not be empty"));
+            errors.push(FieldError::new(
+                "/command/0",
+                "the program must not be empty",
+            ));
         }
         for (field, schema) in [
             ("/input_schema", &self.input_schema),
@@ -315,19 +318,31 @@ mod tests {
         let pointers: Vec<_> = err.errors.iter().map(|e| e.pointer.as_str()).collect();
         assert_eq!(
             pointers,
-            ["/name", "/command", "/input_schema", "/timeout_secs", "/memory_mb"]
+            [
+                "/name",
+                "/command",
+                "/input_schema",
+                "/timeout_secs",
+                "/memory_mb"
+            ]
         );
     }
 
     #[test]
     fn unknown_fields_and_bad_json_are_rejected() {
         let err = spec(json!({"name": "a", "command": ["x"], "colour": "red"})).unwrap_err();
-        assert!(err.errors[0].detail.contains("unknown field `colour`"), "{err}");
+        assert!(
+            err.errors[0].detail.contains("unknown field `colour`"),
+            "{err}"
+        );
         let err = AgentSpec::parse(b"{not json").unwrap_err();
         assert_eq!(err.errors[0].pointer, "");
-        let err = spec(json!({"name": "a", "command": ["x"], "risk_level": "sometimes"}))
-            .unwrap_err();
-        assert!(err.errors[0].detail.contains("unknown variant `sometimes`"), "{err}");
+        let err =
+            spec(json!({"name": "a", "command": ["x"], "risk_level": "sometimes"})).unwrap_err();
+        assert!(
+            err.errors[0].detail.contains("unknown variant `sometimes`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -351,7 +366,10 @@ mod tests {
         assert_eq!((b.version, b.created_at_ms, b.updated_at_ms), (2, 10, 20));
         assert_eq!(b.risk_level, RiskLevel::ApprovalRequired);
         let renamed = spec(json!({"name": "other", "command": ["x"]})).unwrap();
-        assert_eq!(a.updated(renamed, 30).unwrap_err().errors[0].pointer, "/name");
+        assert_eq!(
+            a.updated(renamed, 30).unwrap_err().errors[0].pointer,
+            "/name"
+        );
     }
 
     #[test]

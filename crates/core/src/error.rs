@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn summary_names_every_field() {
         let err = ValidationError {
-            errors: vec![FieldError::new("/name", "too long"), FieldError::new("", "bad")],
+            errors: vec![
+                FieldError::new("/name", "too long"),
+                FieldError::new("", "bad"),
+            ],
         };
         assert_eq!(err.to_string(), "invalid input: /name: too long; bad");
     }

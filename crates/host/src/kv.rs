@@ -98,9 +98,11 @@ impl SqliteKv {
     pub async fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let (store, key) = (store.to_owned(), key.to_owned());
         self.with(move |c| {
-            Ok(c.prepare_cached("SELECT value FROM spin_key_value WHERE store=?1 AND key=?2")?
-                .query_row(params![store, key], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT value FROM spin_key_value WHERE store=?1 AND key=?2")?
+                    .query_row(params![store, key], |r| r.get(0))
+                    .optional()?,
+            )
         })
         .await
     }
@@ -224,9 +226,10 @@ impl SqliteKv {
                 None => 0,
                 Some(bytes) => {
                     let len = bytes.len();
-                    let arr: [u8; 8] = bytes
-                        .try_into()
-                        .map_err(|_| KvError::NotACounter { key: key.clone(), len })?;
+                    let arr: [u8; 8] = bytes.try_into().map_err(|_| KvError::NotACounter {
+                        key: key.clone(),
+                        len,
+                    })?;
                     i64::from_le_bytes(arr)
                 }
             };
@@ -324,9 +327,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(kv.keys("a").await.unwrap(), ["x", "y"]);
-        let many = kv.get_many("a", vec!["y".into(), "z".into()]).await.unwrap();
+        let many = kv
+            .get_many("a", vec!["y".into(), "z".into()])
+            .await
+            .unwrap();
         assert_eq!(many, vec![("y".into(), Some(vec![2])), ("z".into(), None)]);
-        kv.delete_many("a", vec!["x".into(), "y".into()]).await.unwrap();
+        kv.delete_many("a", vec!["x".into(), "y".into()])
+            .await
+            .unwrap();
         assert!(kv.keys("a").await.unwrap().is_empty());
     }
 
@@ -352,17 +360,27 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn compare_and_swap_detects_changes_and_concurrent_inserts() {
         let (_d, kv) = kv().await;
-        assert!(kv.compare_and_swap("s", "k", None, b"a".to_vec()).await.unwrap());
+        assert!(
+            kv.compare_and_swap("s", "k", None, b"a".to_vec())
+                .await
+                .unwrap()
+        );
         // A second insert-if-absent loses: the key exists now.
-        assert!(!kv.compare_and_swap("s", "k", None, b"b".to_vec()).await.unwrap());
-        assert!(!kv
-            .compare_and_swap("s", "k", Some(b"stale".to_vec()), b"c".to_vec())
-            .await
-            .unwrap());
-        assert!(kv
-            .compare_and_swap("s", "k", Some(b"a".to_vec()), b"d".to_vec())
-            .await
-            .unwrap());
+        assert!(
+            !kv.compare_and_swap("s", "k", None, b"b".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.compare_and_swap("s", "k", Some(b"stale".to_vec()), b"c".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(
+            kv.compare_and_swap("s", "k", Some(b"a".to_vec()), b"d".to_vec())
+                .await
+                .unwrap()
+        );
         assert_eq!(kv.get("s", "k").await.unwrap(), Some(b"d".to_vec()));
     }
 
@@ -370,7 +388,11 @@ mod tests {
     async fn data_survives_reopen_in_spin_layout() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sqlite_key_value.db");
-        SqliteKv::open(&path).unwrap().set("default", "k", b"v".to_vec()).await.unwrap();
+        SqliteKv::open(&path)
+            .unwrap()
+            .set("default", "k", b"v".to_vec())
+            .await
+            .unwrap();
         let conn = Connection::open(&path).unwrap();
         let v: Vec<u8> = conn
             .query_row(
@@ -380,7 +402,9 @@ mod tests {
             )
             .unwrap();
         assert_eq!(v, b"v");
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 }

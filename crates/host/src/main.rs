@@ -1,1 +1,162 @@
-fn main(){}
+//! `spindle`: the command line of Spindle's local host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use spindle_host::manifest::App;
+use spindle_host::runtime::{ReuseConfig, Runtime, RuntimeOptions};
+use spindle_host::server;
+
+#[derive(Parser)]
+#[command(
+    name = "spindle",
+    version,
+    about = "Spindle: an edge-native orchestrator for automation agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a Spin application on the local host, as `spin up` would.
+    Up(UpArgs),
+    /// Validate a manifest and print its routes without serving.
+    Check {
+        /// The manifest.
+        #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+        manifest: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Parser)]
+struct UpArgs {
+    /// The manifest.
+    #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+    manifest: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000", env = "SPINDLE_LISTEN")]
+    listen: SocketAddr,
+    /// Where the key-value database and component logs live (default:
+    /// `.spin` beside the manifest, where Spin keeps them).
+    #[arg(long, env = "SPINDLE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Use a fresh component instance for every request.
+    #[arg(long)]
+    instance_per_request: bool,
+    /// Requests one instance serves before it is retired.
+    #[arg(long, default_value_t = 128)]
+    max_instance_reuse_count: usize,
+    /// Requests one instance serves concurrently.
+    #[arg(long, default_value_t = 16)]
+    max_instance_concurrent_reuse_count: usize,
+    /// Longest a request may run inside a component, in seconds.
+    #[arg(long, default_value_t = 60)]
+    request_timeout_secs: u64,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", env = "SPINDLE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(manifest: &PathBuf) -> anyhow::Result<App> {
+    Ok(App::load(manifest, &|name| std::env::var(name).ok())?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { manifest } => {
+            let app = load(&manifest)?;
+            println!(
+                "{}: ok ({} components)",
+                manifest.display(),
+                app.components.len()
+            );
+            for r in app.router.routes() {
+                println!("  {} -> {}", r.raw, r.component);
+            }
+            Ok(())
+        }
+        Command::Up(args) => {
+            init_logging(args.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(up(args))
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let app = load(&args.manifest)?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| app.base_dir.join(".spin"));
+    let reuse = if args.instance_per_request {
+        ReuseConfig::per_request()
+    } else {
+        ReuseConfig {
+            max_requests: args.max_instance_reuse_count.max(1),
+            max_concurrent: args.max_instance_concurrent_reuse_count.max(1),
+            ..ReuseConfig::default()
+        }
+    };
+    let opts = RuntimeOptions {
+        reuse,
+        state_dir: state_dir.clone(),
+        request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+    };
+    let listener = server::bind(args.listen)?;
+    let started = std::time::Instant::now();
+    let rt = Runtime::new(app, &opts).context("cannot start the application")?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        components = rt.app().components.len(),
+        ms = started.elapsed().as_millis() as u64,
+        state_dir = %state_dir.display(),
+        "components compiled and pre-instantiated"
+    );
+    println!(
+        "Logging component stdio to \"{}\"",
+        state_dir.join("logs").display()
+    );
+    println!(
+        "Storing default key-value data to \"{}\"",
+        state_dir.join("sqlite_key_value.db").display()
+    );
+    println!();
+    print!("{}", server::banner(&rt, addr));
+    use std::io::Write as _;
+    std::io::stdout().flush().ok();
+    server::serve(
+        rt,
+        listener,
+        server::shutdown_signal(),
+        Duration::from_secs(10),
+    )
+    .await
+}

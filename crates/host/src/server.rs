@@ -1,0 +1,157 @@
+//! The HTTP listener: accepts connections, routes requests into the runtime,
+//! logs one structured line per request, and shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http_body_util::BodyExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use wasmtime_wasi_http::WasiBody;
+
+use crate::runtime::{Origin, Runtime, full_body, not_found};
+
+/// Binds `addr` the way Spin does (address reuse on, so a restart does not
+/// wait out TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(socket.listen(1024)?)
+}
+
+/// The start-up banner listing routes, in Spin's format.
+pub fn banner(rt: &Runtime, addr: SocketAddr) -> String {
+    let mut out = format!("Serving http://{addr}\nAvailable Routes:\n");
+    for r in rt.app().router.routes() {
+        let wildcard = if r.is_wildcard() { " (wildcard)" } else { "" };
+        out.push_str(&format!(
+            "  {}: http://{addr}{}{wildcard}\n",
+            r.component,
+            r.prefix()
+        ));
+    }
+    out
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and waits (up to
+/// `drain`) for requests in flight.
+pub async fn serve(
+    rt: Arc<Runtime>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    rt.set_listen_addr(addr);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Responses that wait on the store otherwise stall ~40 ms on delayed
+        // ACKs with keep-alive (Nagle); Spin leaves this on, we do not.
+        let _ = stream.set_nodelay(true);
+        let rt = rt.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let rt = rt.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&rt, req, client).await) }
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for requests in flight");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout: closing remaining connections"),
+    }
+    Ok(())
+}
+
+async fn handle(
+    rt: &Runtime,
+    req: hyper::Request<hyper::body::Incoming>,
+    client: SocketAddr,
+) -> http::Response<WasiBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    if path == "/.well-known/spin/health" {
+        return text(http::StatusCode::OK, "OK");
+    }
+    let req = req.map(|b| b.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+    let (route, component, resp) = match rt.handle(req, Origin::Client(client)).await {
+        Ok(Some(found)) => found,
+        Ok(None) => (String::new(), String::new(), not_found()),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), %path, "request failed in component");
+            (
+                String::new(),
+                String::new(),
+                text(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error",
+                ),
+            )
+        }
+    };
+    tracing::info!(
+        target: "spindle::request",
+        method = %method,
+        path = %path,
+        route = %route,
+        component = %component,
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+fn text(status: http::StatusCode, body: &'static str) -> http::Response<WasiBody> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(full_body(body))
+        .expect("static response")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
