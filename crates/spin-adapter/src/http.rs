@@ -1,0 +1,169 @@
+//! HTTP plumbing shared by every component: RFC 9457 problem documents,
+//! bounded request bodies, JSON answers.
+
+use spin_sdk::http::{FullBody, IntoResponse, Request, body::IncomingBodyExt};
+use spindle_core::{FieldError, ValidationError};
+
+/// The response type every handler returns.
+pub type Response = ::http::Response<FullBody<bytes::Bytes>>;
+
+/// Largest request body any Spindle endpoint accepts by default.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    /// A URI reference naming the problem type; relative to the API docs.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary, the same for every occurrence of the type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// This occurrence, in words.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// Every field at fault, as JSON Pointers into the request body.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl Problem {
+    /// A problem of `kind` (a short slug, e.g. `validation`) with `status`.
+    pub fn new(status: u16, kind: &str, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            type_: format!("/docs/problems#{kind}"),
+            title: title.to_owned(),
+            status,
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// 400 for a document that failed validation, naming every field.
+    pub fn validation(err: ValidationError) -> Self {
+        let mut p = Self::new(400, "validation", "Invalid request body", err.to_string());
+        p.errors = err.errors;
+        p
+    }
+
+    /// 404 for a missing resource.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(404, "not-found", "Not found", what)
+    }
+
+    /// 405 with the methods the route accepts.
+    pub fn method_not_allowed(allowed: &str) -> Self {
+        Self::new(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("allowed: {allowed}"),
+        )
+    }
+
+    /// 500 for a fault of ours; `detail` must not leak secrets or internals
+    /// beyond a one-line cause.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(500, "internal", "Internal error", detail)
+    }
+
+    /// 503 when a dependency (the store) is unavailable.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", "Service unavailable", detail)
+    }
+
+    /// The response.
+    pub fn response(&self) -> Response {
+        let body = serde_json::to_vec(self).unwrap_or_default();
+        ::http::Response::builder()
+            .status(self.status)
+            .header("content-type", "application/problem+json")
+            .body(FullBody::new(bytes::Bytes::from(body)))
+            .expect("valid response")
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(
+        self,
+    ) -> Result<spin_sdk::wasip3::http::types::Response, spin_sdk::wasip3::http::types::ErrorCode>
+    {
+        self.response().into_response()
+    }
+}
+
+/// A JSON answer with `status`.
+pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    ::http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(FullBody::new(bytes::Bytes::from(body)))
+        .expect("valid response")
+}
+
+/// Reads the whole body, refusing more than `max` bytes with a 413 problem.
+pub async fn read_body(req: Request, max: usize) -> Result<bytes::Bytes, Problem> {
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > max
+    {
+        return Err(too_large(max));
+    }
+    let bytes = req
+        .into_body()
+        .bytes()
+        .await
+        .map_err(|e| Problem::new(400, "body", "Unreadable request body", format!("{e:?}")))?;
+    if bytes.len() > max {
+        return Err(too_large(max));
+    }
+    Ok(bytes)
+}
+
+fn too_large(max: usize) -> Problem {
+    Problem::new(
+        413,
+        "too-large",
+        "Request body too large",
+        format!("the limit is {max} bytes"),
+    )
+}
+
+/// Requires `content-type: application/json` (with any parameters).
+pub fn require_json(req: &Request) -> Result<(), Problem> {
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            415,
+            "media-type",
+            "Unsupported media type",
+            "send the body as application/json",
+        ))
+    }
+}
+
+/// The path as the route saw it: Spin's `spin-path-info` (the part after a
+/// wildcard route's prefix), or `/`.
+pub fn path_info(req: &Request) -> String {
+    req.headers()
+        .get("spin-path-info")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/")
+        .to_owned()
+}
