@@ -1,1 +1,274 @@
+//! Test harness: starts the real `spindle` host binary with real components on
+//! a free loopback port and talks to it over real HTTP.
+//!
+//! `scripts/test` builds the host binary and the wasm components once before
+//! the tests run; the harness only checks they are there and says how to
+//! build them if not.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Cargo's target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// The host binary, built by `scripts/test`.
+pub fn spindle_bin() -> PathBuf {
+    let bin = target_dir().join("debug").join("spindle");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p spindle-host` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A built component's `.wasm` path.
+pub fn wasm(name: &str) -> PathBuf {
+    let p = target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/build-components (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// A running host process; killed on drop.
+pub struct Host {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// The state directory (key-value database, logs).
+    pub state_dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+/// How to start a host.
+pub struct HostBuilder {
+    manifest: PathBuf,
+    state_dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl HostBuilder {
+    /// A host for `manifest`.
+    pub fn new(manifest: impl Into<PathBuf>) -> Self {
+        Self {
+            manifest: manifest.into(),
+            state_dir: None,
+            env: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Keeps state in `dir` (to restart over the same store).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets an environment variable for the host.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    fn command(&self, state: &Path) -> Command {
+        let mut cmd = Command::new(spindle_bin());
+        cmd.arg("up")
+            .arg("--from")
+            .arg(&self.manifest)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(state)
+            .args(&self.args)
+            .env("SPINDLE_TARGET_DIR", target_dir())
+            .env_remove("SPINDLE_LISTEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts the host and waits until it serves; panics with its stderr if
+    /// it exits first.
+    pub fn start(self) -> Host {
+        match self.try_start() {
+            Ok(h) => h,
+            Err(e) => panic!("host did not start: {e}"),
+        }
+    }
+
+    /// Starts the host; `Err` carries its stderr if it exits before serving.
+    pub fn try_start(self) -> Result<Host, String> {
+        let state = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| tempfile::tempdir().unwrap().keep());
+        let mut child = self.command(&state).spawn().map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let err_buf = Arc::new(Mutex::new(String::new()));
+        let out_buf = Arc::new(Mutex::new(String::new()));
+        {
+            let err_buf = err_buf.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut b = err_buf.lock().unwrap();
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let out_buf = out_buf.clone();
+            std::thread::spawn(move || {
+                let mut sent = false;
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if !sent && let Some(addr) = line.strip_prefix("Serving ") {
+                        let _ = tx.send(addr.trim().to_owned());
+                        sent = true;
+                    }
+                    let mut b = out_buf.lock().unwrap();
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+            });
+        }
+        // Compiling components takes a few seconds on a slow machine.
+        let base = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(err_buf.lock().unwrap().clone());
+            }
+        };
+        Ok(Host {
+            child: Some(child),
+            base,
+            state_dir: state,
+            stderr: err_buf,
+            stdout: out_buf,
+        })
+    }
+}
+
+impl Host {
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Everything the host wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything the host wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("host did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Writes a scenario manifest into a fresh directory, with `{{PROBE}}`,
+/// `{{API}}` and `{{METRICS}}` replaced by the built wasm paths.
+pub fn manifest(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = expand(text);
+    let path = dir.path().join("spin.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Replaces the wasm placeholders in manifest text.
+pub fn expand(text: &str) -> String {
+    let mut text = text.to_owned();
+    for (ph, name) in [
+        ("{{PROBE}}", "spindle_probe"),
+        ("{{API}}", "spindle_api"),
+        ("{{METRICS}}", "spindle_metrics"),
+    ] {
+        if text.contains(ph) {
+            text = text.replace(ph, &wasm(name).display().to_string());
+        }
+    }
+    text
+}
+
+/// An HTTP client with short timeouts.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Starts an axum server on a free loopback port answering `GET /hello` with
+/// `upstream says hi`; returns its port.
+pub async fn upstream() -> u16 {
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { "upstream says hi" }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}

@@ -1,0 +1,123 @@
+//! Conformance probe: one endpoint per host behaviour under test. Each answers
+//! JSON describing exactly what the component observed, so the tests assert
+//! on the host's behaviour as a component sees it.
+
+use spin_sdk::http::{EmptyBody, Request, body::IncomingBodyExt};
+use spin_sdk::http_service;
+use spindle_spin::http::{Response, json};
+use spindle_spin::store::{Kv, UpdateError};
+
+#[http_service]
+async fn handle(req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        ["probe", "var", name] => variable(name).await,
+        ["probe", "open", label] => open(label).await,
+        ["probe", "incr", key] => {
+            let kv = Kv::open("default").await.unwrap();
+            json(
+                200,
+                &serde_json::json!({"value": kv.increment(key, 1).unwrap()}),
+            )
+        }
+        ["probe", "cas", key] => cas_increment(key).await,
+        ["probe", "kv", key] => {
+            let kv = Kv::open("default").await.unwrap();
+            let v = kv.get_raw(key).await.unwrap();
+            json(
+                200,
+                &serde_json::json!({"value": v.map(|b| String::from_utf8_lossy(&b).into_owned())}),
+            )
+        }
+        ["probe", "outbound"] => outbound(&query).await,
+        ["probe", "log", msg] => {
+            println!("probe says {msg}");
+            eprintln!("probe warns {msg}");
+            json(200, &serde_json::json!({"logged": msg}))
+        }
+        ["probe", "env", name] => {
+            json(200, &serde_json::json!({"value": std::env::var(name).ok()}))
+        }
+        ["probe", "body"] => {
+            let n = req.into_body().bytes().await.map(|b| b.len()).unwrap_or(0);
+            json(200, &serde_json::json!({"received": n}))
+        }
+        _ => headers(&req),
+    }
+}
+
+fn headers(req: &Request) -> Response {
+    let mut seen = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        if k.as_str().starts_with("spin-") || k.as_str() == "host" || k.as_str() == "connection" {
+            seen.insert(k.as_str().to_owned(), v.to_str().unwrap_or("").into());
+        }
+    }
+    json(
+        200,
+        &serde_json::json!({"uri": req.uri().to_string(), "method": req.method().as_str(), "headers": seen}),
+    )
+}
+
+async fn variable(name: &str) -> Response {
+    match spin_sdk::variables::get(name).await {
+        Ok(v) => json(200, &serde_json::json!({"value": v})),
+        Err(e) => json(404, &serde_json::json!({"error": format!("{e:?}")})),
+    }
+}
+
+async fn open(label: &str) -> Response {
+    match spin_sdk::key_value::Store::open(label).await {
+        Ok(_) => json(200, &serde_json::json!({"result": "ok"})),
+        Err(e) => {
+            let kind = match e {
+                spin_sdk::key_value::Error::AccessDenied => "access-denied",
+                spin_sdk::key_value::Error::NoSuchStore => "no-such-store",
+                spin_sdk::key_value::Error::StoreTableFull => "store-table-full",
+                spin_sdk::key_value::Error::Other(_) => "other",
+            };
+            json(403, &serde_json::json!({"error": kind}))
+        }
+    }
+}
+
+async fn cas_increment(key: &str) -> Response {
+    let kv = Kv::open("default").await.unwrap();
+    match kv.update::<u64, std::convert::Infallible>(key, |n| Ok(Some(n.unwrap_or(0) + 1))) {
+        Ok(v) => json(200, &serde_json::json!({"value": v})),
+        Err(UpdateError::Store(e)) => json(503, &serde_json::json!({"error": e.to_string()})),
+        Err(UpdateError::Rejected(never)) => match never {},
+    }
+}
+
+async fn outbound(query: &str) -> Response {
+    let url = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("url="))
+        .map(|u| u.replace("%3A", ":").replace("%2F", "/"))
+        .unwrap_or_default();
+    let req = match http::Request::get(&url).body(EmptyBody::new()) {
+        Ok(r) => r,
+        Err(e) => return json(400, &serde_json::json!({"error": e.to_string()})),
+    };
+    match spin_sdk::http::send(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .bytes()
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            json(200, &serde_json::json!({"status": status, "body": body}))
+        }
+        Err(e) => json(502, &serde_json::json!({"error": format!("{e:?}")})),
+    }
+}
