@@ -82,7 +82,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(manifest: &PathBuf) -> anyhow::Result<App> {
+fn load(manifest: &std::path::Path) -> anyhow::Result<App> {
     Ok(App::load(manifest, &|name| std::env::var(name).ok())?)
 }
 

@@ -132,7 +132,7 @@ impl Route {
         )
     }
 
-    fn matches<'p>(&self, path_segments: &[&'p str]) -> Option<(HashMap<String, String>, String)> {
+    fn matches(&self, path_segments: &[&str]) -> Option<(HashMap<String, String>, String)> {
         if path_segments.len() < self.segments.len()
             || (!self.wildcard && path_segments.len() != self.segments.len())
         {

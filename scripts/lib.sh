@@ -1,0 +1,52 @@
+# Shared helpers for Spindle's scripts. Sourced, not run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Installs what building Spindle needs on a fresh machine: the pinned Rust
+# toolchain with the wasm32-wasip2 target, and a C compiler for SQLite.
+ensure_toolchain() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo not found: install Rust with rustup (https://rustup.rs) and re-run" >&2
+        exit 1
+    fi
+    if ! command -v cc >/dev/null 2>&1; then
+        log "installing a C compiler (needed to build the bundled SQLite)"
+        apt_install build-essential
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        # rust-toolchain.toml pins the version, components and target; this
+        # installs whatever of it is missing.
+        local channel
+        channel="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+        if ! rustup target list --installed --toolchain "$channel" 2>/dev/null | grep -qx wasm32-wasip2; then
+            log "installing Rust $channel with the wasm32-wasip2 target"
+            rustup toolchain install "$channel" --profile minimal --component rustfmt,clippy --target wasm32-wasip2
+        fi
+    fi
+}
+
+apt_install() {
+    if command -v apt-get >/dev/null 2>&1; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+    else
+        echo "please install: $*" >&2
+        exit 1
+    fi
+}
+
+COMPONENTS=(spindle-api spindle-metrics spindle-webhook spindle-trigger spindle-approve)
+
+# Builds every wasm component (and the test-only probe) in one cargo call.
+build_components() {
+    local pkgs=()
+    for p in "${COMPONENTS[@]}" "$@"; do pkgs+=(-p "$p"); done
+    log "building components for wasm32-wasip2"
+    cargo build --locked --target wasm32-wasip2 --release "${pkgs[@]}"
+}
