@@ -29,7 +29,11 @@ pub fn target_dir() -> PathBuf {
 
 /// The host binary, built by `scripts/test`.
 pub fn spindle_bin() -> PathBuf {
-    let bin = target_dir().join("debug").join("spindle");
+    spindle_bin_in("debug")
+}
+
+fn spindle_bin_in(profile: &str) -> PathBuf {
+    let bin = target_dir().join(profile).join("spindle");
     assert!(
         bin.is_file(),
         "{} is missing: run `cargo build -p spindle-host` (scripts/test does)",
@@ -68,6 +72,7 @@ pub struct HostBuilder {
     state_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    profile: &'static str,
 }
 
 impl HostBuilder {
@@ -78,6 +83,7 @@ impl HostBuilder {
             state_dir: None,
             env: Vec::new(),
             args: Vec::new(),
+            profile: "debug",
         }
     }
 
@@ -93,6 +99,12 @@ impl HostBuilder {
         self
     }
 
+    /// Uses the release build of the host (for benchmarks).
+    pub fn release(mut self) -> Self {
+        self.profile = "release";
+        self
+    }
+
     /// Adds a command-line argument.
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.into());
@@ -100,7 +112,7 @@ impl HostBuilder {
     }
 
     fn command(&self, state: &Path) -> Command {
-        let mut cmd = Command::new(spindle_bin());
+        let mut cmd = Command::new(spindle_bin_in(self.profile));
         cmd.arg("up")
             .arg("--from")
             .arg(&self.manifest)
