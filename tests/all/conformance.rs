@@ -262,3 +262,28 @@ async fn sigterm_stops_the_host_cleanly() {
     let status = host.stop();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_are_reused_unless_asked_for_one_per_request() {
+    for (mode, expect_reuse) in [(&[][..], true), (&["--instance-per-request"][..], false)] {
+        let (_d, host, _) = start(mode).await;
+        let mut max = 0;
+        for _ in 0..10 {
+            let (s, v) = get(&host, "/probe/instance-hits").await;
+            assert_eq!(s, 200);
+            max = max.max(v["hits"].as_u64().unwrap());
+        }
+        if expect_reuse {
+            assert!(
+                max > 1,
+                "default mode should reuse instances (max hits {max})"
+            );
+            assert!(max <= 128, "an instance serves at most 128 requests");
+        } else {
+            assert_eq!(
+                max, 1,
+                "--instance-per-request must use a fresh instance each time"
+            );
+        }
+    }
+}

@@ -7,6 +7,8 @@ use spin_sdk::http_service;
 use spindle_spin::http::{Response, json};
 use spindle_spin::store::{Kv, UpdateError};
 
+static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[http_service]
 async fn handle(req: Request) -> Response {
     let path = req.uri().path().to_owned();
@@ -41,6 +43,12 @@ async fn handle(req: Request) -> Response {
             println!("probe says {msg}");
             eprintln!("probe warns {msg}");
             json(200, &serde_json::json!({"logged": msg}))
+        }
+        ["probe", "instance-hits"] => {
+            // Test-only: counts requests this instance has served, so the
+            // tests can see instance reuse. Real components keep no globals.
+            let n = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            json(200, &serde_json::json!({"hits": n}))
         }
         ["probe", "env", name] => {
             json(200, &serde_json::json!({"value": std::env::var(name).ok()}))
