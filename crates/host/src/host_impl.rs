@@ -83,6 +83,11 @@ impl KvView<'_> {
     fn label(&self, r: &Resource<StoreHandle>) -> wasmtime::Result<String> {
         Ok(self.table.get(r)?.label.clone())
     }
+
+    fn wasi_label(&self, r: &Resource<StoreHandle>) -> Result<String, wasi_kv::Error> {
+        self.label(r)
+            .map_err(|e| wasi_kv::Error::Other(e.to_string()))
+    }
 }
 
 fn with_label<T>(
@@ -217,9 +222,7 @@ impl wasi_kv::HostBucket for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         self.env.kv.get(&label, &key).await.map_err(wasi_other)
     }
 
@@ -229,9 +232,7 @@ impl wasi_kv::HostBucket for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         self.env
             .kv
             .set(&label, &key, value)
@@ -244,9 +245,7 @@ impl wasi_kv::HostBucket for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> Result<(), wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         self.env.kv.delete(&label, &key).await.map_err(wasi_other)
     }
 
@@ -255,9 +254,7 @@ impl wasi_kv::HostBucket for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> Result<bool, wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         self.env.kv.exists(&label, &key).await.map_err(wasi_other)
     }
 
@@ -266,9 +263,7 @@ impl wasi_kv::HostBucket for KvView<'_> {
         bucket: Resource<StoreHandle>,
         cursor: Option<String>,
     ) -> Result<wasi_kv::KeyResponse, wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         let keys = self.env.kv.keys(&label).await.map_err(wasi_other)?;
         // Keys come back sorted, so a cursor is simply the last key returned.
         let keys = match cursor {
@@ -291,9 +286,7 @@ impl atomics::Host for KvView<'_> {
         key: String,
         delta: i64,
     ) -> Result<i64, wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         self.env
             .kv
             .increment(&label, &key, delta)
@@ -349,9 +342,7 @@ impl atomics::HostCas for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> Result<Resource<CasHandle>, wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         // Read now: the swap compares against what the key held when the CAS
         // began, whether or not the guest calls `current`.
         let observed = self.env.kv.get(&label, &key).await.map_err(wasi_other)?;
@@ -387,9 +378,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<StoreHandle>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         self.env.kv.get_many(&label, keys).await.map_err(wasi_other)
     }
 
@@ -398,9 +387,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         self.env
             .kv
             .set_many(&label, key_values)
@@ -413,9 +400,7 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<StoreHandle>,
         keys: Vec<String>,
     ) -> Result<(), wasi_kv::Error> {
-        let label = self
-            .label(&bucket)
-            .map_err(|e| wasi_kv::Error::Other(e.to_string()))?;
+        let label = self.wasi_label(&bucket)?;
         self.env
             .kv
             .delete_many(&label, keys)
