@@ -125,6 +125,20 @@ async fn variables_reach_the_component_and_secrets_stay_out_of_logs() {
         get(&host, "/probe/env/PROBE_ENV").await.1["value"],
         "from-manifest"
     );
+
+    // wasi:config/store sees the same resolved values; an undefined key is
+    // absent there rather than an error, as in Spin.
+    assert_eq!(
+        get(&host, "/probe/config/greeting").await.1["value"],
+        "hello, world"
+    );
+    let (s, v) = get(&host, "/probe/config/missing").await;
+    assert_eq!((s, &v["value"]), (200, &Value::Null));
+    let (s, v) = get(&host, "/probe/config-all").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["values"]["greeting"], "hello, world");
+    assert_eq!(v["values"]["token"], "s3cret-token-value");
+
     let logs = format!("{}{}", host.stdout(), host.stderr());
     assert!(
         !logs.contains("s3cret-token-value"),
@@ -256,11 +270,13 @@ async fn component_output_goes_to_log_files() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_stops_the_host_cleanly() {
-    let (_d, host, _) = start(&[]).await;
-    assert_eq!(get(&host, "/exact").await.0, 200);
-    let status = host.stop();
-    assert_eq!(status.code(), Some(0));
+async fn sigterm_and_sigint_stop_the_host_cleanly() {
+    for signal in ["TERM", "INT"] {
+        let (_d, host, _) = start(&[]).await;
+        assert_eq!(get(&host, "/exact").await.0, 200);
+        let status = host.signal(signal);
+        assert_eq!(status.code(), Some(0), "exit after SIG{signal}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,4 +9,5 @@
 
 mod conformance;
 mod manifests;
+mod openapi;
 mod platform;

@@ -213,10 +213,16 @@ impl Host {
     }
 
     /// Sends SIGTERM and waits for exit; returns the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.signal("TERM")
+    }
+
+    /// Sends `signal` (a name such as `INT`) and waits up to 10 s for exit;
+    /// returns the exit status.
+    pub fn signal(mut self, signal: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{signal}"))
             .arg(child.id().to_string())
             .status();
         for _ in 0..200 {
@@ -226,7 +232,7 @@ impl Host {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
-        panic!("host did not exit within 10 s of SIGTERM");
+        panic!("host did not exit within 10 s of SIG{signal}");
     }
 }
 

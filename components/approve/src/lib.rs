@@ -10,15 +10,5 @@ use spindle_spin::http::{Problem, Response};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    Problem::new(
-        501,
-        "not-implemented",
-        "Not implemented yet",
-        format!(
-            "{} {} is reserved for human approval decisions for gated steps",
-            req.method(),
-            req.uri().path()
-        ),
-    )
-    .response()
+    Problem::not_implemented(&req, "human approval decisions for gated steps").response()
 }

@@ -10,15 +10,5 @@ use spindle_spin::http::{Problem, Response};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    Problem::new(
-        501,
-        "not-implemented",
-        "Not implemented yet",
-        format!(
-            "{} {} is reserved for manual API triggers that start workflow runs",
-            req.method(),
-            req.uri().path()
-        ),
-    )
-    .response()
+    Problem::not_implemented(&req, "manual API triggers that start workflow runs").response()
 }

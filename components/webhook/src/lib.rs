@@ -10,15 +10,5 @@ use spindle_spin::http::{Problem, Response};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    Problem::new(
-        501,
-        "not-implemented",
-        "Not implemented yet",
-        format!(
-            "{} {} is reserved for signed webhooks from GitHub and Builder.io",
-            req.method(),
-            req.uri().path()
-        ),
-    )
-    .response()
+    Problem::not_implemented(&req, "signed webhooks from GitHub and Builder.io").response()
 }

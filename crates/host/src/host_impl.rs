@@ -100,6 +100,23 @@ fn with_label<T>(
     })
 }
 
+/// Runs one spin:key-value call on the store behind `store`, mapping every
+/// failure to the interface's `other` error as Spin does.
+async fn spin_call<T, R, Fut>(
+    accessor: &Accessor<T, KvData>,
+    store: &Resource<StoreHandle>,
+    call: impl FnOnce(SqliteKv, String) -> Fut,
+) -> Result<R, spin_kv::Error>
+where
+    Fut: Future<Output = Result<R, KvError>>,
+{
+    let (kv, label) =
+        with_label(accessor, store).map_err(|e| spin_kv::Error::Other(e.to_string()))?;
+    call(kv, label)
+        .await
+        .map_err(|e| spin_kv::Error::Other(other(e)))
+}
+
 // ---------------------------------------------------------------- spin:key-value@3.0.0
 
 impl spin_kv::Host for KvView<'_> {
@@ -133,11 +150,10 @@ impl<T> spin_kv::HostStoreWithStore<T> for KvData {
         store: Resource<StoreHandle>,
         key: String,
     ) -> Result<Option<Vec<u8>>, spin_kv::Error> {
-        let (kv, label) =
-            with_label(accessor, &store).map_err(|e| spin_kv::Error::Other(e.to_string()))?;
-        kv.get(&label, &key)
-            .await
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        spin_call(accessor, &store, |kv, label| async move {
+            kv.get(&label, &key).await
+        })
+        .await
     }
 
     async fn set(
@@ -146,11 +162,10 @@ impl<T> spin_kv::HostStoreWithStore<T> for KvData {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), spin_kv::Error> {
-        let (kv, label) =
-            with_label(accessor, &store).map_err(|e| spin_kv::Error::Other(e.to_string()))?;
-        kv.set(&label, &key, value)
-            .await
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        spin_call(accessor, &store, |kv, label| async move {
+            kv.set(&label, &key, value).await
+        })
+        .await
     }
 
     async fn delete(
@@ -158,11 +173,10 @@ impl<T> spin_kv::HostStoreWithStore<T> for KvData {
         store: Resource<StoreHandle>,
         key: String,
     ) -> Result<(), spin_kv::Error> {
-        let (kv, label) =
-            with_label(accessor, &store).map_err(|e| spin_kv::Error::Other(e.to_string()))?;
-        kv.delete(&label, &key)
-            .await
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        spin_call(accessor, &store, |kv, label| async move {
+            kv.delete(&label, &key).await
+        })
+        .await
     }
 
     async fn exists(
@@ -170,11 +184,10 @@ impl<T> spin_kv::HostStoreWithStore<T> for KvData {
         store: Resource<StoreHandle>,
         key: String,
     ) -> Result<bool, spin_kv::Error> {
-        let (kv, label) =
-            with_label(accessor, &store).map_err(|e| spin_kv::Error::Other(e.to_string()))?;
-        kv.exists(&label, &key)
-            .await
-            .map_err(|e| spin_kv::Error::Other(other(e)))
+        spin_call(accessor, &store, |kv, label| async move {
+            kv.exists(&label, &key).await
+        })
+        .await
     }
 
     async fn get_keys(

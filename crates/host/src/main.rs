@@ -55,10 +55,10 @@ struct UpArgs {
     #[arg(long)]
     instance_per_request: bool,
     /// Requests one instance serves before it is retired.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = ReuseConfig::SPIN_MAX_REQUESTS)]
     max_instance_reuse_count: usize,
     /// Requests one instance serves concurrently.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = ReuseConfig::SPIN_MAX_CONCURRENT)]
     max_instance_concurrent_reuse_count: usize,
     /// Longest a request may run inside a component, in seconds.
     #[arg(long, default_value_t = 60)]

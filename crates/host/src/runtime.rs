@@ -51,14 +51,19 @@ impl Default for ReuseConfig {
     /// Spin's defaults for WASI 0.3 components.
     fn default() -> Self {
         Self {
-            max_requests: 128,
-            max_concurrent: 16,
+            max_requests: Self::SPIN_MAX_REQUESTS,
+            max_concurrent: Self::SPIN_MAX_CONCURRENT,
             idle_timeout: Duration::from_secs(1),
         }
     }
 }
 
 impl ReuseConfig {
+    /// Spin's limit on requests per WASI 0.3 instance.
+    pub const SPIN_MAX_REQUESTS: usize = 128;
+    /// Spin's limit on concurrent requests per WASI 0.3 instance.
+    pub const SPIN_MAX_CONCURRENT: usize = 16;
+
     /// One fresh instance per request.
     pub fn per_request() -> Self {
         Self {

@@ -41,6 +41,17 @@ pub fn banner(rt: &Runtime, addr: SocketAddr) -> String {
     out
 }
 
+/// Accepts one connection, ready to serve.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    let (stream, client) = listener.accept().await?;
+    // Responses that wait on the store otherwise stall ~40 ms on delayed
+    // ACKs with keep-alive (Nagle); Spin leaves Nagle on, we do not.
+    stream.set_nodelay(true)?;
+    Ok((stream, client))
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and waits (up to
 /// `drain`) for requests in flight.
 pub async fn serve(
@@ -56,7 +67,7 @@ pub async fn serve(
     loop {
         let (stream, client) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = accept(&listener) => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -66,9 +77,6 @@ pub async fn serve(
                 }
             },
         };
-        // Responses that wait on the store otherwise stall ~40 ms on delayed
-        // ACKs with keep-alive (Nagle); Spin leaves this on, we do not.
-        let _ = stream.set_nodelay(true);
         let rt = rt.clone();
         let service = hyper::service::service_fn(move |req| {
             let rt = rt.clone();
@@ -154,4 +162,22 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
+        let (stream, peer) = accept(&listener).await.unwrap();
+        let client = client.await.unwrap().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(stream.nodelay().unwrap());
+        // The default is on, so the assertion above is about `accept`.
+        assert!(!client.nodelay().unwrap());
+    }
 }

@@ -62,6 +62,21 @@ impl Problem {
         )
     }
 
+    /// 501 for a route reserved for a feature not built yet: a clear,
+    /// machine-readable answer rather than a 404 or a hang.
+    pub fn not_implemented(req: &Request, reserved_for: &str) -> Self {
+        Self::new(
+            501,
+            "not-implemented",
+            "Not implemented yet",
+            format!(
+                "{} {} is reserved for {reserved_for}",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+    }
+
     /// 500 for a fault of ours; `detail` must not leak secrets or internals
     /// beyond a one-line cause.
     pub fn internal(detail: impl Into<String>) -> Self {

@@ -7,6 +7,16 @@ use spin_sdk::http_service;
 use spindle_spin::http::{Response, json};
 use spindle_spin::store::{Kv, UpdateError};
 
+mod config_bindings {
+    #![allow(missing_docs, clippy::all, unsafe_code)]
+    spin_sdk::wit_bindgen::generate!({
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        path: "../../wit",
+        world: "spindle:platform/config",
+        generate_all,
+    });
+}
+
 static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[http_service]
@@ -22,6 +32,20 @@ async fn handle(req: Request) -> Response {
     match segs.as_slice() {
         ["probe", "var", name] => variable(name).await,
         ["probe", "open", label] => open(label).await,
+        ["probe", "config", name] => {
+            use config_bindings::wasi::config::store;
+            match store::get(name) {
+                Ok(v) => json(200, &serde_json::json!({"value": v})),
+                Err(e) => json(500, &serde_json::json!({"error": format!("{e:?}")})),
+            }
+        }
+        ["probe", "config-all"] => match config_bindings::wasi::config::store::get_all() {
+            Ok(all) => json(
+                200,
+                &serde_json::json!({"values": all.into_iter().collect::<std::collections::BTreeMap<_, _>>()}),
+            ),
+            Err(e) => json(500, &serde_json::json!({"error": format!("{e:?}")})),
+        },
         ["probe", "incr", key] => {
             let kv = Kv::open("default").await.unwrap();
             json(
