@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FieldError, ValidationError};
+use crate::retry::RetryPolicy;
 
 /// Default wall-clock limit for one job of an agent.
 pub const DEFAULT_TIMEOUT_SECS: u32 = 300;
@@ -20,6 +21,28 @@ pub const MEMORY_MB_RANGE: std::ops::RangeInclusive<u32> = 16..=65_536;
 /// Longest agent name.
 pub const MAX_NAME_LEN: usize = 63;
 
+/// Checks the naming rule shared by agents, workflows and steps: 1 to 63 of
+/// `a-z`, `0-9` and `-`, starting and ending with a letter or digit. Such names
+/// are safe in store keys, URLs, job ids and template paths unescaped.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("must be at most {MAX_NAME_LEN} characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("may contain only lowercase letters, digits and '-'".into());
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
 /// A validated agent name: 1 to 63 of `a-z`, `0-9` and `-`, starting with a
 /// letter or digit. Safe to embed in store keys and URLs unescaped.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -29,21 +52,7 @@ pub struct AgentName(String);
 impl AgentName {
     /// Parses and validates a name.
     pub fn parse(name: &str) -> Result<Self, String> {
-        if name.is_empty() {
-            return Err("must not be empty".into());
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(format!("must be at most {MAX_NAME_LEN} characters"));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err("may contain only lowercase letters, digits and '-'".into());
-        }
-        if name.starts_with('-') || name.ends_with('-') {
-            return Err("must start and end with a letter or digit".into());
-        }
+        check_name(name)?;
         Ok(Self(name.to_owned()))
     }
 
@@ -111,6 +120,9 @@ pub struct AgentSpec {
     /// Memory limit for one job.
     #[serde(default = "default_memory")]
     pub memory_mb: u32,
+    /// How failed jobs are retried; steps may override it.
+    #[serde(default)]
+    pub retry: RetryPolicy,
     /// Free-form description shown in the dashboard.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -149,6 +161,9 @@ pub struct Agent {
     pub timeout_secs: u32,
     /// Memory limit per job.
     pub memory_mb: u32,
+    /// Retry policy for its jobs.
+    #[serde(default)]
+    pub retry: RetryPolicy,
     /// Description.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -211,6 +226,11 @@ impl AgentSpec {
                     field,
                     "must be a JSON Schema (an object or a boolean)",
                 ));
+            } else if let Some(e) = crate::schema::compile_error(schema) {
+                errors.push(FieldError::new(
+                    field,
+                    format!("not a valid JSON Schema: {e}"),
+                ));
             }
         }
         if self.timeout_secs == 0 || self.timeout_secs > MAX_TIMEOUT_SECS {
@@ -229,6 +249,7 @@ impl AgentSpec {
                 ),
             ));
         }
+        self.retry.check("/retry", &mut errors);
         ValidationError::check(errors)
     }
 
@@ -249,6 +270,7 @@ impl AgentSpec {
             output_schema: self.output_schema,
             timeout_secs: self.timeout_secs,
             memory_mb: self.memory_mb,
+            retry: self.retry,
             description: self.description,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,

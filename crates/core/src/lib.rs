@@ -1,7 +1,7 @@
 //! Spindle's pure domain.
 //!
-//! This crate holds the types and rules of Spindle — agents, their validation,
-//! and (in later work) workflows and the run state machine — with no I/O at all:
+//! This crate holds the types and rules of Spindle — agents, workflows, step
+//! templates, the job protocol and the run state machine — with no I/O at all:
 //! no clock, no randomness, no store, no HTTP. Time and ids are passed in by the
 //! caller, so everything here is deterministic, builds for both native and
 //! `wasm32-wasip2`, and is tested natively.
@@ -13,7 +13,15 @@
 
 pub mod agent;
 pub mod error;
+pub mod job;
 pub mod keys;
+pub mod retry;
+pub mod run;
+pub mod schema;
+pub mod template;
+pub mod workflow;
 
 pub use agent::{Agent, AgentSpec, RiskLevel};
 pub use error::{FieldError, ValidationError};
+pub use run::{Effect, Event, Run, RunStatus, StepStatus, Timer};
+pub use workflow::{Workflow, WorkflowSpec};

@@ -1,0 +1,611 @@
+use super::*;
+use crate::agent::AgentSpec;
+use crate::workflow::WorkflowSpec;
+use serde_json::json;
+
+const LEASE: u64 = 1_000;
+
+fn agent(name: &str, risk: &str, max_attempts: u32) -> Agent {
+    let spec: AgentSpec = serde_json::from_value(json!({
+        "name": name, "command": [name], "risk_level": risk, "timeout_secs": 10,
+        "retry": {"max_attempts": max_attempts, "initial_backoff_ms": 100, "max_backoff_ms": 1000}
+    }))
+    .unwrap();
+    spec.into_agent(0).unwrap()
+}
+
+fn agents(risky: &[&str]) -> BTreeMap<String, Agent> {
+    ["scanner", "compliance", "reviewer", "notifier", "patcher"]
+        .into_iter()
+        .map(|n| {
+            let risk = if risky.contains(&n) {
+                "approval_required"
+            } else {
+                "auto"
+            };
+            (n.to_owned(), agent(n, risk, 2))
+        })
+        .collect()
+}
+
+fn workflow(v: Value) -> Workflow {
+    let spec: WorkflowSpec = serde_json::from_value(v).unwrap();
+    spec.validate(|_| true).unwrap();
+    spec.into_workflow(0)
+}
+
+fn diamond() -> Workflow {
+    workflow(json!({"name": "pr", "deadline_secs": 60, "steps": [
+        {"id": "scan", "agent": "scanner"},
+        {"id": "compliance", "agent": "compliance", "needs": ["scan"]},
+        {"id": "review", "agent": "reviewer", "needs": ["scan"]},
+        {"id": "notify", "agent": "notifier", "needs": ["compliance", "review"],
+         "input": {"f": "{{ steps.scan.output.findings }}"}}
+    ]}))
+}
+
+fn settings() -> RunSettings {
+    RunSettings {
+        lease_ms: LEASE,
+        max_output_bytes: 1 << 20,
+    }
+}
+
+fn start(w: &Workflow, risky: &[&str]) -> (Run, Vec<Effect>) {
+    let trigger = Trigger {
+        kind: TriggerKind::Manual,
+        payload: json!({"repo": "acme/app"}),
+    };
+    let (run, timer) = Run::new("r-1".into(), w, &agents(risky), trigger, settings(), 0).unwrap();
+    assert_eq!((timer.kind, timer.at_ms), (TimerKind::Start, LEASE));
+    assert_eq!(run.status, RunStatus::Queued);
+    let t = run.apply(&Event::Start, 0).unwrap().unwrap();
+    (t.run, t.effects)
+}
+
+/// Applies an event that must change the run.
+fn step(run: &Run, e: Event, now: u64) -> (Run, Vec<Effect>) {
+    let t = run
+        .apply(&e, now)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{e:?} changed nothing"));
+    assert_eq!(t.run.revision, run.revision + 1);
+    (t.run, t.effects)
+}
+
+fn dispatched(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch { job_id, .. } => Some(job_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ok(job: &str) -> Event {
+    Event::Succeeded {
+        job_id: job.into(),
+        worker: "w1".into(),
+        output_bytes: 10,
+        exit_code: Some(0),
+        started_at_ms: 1,
+    }
+}
+
+fn failed(job: &str, kind: ErrorKind) -> Event {
+    Event::Failed {
+        job_id: job.into(),
+        worker: "w1".into(),
+        error: JobError {
+            kind,
+            message: "boom".into(),
+        },
+        exit_code: Some(1),
+        logs_tail: "stderr tail".into(),
+        started_at_ms: 1,
+    }
+}
+
+fn status_of(run: &Run, s: &str) -> StepStatus {
+    run.step(s).unwrap().status
+}
+
+#[test]
+fn a_single_step_run_goes_queued_running_succeeded() {
+    let w = workflow(json!({"name": "one", "steps": [{"id": "scan", "agent": "scanner"}]}));
+    let (run, fx) = start(&w, &[]);
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(dispatched(&fx), ["r-1.scan.1"]);
+    assert!(fx.contains(&Effect::Schedule(Timer {
+        at_ms: LEASE,
+        run_id: "r-1".into(),
+        kind: TimerKind::Lease,
+        step: Some("scan".into()),
+        attempt: 1
+    })));
+    assert!(fx.contains(&Effect::StatusChanged {
+        from: RunStatus::Queued,
+        to: RunStatus::Running
+    }));
+
+    let (run, _) = step(
+        &run,
+        Event::Accepted {
+            job_id: "r-1.scan.1".into(),
+            worker: "w1".into(),
+        },
+        5,
+    );
+    assert_eq!(
+        run.step("scan")
+            .unwrap()
+            .current()
+            .unwrap()
+            .worker
+            .as_deref(),
+        Some("w1")
+    );
+    let (run, _) = step(
+        &run,
+        Event::Heartbeat {
+            job_id: "r-1.scan.1".into(),
+            worker: "w1".into(),
+        },
+        10,
+    );
+    assert_eq!(status_of(&run, "scan"), StepStatus::Running);
+    assert_eq!(
+        run.step("scan").unwrap().lease_expires_at_ms,
+        Some(10 + LEASE)
+    );
+
+    let (run, fx) = step(&run, ok("r-1.scan.1"), 20);
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.finished_at_ms, Some(20));
+    assert_eq!(run.step("scan").unwrap().output_job(), Some("r-1.scan.1"));
+    assert_eq!(
+        fx,
+        [Effect::StatusChanged {
+            from: RunStatus::Running,
+            to: RunStatus::Succeeded
+        }]
+    );
+    // Repeats change nothing, and say why.
+    assert!(matches!(
+        run.apply(&ok("r-1.scan.1"), 30),
+        Err(Reject::JobNotActive { .. })
+    ));
+    assert_eq!(run.apply(&Event::Start, 30).unwrap(), None);
+}
+
+#[test]
+fn the_diamond_join_starts_once_after_both_branches_in_either_order() {
+    let w = diamond();
+    for order in [
+        ["r-1.compliance.1", "r-1.review.1"],
+        ["r-1.review.1", "r-1.compliance.1"],
+    ] {
+        let (run, fx) = start(&w, &[]);
+        assert_eq!(dispatched(&fx), ["r-1.scan.1"]);
+        let (run, fx) = step(&run, ok("r-1.scan.1"), 10);
+        assert_eq!(dispatched(&fx), ["r-1.compliance.1", "r-1.review.1"]);
+        let (run, fx) = step(&run, ok(order[0]), 20);
+        assert!(
+            dispatched(&fx).is_empty(),
+            "notify must wait for both branches"
+        );
+        assert_eq!(status_of(&run, "notify"), StepStatus::Pending);
+        let (run, fx) = step(&run, ok(order[1]), 30);
+        assert_eq!(dispatched(&fx), ["r-1.notify.1"]);
+        // The duplicate of either branch's result cannot start it again.
+        for dup in order {
+            assert!(matches!(
+                run.apply(&ok(dup), 40),
+                Err(Reject::JobNotActive { .. })
+            ));
+        }
+        assert_eq!(
+            run.readable_outputs("notify"),
+            [
+                ("compliance".to_owned(), "r-1.compliance.1".to_owned()),
+                ("review".to_owned(), "r-1.review.1".to_owned()),
+                ("scan".to_owned(), "r-1.scan.1".to_owned()),
+            ]
+        );
+        let (run, _) = step(&run, ok("r-1.notify.1"), 50);
+        assert_eq!(run.status, RunStatus::Succeeded);
+    }
+}
+
+/// Many interleavings of duplicated results, each applied as a CAS loop
+/// would (every event against the latest run): every job is dispatched
+/// exactly once and the run always succeeds.
+#[test]
+fn duplicated_results_in_any_order_never_double_dispatch() {
+    let w = diamond();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..200 {
+        let (mut run, fx) = start(&w, &[]);
+        let mut sent: Vec<String> = dispatched(&fx);
+        let mut pending: Vec<String> = sent.clone();
+        let mut now = 1;
+        while run.status == RunStatus::Running {
+            // Deliver a random outstanding job's result, 1-3 times.
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let job = pending[(seed >> 33) as usize % pending.len()].clone();
+            for _ in 0..=((seed >> 20) % 3) {
+                now += 1;
+                if let Ok(Some(t)) = run.apply(&ok(&job), now) {
+                    let new = dispatched(&t.effects);
+                    sent.extend(new.iter().cloned());
+                    pending.extend(new);
+                    run = t.run;
+                }
+            }
+            pending.retain(|j| j != &job);
+        }
+        assert_eq!(run.status, RunStatus::Succeeded);
+        let mut unique = sent.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), sent.len(), "double dispatch: {sent:?}");
+        assert_eq!(sent.len(), 4);
+    }
+}
+
+#[test]
+fn failures_retry_with_backoff_then_fail_the_run_and_skip_the_rest() {
+    let (run, _) = start(&diamond(), &[]);
+    let (run, fx) = step(&run, failed("r-1.scan.1", ErrorKind::AgentFailed), 10);
+    let s = run.step("scan").unwrap();
+    assert_eq!(s.status, StepStatus::RetryWait);
+    let at = s.retry_at_ms.unwrap();
+    assert!(
+        (10 + 50..=10 + 100).contains(&at),
+        "backoff within [50, 100] ms: {at}"
+    );
+    let timer = Timer {
+        at_ms: at,
+        run_id: "r-1".into(),
+        kind: TimerKind::Retry,
+        step: Some("scan".into()),
+        attempt: 1,
+    };
+    assert!(fx.contains(&Effect::Schedule(timer.clone())));
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(s.attempts[0].logs_tail, "stderr tail");
+
+    // Too early: nothing. Due: attempt 2. Again: nothing.
+    assert_eq!(
+        run.apply(&Event::Timer(timer.clone()), at - 1).unwrap(),
+        None
+    );
+    let (run, fx) = step(&run, Event::Timer(timer.clone()), at);
+    assert_eq!(dispatched(&fx), ["r-1.scan.2"]);
+    assert_eq!(run.apply(&Event::Timer(timer), at + 5).unwrap(), None);
+    // A late result of attempt 1 is refused.
+    assert!(matches!(
+        run.apply(&ok("r-1.scan.1"), at + 6),
+        Err(Reject::JobNotActive { current: 2, .. })
+    ));
+
+    let (run, fx) = step(&run, failed("r-1.scan.2", ErrorKind::AgentFailed), at + 10);
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.error.as_deref().unwrap().contains("after 2 attempts"),
+        "{:?}",
+        run.error
+    );
+    assert_eq!(status_of(&run, "scan"), StepStatus::Failed);
+    for s in ["compliance", "review", "notify"] {
+        assert_eq!(status_of(&run, s), StepStatus::Skipped);
+    }
+    assert!(fx.contains(&Effect::StatusChanged {
+        from: RunStatus::Running,
+        to: RunStatus::Failed
+    }));
+}
+
+#[test]
+fn a_non_retryable_failure_fails_at_once() {
+    let (run, _) = start(&diamond(), &[]);
+    let (run, fx) = step(&run, failed("r-1.scan.1", ErrorKind::InvalidOutput), 10);
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.as_deref().unwrap().contains("not retryable"));
+    assert!(dispatched(&fx).is_empty());
+}
+
+#[test]
+fn a_lapsed_lease_times_the_attempt_out_and_stops_the_job() {
+    let (run, _) = start(&diamond(), &[]);
+    let (run, _) = step(
+        &run,
+        Event::Accepted {
+            job_id: "r-1.scan.1".into(),
+            worker: "w1".into(),
+        },
+        1,
+    );
+    let lease = Timer {
+        at_ms: LEASE,
+        run_id: "r-1".into(),
+        kind: TimerKind::Lease,
+        step: Some("scan".into()),
+        attempt: 1,
+    };
+
+    // Renewed in time: the timer only re-arms at the new lease end.
+    let (renewed, _) = step(
+        &run,
+        Event::Heartbeat {
+            job_id: "r-1.scan.1".into(),
+            worker: "w1".into(),
+        },
+        900,
+    );
+    let t = renewed.apply(&Event::Timer(lease.clone()), LEASE).unwrap();
+    assert_eq!(
+        t, None,
+        "a lease timer that finds the lease renewed changes nothing"
+    );
+
+    // Not renewed: timeout, cancel on the worker, retry.
+    let (run, fx) = step(&run, Event::Timer(lease), LEASE);
+    assert!(fx.contains(&Effect::CancelJob {
+        job_id: "r-1.scan.1".into(),
+        worker: Some("w1".into())
+    }));
+    let s = run.step("scan").unwrap();
+    assert_eq!(s.status, StepStatus::RetryWait);
+    let err = s.attempts[0].error.as_ref().unwrap();
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!(err.message.contains("lease expired"), "{}", err.message);
+}
+
+#[test]
+fn the_lease_timer_reschedules_itself_when_renewed() {
+    let (run, _) = start(&diamond(), &[]);
+    let (run, _) = step(
+        &run,
+        Event::Heartbeat {
+            job_id: "r-1.scan.1".into(),
+            worker: "w1".into(),
+        },
+        900,
+    );
+    let mut fx = Vec::new();
+    let mut probe = run.clone();
+    let lease = Timer {
+        at_ms: LEASE,
+        run_id: "r-1".into(),
+        kind: TimerKind::Lease,
+        step: Some("scan".into()),
+        attempt: 1,
+    };
+    assert!(!probe.on_timer(&lease, LEASE, &mut fx).unwrap());
+    assert_eq!(
+        fx,
+        [Effect::Schedule(Timer {
+            at_ms: 900 + LEASE,
+            ..lease
+        })]
+    );
+}
+
+#[test]
+fn heartbeats_cannot_extend_a_job_past_its_timeout() {
+    let (mut run, _) = start(&diamond(), &[]);
+    let deadline = run.step("scan").unwrap().attempt_deadline_ms.unwrap();
+    assert_eq!(deadline, 10_000 + LEASE);
+    let hb = Event::Heartbeat {
+        job_id: "r-1.scan.1".into(),
+        worker: "w1".into(),
+    };
+    let mut now = 0;
+    while now + 500 < deadline {
+        now += 500;
+        run = step(&run, hb.clone(), now).0;
+        assert!(run.step("scan").unwrap().lease_expires_at_ms.unwrap() <= deadline);
+    }
+    let (run, fx) = step(&run, hb, deadline);
+    let s = run.step("scan").unwrap();
+    assert_eq!(s.status, StepStatus::RetryWait);
+    assert!(
+        s.attempts[0]
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("timeout")
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::CancelJob { .. })));
+}
+
+#[test]
+fn cancellation_stops_running_jobs_and_is_final() {
+    let (run, _) = start(&diamond(), &[]);
+    let (run, _) = step(&run, ok("r-1.scan.1"), 10);
+    let (run, _) = step(
+        &run,
+        Event::Accepted {
+            job_id: "r-1.review.1".into(),
+            worker: "w2".into(),
+        },
+        11,
+    );
+    let (run, fx) = step(
+        &run,
+        Event::Cancel {
+            reason: "by alice".into(),
+        },
+        20,
+    );
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(
+        fx.iter()
+            .filter(|e| matches!(e, Effect::CancelJob { .. }))
+            .cloned()
+            .collect::<Vec<_>>(),
+        [
+            Effect::CancelJob {
+                job_id: "r-1.compliance.1".into(),
+                worker: None
+            },
+            Effect::CancelJob {
+                job_id: "r-1.review.1".into(),
+                worker: Some("w2".into())
+            },
+        ]
+    );
+    assert_eq!(status_of(&run, "notify"), StepStatus::Skipped);
+    assert_eq!(status_of(&run, "review"), StepStatus::Cancelled);
+    assert!(matches!(
+        run.apply(
+            &Event::Cancel {
+                reason: "again".into()
+            },
+            30
+        ),
+        Err(Reject::RunFinished {
+            status: RunStatus::Cancelled,
+            ..
+        })
+    ));
+    assert!(matches!(
+        run.apply(&ok("r-1.review.1"), 30),
+        Err(Reject::JobNotActive { .. })
+    ));
+}
+
+#[test]
+fn the_deadline_times_the_run_out() {
+    let (run, fx) = start(&diamond(), &[]);
+    let deadline = Timer {
+        at_ms: 60_000,
+        run_id: "r-1".into(),
+        kind: TimerKind::Deadline,
+        step: None,
+        attempt: 0,
+    };
+    assert!(fx.contains(&Effect::Schedule(deadline.clone())));
+    assert_eq!(
+        run.apply(&Event::Timer(deadline.clone()), 59_999).unwrap(),
+        None
+    );
+    let (run, fx) = step(&run, Event::Timer(deadline), 60_000);
+    assert_eq!(run.status, RunStatus::TimedOut);
+    assert!(fx.iter().any(|e| matches!(e, Effect::CancelJob { .. })));
+}
+
+#[test]
+fn unknown_and_future_jobs_are_told_apart_from_stale_ones() {
+    let (run, _) = start(&diamond(), &[]);
+    for job in ["r-2.scan.1", "r-1.ghost.1", "r-1.scan.2", "garbage"] {
+        assert!(
+            matches!(run.apply(&ok(job), 5), Err(Reject::UnknownJob { .. })),
+            "{job}"
+        );
+    }
+    assert!(matches!(
+        run.apply(&ok("r-1.review.1"), 5),
+        Err(Reject::UnknownJob { .. })
+    ));
+}
+
+#[test]
+fn risky_steps_wait_for_approval() {
+    let w = workflow(json!({"name": "fix", "steps": [
+        {"id": "scan", "agent": "scanner"},
+        {"id": "patch", "agent": "patcher", "needs": ["scan"]}
+    ]}));
+    let (run, _) = start(&w, &["patcher"]);
+    let (run, fx) = step(&run, ok("r-1.scan.1"), 10);
+    assert!(dispatched(&fx).is_empty());
+    assert_eq!(run.status, RunStatus::WaitingApproval);
+    assert_eq!(status_of(&run, "patch"), StepStatus::WaitingApproval);
+    assert!(matches!(
+        run.apply(
+            &Event::Decide {
+                step: "scan".into(),
+                approved: true,
+                by: "bob".into()
+            },
+            11
+        ),
+        Err(Reject::NotWaitingApproval { .. })
+    ));
+
+    let (approved, fx) = step(
+        &run,
+        Event::Decide {
+            step: "patch".into(),
+            approved: true,
+            by: "bob".into(),
+        },
+        20,
+    );
+    assert_eq!(dispatched(&fx), ["r-1.patch.1"]);
+    assert_eq!(approved.status, RunStatus::Running);
+
+    let (rejected, _) = step(
+        &run,
+        Event::Decide {
+            step: "patch".into(),
+            approved: false,
+            by: "bob".into(),
+        },
+        20,
+    );
+    assert_eq!(rejected.status, RunStatus::Failed);
+    assert_eq!(
+        rejected.step("patch").unwrap().error.as_ref().unwrap().kind,
+        ErrorKind::Rejected
+    );
+}
+
+#[test]
+fn the_plan_snapshots_agent_versions_and_step_overrides() {
+    let w = workflow(json!({"name": "o", "steps": [
+        {"id": "scan", "agent": "scanner", "timeout_secs": 3, "retry": {"max_attempts": 5}}
+    ]}));
+    let (run, _) = start(&w, &[]);
+    let p = run.planned("scan").unwrap();
+    assert_eq!(
+        (p.timeout_secs, p.retry.max_attempts, p.agent.version),
+        (3, 5, 1)
+    );
+    assert_eq!(
+        run.step("scan").unwrap().attempt_deadline_ms,
+        Some(3_000 + LEASE)
+    );
+}
+
+#[test]
+fn runs_round_trip_through_json_with_snake_case_names() {
+    let (run, _) = start(&diamond(), &["notifier"]);
+    let v = serde_json::to_value(&run).unwrap();
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["steps"][0]["status"], "dispatched");
+    assert_eq!(v["trigger"]["kind"], "manual");
+    let back: Run = serde_json::from_value(v).unwrap();
+    assert_eq!(back, run);
+    for s in RunStatus::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+    }
+}
+
+#[test]
+fn the_template_context_exposes_trigger_run_and_outputs() {
+    let (run, _) = start(&diamond(), &[]);
+    let ctx = run.template_context(BTreeMap::from([(
+        "scan".to_owned(),
+        json!({"findings": [1]}),
+    )]));
+    let out = crate::template::render(&run.planned("notify").unwrap().input, &ctx).unwrap();
+    assert_eq!(out, json!({"f": [1]}));
+    assert_eq!(ctx["trigger"]["payload"]["repo"], "acme/app");
+    assert_eq!(ctx["run"]["id"], "r-1");
+}
