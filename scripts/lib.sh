@@ -41,7 +41,11 @@ apt_install() {
     fi
 }
 
-COMPONENTS=(spindle-api spindle-metrics spindle-webhook spindle-trigger spindle-approve)
+# The wasm components spin.toml serves.
+COMPONENTS=(spindle-api spindle-metrics spindle-webhook spindle-trigger spindle-approve
+    spindle-jobs spindle-scheduler)
+# Crates that only build for wasm32-wasip2 (they link spin-sdk).
+WASM_ONLY=("${COMPONENTS[@]}" spindle-probe spindle-spin spindle-engine)
 
 # Builds every wasm component (and the test-only probe) in one cargo call.
 build_components() {

@@ -8,6 +8,7 @@
 //!   stops start-up with the message in its `expected.txt`.
 
 mod conformance;
+mod engine;
 mod manifests;
 mod openapi;
 mod platform;

@@ -73,6 +73,7 @@ pub struct HostBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     profile: &'static str,
+    listen: String,
 }
 
 impl HostBuilder {
@@ -84,7 +85,18 @@ impl HostBuilder {
             env: Vec::new(),
             args: Vec::new(),
             profile: "debug",
+            listen: "127.0.0.1:0".into(),
         }
+        .env("SPIN_VARIABLE_CALLBACK_SECRET", TEST_CALLBACK_SECRET)
+        .env("SPIN_VARIABLE_WORKER_TOKEN", TEST_WORKER_TOKEN)
+        .env("SPIN_VARIABLE_TICK_SECRET", TEST_TICK_SECRET)
+    }
+
+    /// Listens on `port` (for apps that must know their own URL up front,
+    /// such as the worker callback URL).
+    pub fn port(mut self, port: u16) -> Self {
+        self.listen = format!("127.0.0.1:{port}");
+        self
     }
 
     /// Keeps state in `dir` (to restart over the same store).
@@ -117,7 +129,7 @@ impl HostBuilder {
             .arg("--from")
             .arg(&self.manifest)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--state-dir")
             .arg(state)
             .args(&self.args)
@@ -146,46 +158,7 @@ impl HostBuilder {
             .state_dir
             .clone()
             .unwrap_or_else(|| tempfile::tempdir().unwrap().keep());
-        let mut child = self.command(&state).spawn().map_err(|e| e.to_string())?;
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let err_buf = Arc::new(Mutex::new(String::new()));
-        let out_buf = Arc::new(Mutex::new(String::new()));
-        {
-            let err_buf = err_buf.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut b = err_buf.lock().unwrap();
-                    b.push_str(&line);
-                    b.push('\n');
-                }
-            });
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let out_buf = out_buf.clone();
-            std::thread::spawn(move || {
-                let mut sent = false;
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if !sent && let Some(addr) = line.strip_prefix("Serving ") {
-                        let _ = tx.send(addr.trim().to_owned());
-                        sent = true;
-                    }
-                    let mut b = out_buf.lock().unwrap();
-                    b.push_str(&line);
-                    b.push('\n');
-                }
-            });
-        }
-        // Compiling components takes a few seconds on a slow machine.
-        let base = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                return Err(err_buf.lock().unwrap().clone());
-            }
-        };
+        let (child, base, out_buf, err_buf) = spawn_ready(self.command(&state), "Serving ")?;
         Ok(Host {
             child: Some(child),
             base,
@@ -193,6 +166,138 @@ impl HostBuilder {
             stderr: err_buf,
             stdout: out_buf,
         })
+    }
+}
+
+/// Spawns `cmd` and waits (up to two minutes: compiling components takes a
+/// few seconds on a slow machine) for a stdout line starting with `prefix`;
+/// returns the child, the rest of that line, and its captured stdout and
+/// stderr. `Err` carries the stderr if it exits first.
+#[allow(clippy::type_complexity)]
+fn spawn_ready(
+    mut cmd: Command,
+    prefix: &'static str,
+) -> Result<(Child, String, Arc<Mutex<String>>, Arc<Mutex<String>>), String> {
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let err_buf = Arc::new(Mutex::new(String::new()));
+    let out_buf = Arc::new(Mutex::new(String::new()));
+    {
+        let err_buf = err_buf.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut b = err_buf.lock().unwrap();
+                b.push_str(&line);
+                b.push('\n');
+            }
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let out_buf = out_buf.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.strip_prefix(prefix) {
+                    let _ = tx.send(rest.trim().to_owned());
+                    sent = true;
+                }
+                let mut b = out_buf.lock().unwrap();
+                b.push_str(&line);
+                b.push('\n');
+            }
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(rest) => Ok((child, rest, out_buf, err_buf)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            Err(err_buf.lock().unwrap().clone())
+        }
+    }
+}
+
+/// The callback secret test hosts run with.
+pub const TEST_CALLBACK_SECRET: &str = "test-callback-secret";
+/// The worker token test hosts and workers share.
+pub const TEST_WORKER_TOKEN: &str = "test-worker-token";
+/// The tick secret test hosts run with.
+pub const TEST_TICK_SECRET: &str = "test-tick-secret";
+
+/// A free loopback port (there is a small window in which another process
+/// could take it; tests use it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `spindle-worker`, killed on drop.
+pub struct Worker {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Worker {
+    /// Starts a worker with the process executor and `extra` arguments.
+    pub fn start(extra: &[&str]) -> Worker {
+        let mut cmd = Command::new(target_dir().join("debug/spindle-worker"));
+        cmd.args(["--listen", "127.0.0.1:0", "--slots", "2"])
+            .args(extra)
+            .env("SPINDLE_WORKER_TOKEN", TEST_WORKER_TOKEN)
+            .env_remove("SPINDLE_WORKER_LISTEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let (child, base, _out, err) = spawn_ready(cmd, "Worker listening on ")
+            .unwrap_or_else(|e| panic!("worker did not start: {e}"));
+        Worker {
+            child: Some(child),
+            base,
+            stderr: err,
+        }
+    }
+
+    /// Everything the worker logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Kills the worker at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `secs` for a clean exit.
+    pub fn terminate(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        for _ in 0..secs * 20 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        None
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -289,4 +394,34 @@ pub async fn upstream() -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     port
+}
+
+/// Sends a `method` request that announces a `len`-byte body but sends only the
+/// headers, and returns the status. A server that refuses oversized bodies by
+/// their Content-Length answers at once; sending the whole body would race
+/// the server closing the connection on the unread rest.
+pub fn oversized_status(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    len: usize,
+) -> u16 {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {len}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"))
 }

@@ -1,132 +1,119 @@
-//! The registry API: agents (and, in later work, workflows and runs).
+//! The registry API: agents, workflows and runs.
 //!
 //! Thin by design: parse, call the core, store, answer. Validation and the
-//! shape of every document live in `spindle-core`.
+//! shape of every document live in `spindle-core`; run changes go through
+//! `spindle-engine`.
+
+mod agents;
+mod runs;
+mod workflows;
 
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
-use spindle_core::agent::{Agent, AgentName, AgentSpec};
-use spindle_core::keys;
-use spindle_spin::http::{
-    DEFAULT_MAX_BODY, Problem, Response, json, path_info, read_body, require_json,
-};
-use spindle_spin::store::{Kv, UpdateError};
+use spindle_spin::http::{Problem, Response};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    match route(req).await {
-        Ok(resp) => resp,
-        Err(problem) => problem.response(),
-    }
+    spindle_spin::http::answer(route(req).await)
 }
 
 async fn route(req: Request) -> Result<Response, Problem> {
-    let path = path_info(&req);
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::POST, ["agents"]) => create_agent(req).await,
-        (Method::GET, ["agents"]) => list_agents().await,
+    let path = spindle_spin::http::path_info(&req);
+    let segs = spindle_spin::http::segments(&path);
+    let method = req.method().clone();
+    match (method, segs.as_slice()) {
+        (Method::POST, ["agents"]) => agents::create(req).await,
+        (Method::GET, ["agents"]) => agents::list().await,
         (_, ["agents"]) => Err(Problem::method_not_allowed("GET, POST")),
-        (Method::GET, ["agents", name]) => get_agent(name).await,
-        (_, ["agents", _]) => Err(Problem::method_not_allowed("GET")),
+        (Method::GET, ["agents", name]) => agents::get(name).await,
+        (Method::PUT, ["agents", name]) => agents::update(name, req).await,
+        (Method::DELETE, ["agents", name]) => agents::delete(name).await,
+        (_, ["agents", _]) => Err(Problem::method_not_allowed("GET, PUT, DELETE")),
+
+        (Method::POST, ["workflows"]) => workflows::create(req).await,
+        (Method::GET, ["workflows"]) => workflows::list().await,
+        (_, ["workflows"]) => Err(Problem::method_not_allowed("GET, POST")),
+        (Method::GET, ["workflows", name]) => workflows::get(name).await,
+        (Method::PUT, ["workflows", name]) => workflows::update(name, req).await,
+        (Method::DELETE, ["workflows", name]) => workflows::delete(name).await,
+        (_, ["workflows", _]) => Err(Problem::method_not_allowed("GET, PUT, DELETE")),
+
+        (Method::GET, ["runs"]) => runs::list(req.uri().query().unwrap_or("")).await,
+        (_, ["runs"]) => Err(Problem::method_not_allowed("GET")),
+        (Method::GET, ["runs", id]) => runs::get(id).await,
+        (_, ["runs", _]) => Err(Problem::method_not_allowed("GET")),
+        (Method::POST, ["runs", id, "cancel"]) => runs::cancel(id, req).await,
+        (_, ["runs", _, "cancel"]) => Err(Problem::method_not_allowed("POST")),
         _ => Err(Problem::not_found(format!("no API resource at {path}"))),
     }
 }
 
-fn store_problem(e: impl std::fmt::Display) -> Problem {
+/// 503 for a store failure.
+pub(crate) fn store_problem(e: impl std::fmt::Display) -> Problem {
     Problem::unavailable(format!("{e}"))
 }
 
-async fn create_agent(req: Request) -> Result<Response, Problem> {
-    require_json(&req)?;
-    let body = read_body(req, DEFAULT_MAX_BODY).await?;
-    let spec = AgentSpec::parse(&body).map_err(Problem::validation)?;
-    let agent = spec
-        .into_agent(spindle_spin::now_ms())
-        .map_err(Problem::validation)?;
-    let kv = Kv::open("default").await.map_err(store_problem)?;
-    let key = keys::agent(&agent.name);
-    // Create-if-absent by compare-and-swap: two racing creates of one name
-    // cannot both succeed.
-    let created = kv.update::<Agent, Problem>(&key, |current| match current {
-        Some(existing) => Err(Problem::new(
-            409,
-            "conflict",
-            "Agent exists",
-            format!(
-                "agent {:?} exists at version {}; update it with PUT",
-                existing.name.as_str(),
-                existing.version
-            ),
-        )),
-        None => Ok(Some(agent.clone())),
-    });
-    match created {
-        Ok(_) => {}
-        Err(UpdateError::Rejected(p)) => return Err(p),
-        Err(UpdateError::Store(e)) => return Err(store_problem(e)),
-    }
-    // The index is written after the document: a crash in between leaves a
-    // readable agent missing from the list, never a listed agent that does
-    // not exist. Re-creating repairs the index.
-    let name = agent.name.as_str().to_owned();
-    kv.update::<Vec<String>, std::convert::Infallible>(keys::AGENT_INDEX, |current| {
-        let mut names = current.unwrap_or_default();
-        match names.binary_search(&name) {
-            Ok(_) => Ok(None),
-            Err(pos) => {
-                names.insert(pos, name.clone());
-                Ok(Some(names))
-            }
-        }
-    })
-    .map_err(|e| match e {
-        UpdateError::Store(e) => store_problem(e),
-        UpdateError::Rejected(never) => match never {},
-    })?;
-    let mut resp = json(201, &agent);
-    if let Ok(loc) = format!("/api/agents/{}", agent.name).parse() {
-        resp.headers_mut().insert("location", loc);
-    }
-    Ok(resp)
-}
-
-async fn get_agent(name: &str) -> Result<Response, Problem> {
-    let name = AgentName::parse(name)
-        .map_err(|e| Problem::new(400, "validation", "Invalid agent name", e))?;
-    let kv = Kv::open("default").await.map_err(store_problem)?;
-    match kv
-        .get::<Agent>(&keys::agent(&name))
-        .await
-        .map_err(store_problem)?
-    {
-        Some(agent) => Ok(json(200, &agent)),
-        None => Err(Problem::not_found(format!(
-            "no agent named {:?}",
-            name.as_str()
-        ))),
-    }
-}
-
-async fn list_agents() -> Result<Response, Problem> {
-    let kv = Kv::open("default").await.map_err(store_problem)?;
+/// Reads every document an index lists, skipping names whose document is
+/// gone (the index may briefly lag a delete).
+pub(crate) async fn load_indexed<T: serde::de::DeserializeOwned>(
+    kv: &spindle_spin::store::Kv,
+    index: &str,
+    key: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<T>, Problem> {
     let names: Vec<String> = kv
-        .get(keys::AGENT_INDEX)
+        .get(index)
         .await
         .map_err(store_problem)?
         .unwrap_or_default();
-    let mut agents = Vec::with_capacity(names.len());
+    let mut docs = Vec::with_capacity(names.len());
     for name in names {
-        let Ok(name) = AgentName::parse(&name) else {
-            continue;
-        };
-        if let Some(agent) = kv
-            .get::<Agent>(&keys::agent(&name))
-            .await
-            .map_err(store_problem)?
-        {
-            agents.push(agent);
+        let Some(k) = key(&name) else { continue };
+        if let Some(doc) = kv.get::<T>(&k).await.map_err(store_problem)? {
+            docs.push(doc);
         }
     }
-    Ok(json(200, &serde_json::json!({ "agents": agents })))
+    Ok(docs)
+}
+
+/// Maps an update's error to a problem.
+pub(crate) fn update_problem(e: spindle_spin::store::UpdateError<Problem>) -> Problem {
+    match e {
+        spindle_spin::store::UpdateError::Store(e) => store_problem(e),
+        spindle_spin::store::UpdateError::Rejected(p) => p,
+    }
+}
+
+/// Adds or removes `item` in the sorted list under `key`.
+pub(crate) fn index_edit(
+    kv: &spindle_spin::store::Kv,
+    key: &str,
+    item: &str,
+    present: bool,
+) -> Result<(), Problem> {
+    kv.update::<Vec<String>, Problem>(key, |current| {
+        let mut list = current.unwrap_or_default();
+        match (list.binary_search_by(|x| x.as_str().cmp(item)), present) {
+            (Ok(_), true) | (Err(_), false) => Ok(None),
+            (Err(pos), true) => {
+                list.insert(pos, item.to_owned());
+                Ok(Some(list))
+            }
+            (Ok(pos), false) => {
+                list.remove(pos);
+                Ok(Some(list))
+            }
+        }
+    })
+    .map_err(update_problem)?;
+    Ok(())
+}
+
+/// The users of an agent: the workflows that use it, and whether it is
+/// being deleted. Both sides compare-and-swap this one document, so an agent
+/// cannot be deleted while a workflow starts using it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AgentUsers {
+    pub workflows: Vec<String>,
+    #[serde(default)]
+    pub deleting: bool,
 }

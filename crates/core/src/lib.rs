@@ -18,6 +18,7 @@ pub mod keys;
 pub mod retry;
 pub mod run;
 pub mod schema;
+pub mod sign;
 pub mod template;
 pub mod workflow;
 

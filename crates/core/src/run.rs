@@ -766,7 +766,8 @@ impl Run {
                 s.lease_expires_at_ms = None;
                 s.attempt_deadline_ms = None;
                 let a = s.current_mut().expect("active step has an attempt");
-                a.worker = Some(worker.clone());
+                // Keep the address the job was dispatched to: cancellation uses it.
+                a.worker.get_or_insert_with(|| worker.clone());
                 a.started_at_ms.get_or_insert(*started_at_ms);
                 a.finished_at_ms = Some(now);
                 a.exit_code = *exit_code;
@@ -792,7 +793,7 @@ impl Run {
                 let a = self.steps[i]
                     .current_mut()
                     .expect("active step has an attempt");
-                a.worker = Some(worker.clone());
+                a.worker.get_or_insert_with(|| worker.clone());
                 a.started_at_ms.get_or_insert(*started_at_ms);
                 self.fail_attempt(i, error.clone(), *exit_code, logs_tail.clone(), now, fx);
                 Ok(true)
@@ -1010,7 +1011,21 @@ impl Run {
             Some(&step),
             format!("attempt {number}: {:?}: {}", error.kind, error.message),
         );
-        if error.kind.retryable() && policy.allows_retry_after(number) {
+        // An attempt no worker took never ran: it does not use up the retry
+        // budget, so a saturated pool delays runs instead of failing them
+        // (the run's deadline, if any, still bounds the wait).
+        let ran = self.steps[i]
+            .attempts
+            .iter()
+            .filter(|a| {
+                a.error
+                    .as_ref()
+                    .is_none_or(|e| e.kind != ErrorKind::NoWorker)
+            })
+            .count() as u32;
+        if error.kind == ErrorKind::NoWorker
+            || (error.kind.retryable() && policy.allows_retry_after(ran))
+        {
             let at = now + policy.backoff_ms(number, &job);
             let s = &mut self.steps[i];
             s.status = StepStatus::RetryWait;
@@ -1034,7 +1049,7 @@ impl Run {
             s.status = StepStatus::Failed;
             s.error = Some(error.clone());
             let why = if error.kind.retryable() {
-                format!("after {number} attempts")
+                format!("after {ran} attempts")
             } else {
                 "(not retryable)".into()
             };

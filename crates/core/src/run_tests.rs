@@ -609,3 +609,52 @@ fn the_template_context_exposes_trigger_run_and_outputs() {
     assert_eq!(ctx["trigger"]["payload"]["repo"], "acme/app");
     assert_eq!(ctx["run"]["id"], "r-1");
 }
+
+#[test]
+fn attempts_no_worker_took_do_not_use_up_the_retry_budget() {
+    let w = workflow(json!({"name": "one", "steps": [{"id": "scan", "agent": "scanner"}]}));
+    let (mut run, _) = start(&w, &[]);
+    let mut now = 0;
+    // Many refusals in a row: the step keeps waiting for a worker.
+    for attempt in 1..=5 {
+        let job = format!("r-1.scan.{attempt}");
+        let refused = Event::NotDispatched {
+            job_id: job.clone(),
+            error: JobError {
+                kind: ErrorKind::NoWorker,
+                message: "pool full".into(),
+            },
+        };
+        now += 10;
+        run = step(&run, refused, now).0;
+        assert_eq!(
+            status_of(&run, "scan"),
+            StepStatus::RetryWait,
+            "after refusal {attempt}"
+        );
+        let at = run.step("scan").unwrap().retry_at_ms.unwrap();
+        let timer = Timer {
+            at_ms: at,
+            run_id: "r-1".into(),
+            kind: TimerKind::Retry,
+            step: Some("scan".into()),
+            attempt,
+        };
+        now = at;
+        run = step(&run, Event::Timer(timer), now).0;
+    }
+    // Real failures still count: the policy allows 2 attempts that ran.
+    run = step(&run, failed("r-1.scan.6", ErrorKind::AgentFailed), now + 1).0;
+    assert_eq!(status_of(&run, "scan"), StepStatus::RetryWait);
+    let at = run.step("scan").unwrap().retry_at_ms.unwrap();
+    let timer = Timer {
+        at_ms: at,
+        run_id: "r-1".into(),
+        kind: TimerKind::Retry,
+        step: Some("scan".into()),
+        attempt: 6,
+    };
+    run = step(&run, Event::Timer(timer), at).0;
+    run = step(&run, failed("r-1.scan.7", ErrorKind::AgentFailed), at + 1).0;
+    assert_eq!(run.status, RunStatus::Failed);
+}

@@ -18,4 +18,5 @@ pub mod outbound;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod ticker;
 pub mod variables;

@@ -64,6 +64,13 @@ struct UpArgs {
     #[arg(long, default_value_t = 60)]
     request_timeout_secs: u64,
     /// Log format on stderr.
+    /// How often to POST the tick route (timers: retries, leases,
+    /// deadlines), in milliseconds; 0 turns ticking off.
+    #[arg(long, default_value_t = 1000, env = "SPINDLE_TICK_INTERVAL_MS")]
+    tick_interval_ms: u64,
+    /// The route the host ticks.
+    #[arg(long, default_value = "/internal/tick")]
+    tick_path: String,
     #[arg(long, value_enum, default_value = "text", env = "SPINDLE_LOG_FORMAT")]
     log_format: LogFormat,
 }
@@ -153,6 +160,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     print!("{}", server::banner(&rt, addr));
     use std::io::Write as _;
     std::io::stdout().flush().ok();
+    if args.tick_interval_ms > 0 {
+        match spindle_host::ticker::check(&rt, &args.tick_path) {
+            Ok(()) => {
+                tracing::info!(path = %args.tick_path, every_ms = args.tick_interval_ms, "ticking");
+                tokio::spawn(spindle_host::ticker::run(
+                    rt.clone(),
+                    args.tick_path.clone(),
+                    Duration::from_millis(args.tick_interval_ms),
+                ));
+            }
+            Err(why) => tracing::info!(path = %args.tick_path, "not ticking: {why}"),
+        }
+    }
     server::serve(
         rt,
         listener,

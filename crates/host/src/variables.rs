@@ -104,6 +104,11 @@ impl Variables {
         self.values.insert(name, Value { value, secret });
     }
 
+    /// The value of `name`, if defined.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(|v| v.value.as_str())
+    }
+
     /// Whether `name` is defined.
     pub fn contains(&self, name: &str) -> bool {
         self.values.contains_key(name)

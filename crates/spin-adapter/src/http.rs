@@ -108,6 +108,24 @@ impl IntoResponse for Problem {
     }
 }
 
+/// The answer for a handler's result: the response, or the problem.
+pub fn answer(result: Result<Response, Problem>) -> Response {
+    result.unwrap_or_else(|problem| problem.response())
+}
+
+/// `204 No Content`.
+pub fn no_content() -> Response {
+    ::http::Response::builder()
+        .status(204)
+        .body(FullBody::new(bytes::Bytes::new()))
+        .expect("valid response")
+}
+
+/// The non-empty segments of a path.
+pub fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
 /// A JSON answer with `status`.
 pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();

@@ -1,0 +1,138 @@
+//! `/api/agents`: create, read, list, update (versioned), delete (refused
+//! while a workflow uses it).
+
+use spin_sdk::http::Request;
+use spindle_core::agent::{Agent, AgentName, AgentSpec};
+use spindle_core::keys;
+use spindle_spin::http::{
+    DEFAULT_MAX_BODY, Problem, Response, json, no_content, read_body, require_json,
+};
+use spindle_spin::store::Kv;
+
+use crate::{AgentUsers, index_edit, load_indexed, store_problem, update_problem};
+
+fn parse_name(name: &str) -> Result<AgentName, Problem> {
+    AgentName::parse(name).map_err(|e| Problem::new(400, "validation", "Invalid agent name", e))
+}
+
+async fn spec(req: Request) -> Result<AgentSpec, Problem> {
+    require_json(&req)?;
+    let body = read_body(req, DEFAULT_MAX_BODY).await?;
+    AgentSpec::parse(&body).map_err(Problem::validation)
+}
+
+pub async fn create(req: Request) -> Result<Response, Problem> {
+    let agent = spec(req)
+        .await?
+        .into_agent(spindle_spin::now_ms())
+        .map_err(Problem::validation)?;
+    let kv = Kv::open("default").await.map_err(store_problem)?;
+    // Create-if-absent by compare-and-swap: two racing creates of one name
+    // cannot both succeed.
+    kv.update::<Agent, Problem>(&keys::agent(&agent.name), |current| match current {
+        Some(existing) => Err(Problem::new(
+            409,
+            "conflict",
+            "Agent exists",
+            format!(
+                "agent {:?} exists at version {}; update it with PUT",
+                existing.name.as_str(),
+                existing.version
+            ),
+        )),
+        None => Ok(Some(agent.clone())),
+    })
+    .map_err(update_problem)?;
+    // The index follows the document: a crash in between leaves a readable
+    // agent missing from the list, never a listed agent that does not exist.
+    index_edit(&kv, keys::AGENT_INDEX, agent.name.as_str(), true)?;
+    let mut resp = json(201, &agent);
+    if let Ok(loc) = format!("/api/agents/{}", agent.name).parse() {
+        resp.headers_mut().insert("location", loc);
+    }
+    Ok(resp)
+}
+
+pub async fn get(name: &str) -> Result<Response, Problem> {
+    let name = parse_name(name)?;
+    let kv = Kv::open("default").await.map_err(store_problem)?;
+    match kv
+        .get::<Agent>(&keys::agent(&name))
+        .await
+        .map_err(store_problem)?
+    {
+        Some(agent) => Ok(json(200, &agent)),
+        None => Err(not_found(&name)),
+    }
+}
+
+fn not_found(name: &AgentName) -> Problem {
+    Problem::not_found(format!("no agent named {:?}", name.as_str()))
+}
+
+pub async fn update(name: &str, req: Request) -> Result<Response, Problem> {
+    let name = parse_name(name)?;
+    let spec = spec(req).await?;
+    let now = spindle_spin::now_ms();
+    let kv = Kv::open("default").await.map_err(store_problem)?;
+    let updated = kv
+        .update::<Agent, Problem>(&keys::agent(&name), |current| {
+            let current = current.ok_or_else(|| not_found(&name))?;
+            current
+                .updated(spec.clone(), now)
+                .map(Some)
+                .map_err(Problem::validation)
+        })
+        .map_err(update_problem)?
+        .ok_or_else(|| not_found(&name))?;
+    Ok(json(200, &updated))
+}
+
+pub async fn delete(name: &str) -> Result<Response, Problem> {
+    let name = parse_name(name)?;
+    let kv = Kv::open("default").await.map_err(store_problem)?;
+    if kv
+        .get::<Agent>(&keys::agent(&name))
+        .await
+        .map_err(store_problem)?
+        .is_none()
+    {
+        return Err(not_found(&name));
+    }
+    let users_key = keys::agent_users(name.as_str());
+    // Mark it deleting only while no workflow uses it; from then on no
+    // workflow can start using it.
+    kv.update::<AgentUsers, Problem>(&users_key, |current| {
+        let mut users = current.unwrap_or_default();
+        if !users.workflows.is_empty() {
+            return Err(Problem::new(
+                409,
+                "agent-in-use",
+                "Agent in use",
+                format!(
+                    "agent {:?} is used by workflow(s) {}; change or delete them first",
+                    name.as_str(),
+                    users.workflows.join(", ")
+                ),
+            ));
+        }
+        users.deleting = true;
+        Ok(Some(users))
+    })
+    .map_err(update_problem)?;
+    kv.delete(&keys::agent(&name))
+        .await
+        .map_err(store_problem)?;
+    index_edit(&kv, keys::AGENT_INDEX, name.as_str(), false)?;
+    kv.delete(&users_key).await.map_err(store_problem)?;
+    Ok(no_content())
+}
+
+pub async fn list() -> Result<Response, Problem> {
+    let kv = Kv::open("default").await.map_err(store_problem)?;
+    let agents: Vec<Agent> = load_indexed(&kv, keys::AGENT_INDEX, |n| {
+        AgentName::parse(n).ok().map(|n| keys::agent(&n))
+    })
+    .await?;
+    Ok(json(200, &serde_json::json!({ "agents": agents })))
+}

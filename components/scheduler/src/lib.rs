@@ -1,0 +1,50 @@
+//! `POST /internal/tick`: fires the timers that are due (retries after
+//! backoff, lease checks, run deadlines, runs whose creator did not start
+//! them). Serverless components have no background threads, so something
+//! outside calls this: the local host every second, or under Spin a cron
+//! trigger or any scheduler. It requires `Authorization: Bearer <tick_secret>`.
+
+use spin_sdk::http::{Method, Request};
+use spin_sdk::http_service;
+use spindle_core::sign::secrets_equal;
+use spindle_engine::Engine;
+use spindle_spin::http::{Problem, Response, json};
+
+#[http_service]
+async fn handle(req: Request) -> Response {
+    spindle_spin::http::answer(route(req).await)
+}
+
+async fn route(req: Request) -> Result<Response, Problem> {
+    if req.uri().path() != "/internal/tick" {
+        return Err(Problem::not_found(format!(
+            "no scheduler endpoint at {}",
+            req.uri().path()
+        )));
+    }
+    if req.method() != Method::POST {
+        return Err(Problem::method_not_allowed("POST"));
+    }
+    let expected = spin_sdk::variables::get("tick_secret")
+        .await
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Problem::internal("configuration: variable tick_secret is not set"))?;
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !secrets_equal(given, &expected) {
+        return Err(Problem::new(
+            401,
+            "unauthorized",
+            "Unauthorized",
+            "send Authorization: Bearer <tick_secret>",
+        ));
+    }
+    let engine = Engine::open().await?;
+    let report = engine.tick(spindle_spin::now_ms()).await?;
+    Ok(json(200, &report))
+}

@@ -1,0 +1,290 @@
+//! Executors: how a job's agent runs. Every executor has one contract: the
+//! job's input as JSON on stdin, the output as JSON on stdout, stderr kept as
+//! the logs tail, exit status 0 for success and 65 for a permanent failure,
+//! killed at the timeout.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use spindle_core::job::{EXIT_PERMANENT, ErrorKind, JobAgent, JobError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// The bytes of stderr kept for the result.
+pub const LOGS_TAIL_BYTES: usize = 4096;
+
+/// Which executor runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// `podman run --rm -i --network none ...`.
+    Podman,
+    /// `docker run --rm -i --network none ...`.
+    Docker,
+    /// The agent's command as a local process.
+    Process,
+}
+
+/// Executor settings.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    /// Which one.
+    pub kind: ExecutorKind,
+    /// Extra arguments for `podman run` / `docker run`, before the image
+    /// (e.g. `--runtime runc`).
+    pub run_args: Vec<String>,
+}
+
+/// How a job's process ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The output, or why there is none.
+    pub result: Result<Value, JobError>,
+    /// Exit status, if it exited.
+    pub exit_code: Option<i32>,
+    /// The end of stderr.
+    pub logs_tail: String,
+}
+
+fn fail(kind: ErrorKind, message: impl Into<String>) -> JobError {
+    JobError {
+        kind,
+        message: message.into(),
+    }
+}
+
+impl Executor {
+    /// The container name for a job, so it can be killed by name.
+    fn container_name(job_id: &str) -> String {
+        format!("spindle-{}", job_id.replace('.', "-"))
+    }
+
+    fn command(&self, job_id: &str, agent: &JobAgent) -> Result<Command, JobError> {
+        match self.kind {
+            ExecutorKind::Process => {
+                let (program, args) = agent.command.split_first().ok_or_else(|| {
+                    fail(
+                        ErrorKind::ExecutorFailed,
+                        format!(
+                            "agent {} has no command for the process executor",
+                            agent.name
+                        ),
+                    )
+                })?;
+                let mut cmd = Command::new(program);
+                cmd.args(args);
+                Ok(cmd)
+            }
+            ExecutorKind::Podman | ExecutorKind::Docker => {
+                let image = agent.image.as_deref().ok_or_else(|| {
+                    fail(
+                        ErrorKind::ExecutorFailed,
+                        format!(
+                            "agent {} has no image for the container executor",
+                            agent.name
+                        ),
+                    )
+                })?;
+                let engine = if self.kind == ExecutorKind::Podman {
+                    "podman"
+                } else {
+                    "docker"
+                };
+                let mut cmd = Command::new(engine);
+                cmd.args(["run", "--rm", "-i", "--network", "none"])
+                    .arg("--name")
+                    .arg(Self::container_name(job_id))
+                    .arg("--memory")
+                    .arg(format!("{}m", agent.memory_mb))
+                    .args(&self.run_args)
+                    .arg(image)
+                    .args(&agent.command);
+                Ok(cmd)
+            }
+        }
+    }
+
+    /// Runs one job to the end: finished, timed out, or `cancel` resolved.
+    pub async fn run(
+        &self,
+        job_id: &str,
+        agent: &JobAgent,
+        input: &Value,
+        max_output_bytes: usize,
+        cancel: impl Future<Output = String>,
+    ) -> Outcome {
+        let mut cmd = match self.command(job_id, agent) {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome {
+                    result: Err(e),
+                    exit_code: None,
+                    logs_tail: String::new(),
+                };
+            }
+        };
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+                return Outcome {
+                    result: Err(fail(
+                        ErrorKind::ExecutorFailed,
+                        format!("cannot start {program}: {e}"),
+                    )),
+                    exit_code: None,
+                    logs_tail: String::new(),
+                };
+            }
+        };
+        let input_bytes = serde_json::to_vec(input).unwrap_or_default();
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let feed = tokio::spawn(async move {
+            // An agent may exit without reading its input; that is its business.
+            let _ = stdin.write_all(&input_bytes).await;
+            let _ = stdin.shutdown().await;
+        });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let out_task = tokio::spawn(read_capped(stdout, max_output_bytes + 1));
+        let err_task = tokio::spawn(read_tail(stderr, LOGS_TAIL_BYTES));
+
+        let timeout = Duration::from_secs(u64::from(agent.timeout_secs));
+        let ended = tokio::select! {
+            status = child.wait() => Ended::Exited(status),
+            _ = tokio::time::sleep(timeout) => Ended::TimedOut,
+            why = cancel => Ended::Cancelled(why),
+        };
+        if !matches!(ended, Ended::Exited(_)) {
+            self.kill(job_id, &mut child).await;
+        }
+        feed.abort();
+        let stdout = out_task.await.unwrap_or_default();
+        let logs_tail = String::from_utf8_lossy(&err_task.await.unwrap_or_default()).into_owned();
+
+        let (result, exit_code) = match ended {
+            Ended::TimedOut => (
+                Err(fail(
+                    ErrorKind::Timeout,
+                    format!("killed after its {} s timeout", agent.timeout_secs),
+                )),
+                None,
+            ),
+            Ended::Cancelled(why) => (Err(fail(ErrorKind::Cancelled, why)), None),
+            Ended::Exited(Err(e)) => (
+                Err(fail(
+                    ErrorKind::ExecutorFailed,
+                    format!("waiting for the agent: {e}"),
+                )),
+                None,
+            ),
+            Ended::Exited(Ok(status)) => {
+                let code = status.code();
+                let result = match code {
+                    Some(0) if stdout.len() > max_output_bytes => Err(fail(
+                        ErrorKind::OutputTooLarge,
+                        format!("output is over the {max_output_bytes} byte limit"),
+                    )),
+                    Some(0) => serde_json::from_slice::<Value>(&stdout).map_err(|e| {
+                        fail(
+                            ErrorKind::AgentFailed,
+                            format!("stdout is not one JSON document: {e}"),
+                        )
+                    }),
+                    Some(EXIT_PERMANENT) => Err(fail(
+                        ErrorKind::AgentRejected,
+                        format!(
+                            "the agent declared a permanent failure (exit status {EXIT_PERMANENT})"
+                        ),
+                    )),
+                    // The container engine's own failures (image missing, bad
+                    // flags) exit 125-127 before the agent runs.
+                    Some(c @ 125..=127) if self.kind != ExecutorKind::Process => Err(fail(
+                        ErrorKind::ExecutorFailed,
+                        format!("the container engine failed (exit status {c})"),
+                    )),
+                    Some(c) => Err(fail(
+                        ErrorKind::AgentFailed,
+                        format!("exited with status {c}"),
+                    )),
+                    None => Err(fail(ErrorKind::AgentFailed, "killed by a signal")),
+                };
+                (result, code)
+            }
+        };
+        Outcome {
+            result,
+            exit_code,
+            logs_tail,
+        }
+    }
+
+    async fn kill(&self, job_id: &str, child: &mut tokio::process::Child) {
+        if self.kind != ExecutorKind::Process {
+            // Killing the client does not always stop the container.
+            let engine = if self.kind == ExecutorKind::Podman {
+                "podman"
+            } else {
+                "docker"
+            };
+            let _ = Command::new(engine)
+                .args(["rm", "-f", &Self::container_name(job_id)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+        }
+        // The agent's own children go too: it leads its process group.
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status()
+                .await;
+        }
+        let _ = child.kill().await;
+    }
+}
+
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Cancelled(String),
+}
+
+/// Reads everything, keeping only the last `keep` bytes.
+async fn read_tail(mut r: impl tokio::io::AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > keep {
+            tail.drain(..tail.len() - keep);
+        }
+    }
+    tail
+}
+
+/// Reads up to `cap` bytes and then drains the rest, so the agent never
+/// blocks on a full pipe.
+async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(out.len());
+        out.extend_from_slice(&buf[..n.min(room)]);
+    }
+    out
+}

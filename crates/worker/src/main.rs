@@ -1,0 +1,245 @@
+//! `spindle-worker`: accepts jobs from Spindle over HTTP, runs each with a
+//! bounded number of slots (podman, docker or a local process), renews the
+//! job's lease while it holds it, and posts the result back, signed.
+//! See `docs/worker-api.md` for the protocol.
+
+mod executor;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Parser;
+use spindle_core::job::{Job, SIGNATURE_HEADER};
+use spindle_core::sign::secrets_equal;
+
+use crate::executor::{Executor, ExecutorKind};
+use crate::worker::{Refusal, Worker};
+
+#[derive(Parser)]
+#[command(name = "spindle-worker", version, about = "Runs Spindle agent jobs")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081", env = "SPINDLE_WORKER_LISTEN")]
+    listen: SocketAddr,
+    /// Name in heartbeats and results (default: worker@<listen address>).
+    #[arg(long, env = "SPINDLE_WORKER_NAME")]
+    name: Option<String>,
+    /// Jobs run at the same time.
+    #[arg(long, default_value_t = 2, env = "SPINDLE_WORKER_SLOTS")]
+    slots: usize,
+    /// Jobs held at once, running or waiting for a slot (default: 4 x slots).
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// How jobs run.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "process",
+        env = "SPINDLE_WORKER_EXECUTOR"
+    )]
+    executor: ExecutorKind,
+    /// Extra argument for `podman run` / `docker run` (repeatable), e.g.
+    /// --run-arg=--runtime --run-arg=runc.
+    #[arg(long = "run-arg", allow_hyphen_values = true)]
+    run_args: Vec<String>,
+    /// Bearer token Spindle must present (Spindle's `worker_token`).
+    #[arg(long, env = "SPINDLE_WORKER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// On SIGTERM/SIGINT, how long running jobs may finish before they are
+    /// handed back to Spindle.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_secs: u64,
+    /// Log format.
+    #[arg(long, default_value = "text", env = "SPINDLE_LOG_FORMAT")]
+    log_format: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    worker: Arc<Worker>,
+    token: Arc<str>,
+}
+
+fn problem(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
+    let body = serde_json::json!({
+        "type": format!("/docs/problems#{kind}"),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    secrets_equal(given, &state.token)
+}
+
+fn unauthorized() -> Response {
+    problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send Authorization: Bearer <worker token>",
+    )
+}
+
+async fn take_job(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let job: Job = match serde_json::from_slice(&body) {
+        Ok(j) => j,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "validation",
+                format!("not a job: {e}"),
+            );
+        }
+    };
+    let job_id = job.job_id.clone();
+    match state.worker.accept(job) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({"job_id": job_id, "worker": state.worker.name})),
+        )
+            .into_response(),
+        Err(e @ Refusal::Duplicate(_)) => problem(StatusCode::CONFLICT, "duplicate", e.to_string()),
+        Err(e) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let sig = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match state.worker.cancel(&job_id, &body, sig) {
+        Ok(true) => axum::Json(serde_json::json!({"cancelled": job_id})).into_response(),
+        Ok(false) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no job {job_id} here"),
+        ),
+        Err(()) => problem(StatusCode::UNAUTHORIZED, "signature", "bad job signature"),
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    axum::Json(state.worker.load()).into_response()
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .init();
+    }
+    anyhow::ensure!(!args.token.is_empty(), "the worker token must not be empty");
+    anyhow::ensure!(args.slots > 0, "--slots must be at least 1");
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("worker@{addr}"));
+    let executor = Executor {
+        kind: args.executor,
+        run_args: args.run_args.clone(),
+    };
+    let worker = Worker::new(
+        name.clone(),
+        executor,
+        args.slots,
+        args.capacity.unwrap_or(args.slots * 4),
+    );
+    let state = AppState {
+        worker: worker.clone(),
+        token: args.token.clone().into(),
+    };
+    let app = axum::Router::new()
+        .route("/jobs", post(take_job))
+        .route("/jobs/{job_id}/cancel", post(cancel_job))
+        .route("/health", get(health))
+        .with_state(state);
+
+    tracing::info!(%name, executor = ?args.executor, slots = args.slots, "worker ready");
+    println!("Worker listening on http://{addr}");
+    use std::io::Write as _;
+    std::io::stdout().flush().ok();
+
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    let drained = async move {
+        shutdown_signal().await;
+        worker.drain();
+        tracing::info!(held = worker.held(), "shutting down: finishing held jobs");
+        let deadline = tokio::time::Instant::now() + grace;
+        while worker.held() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if worker.held() > 0 {
+            tracing::warn!(held = worker.held(), "grace period over: handing jobs back");
+            worker.hand_back("worker shutting down");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while worker.held() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        tracing::info!("worker stopped");
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(drained)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,650 @@
+//! The workflow engine end to end: the real host and components, real
+//! `spindle-worker` processes running agents with the process executor, real
+//! HTTP on loopback.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use spindle_core::job::SIGNATURE_HEADER;
+use spindle_core::sign;
+use spindle_tests::{HostBuilder, TEST_CALLBACK_SECRET, Worker, client, free_port, root};
+
+/// A lease short enough that lost workers are noticed within seconds.
+const LEASE_MS: &str = "1500";
+
+struct Stack {
+    host: spindle_tests::Host,
+    workers: Vec<Worker>,
+}
+
+fn stack(workers: usize) -> Stack {
+    let workers: Vec<Worker> = (0..workers).map(|_| Worker::start(&[])).collect();
+    let port = free_port();
+    let pool: Vec<&str> = workers.iter().map(|w| w.base.as_str()).collect();
+    let host = HostBuilder::new(root().join("spin.toml"))
+        .port(port)
+        .env("SPIN_VARIABLE_WORKERS", &pool.join(","))
+        .env(
+            "SPIN_VARIABLE_CALLBACK_URL",
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .env("SPIN_VARIABLE_LEASE_MS", LEASE_MS)
+        .arg("--tick-interval-ms")
+        .arg("200")
+        .start();
+    Stack { host, workers }
+}
+
+impl Stack {
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = client()
+            .post(self.host.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = client().get(self.host.url(path)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers an agent run by `sh -c script`.
+    async fn agent(&self, name: &str, script: &str, extra: Value) {
+        let mut spec = json!({"name": name, "command": ["sh", "-c", script], "timeout_secs": 20,
+            "retry": {"max_attempts": 1}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let (s, v) = self.post("/api/agents", &spec).await;
+        assert_eq!(s, 201, "agent {name}: {v}");
+    }
+
+    async fn workflow(&self, spec: Value) {
+        let (s, v) = self.post("/api/workflows", &spec).await;
+        assert_eq!(s, 201, "workflow: {v}");
+    }
+
+    async fn trigger(&self, workflow: &str, payload: Value) -> String {
+        let (s, v) = self.post(&format!("/trigger/{workflow}"), &payload).await;
+        assert_eq!(s, 202, "trigger: {v}");
+        assert_eq!(
+            v["url"],
+            format!("/api/runs/{}", v["run_id"].as_str().unwrap())
+        );
+        v["run_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls a run until `done` holds (or panics after `secs`).
+    async fn wait(&self, run: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (s, v) = self.get(&format!("/api/runs/{run}")).await;
+            assert_eq!(s, 200, "{v}");
+            if done(&v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self.workers.iter().map(Worker::stderr).collect();
+                panic!(
+                    "run {run} did not get there in {secs} s: {v:#}\nhost: {}\nworkers: {logs:#?}",
+                    self.host.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn finished(&self, run: &str, secs: u64) -> Value {
+        self.wait(run, secs, |v| {
+            ["succeeded", "failed", "cancelled", "timed_out"]
+                .contains(&v["status"].as_str().unwrap())
+        })
+        .await
+    }
+}
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap()
+}
+
+const ECHO: &str = "cat";
+const SCAN: &str =
+    r#"cat >/dev/null; echo '{"findings":[{"severity":"high","file":".env","rule":"secret"}]}'"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_step_run_stores_the_agents_output() {
+    let s = stack(1);
+    s.agent("echo", ECHO, json!({})).await;
+    s.workflow(json!({"name": "one", "steps": [
+        {"id": "echo", "agent": "echo", "input": {"repo": "{{ trigger.payload.repository.full_name }}", "n": 3}}
+    ]}))
+    .await;
+    let run = s
+        .trigger("one", json!({"repository": {"full_name": "acme/app"}}))
+        .await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let st = step(&v, "echo");
+    assert_eq!(st["input"], json!({"repo": "acme/app", "n": 3}));
+    assert_eq!(st["output"], json!({"repo": "acme/app", "n": 3}));
+    assert_eq!(st["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(st["attempts"][0]["exit_code"], 0);
+    assert!(v["finished_at_ms"].as_u64() >= v["created_at_ms"].as_u64());
+
+    // Listed by workflow and by status.
+    let (_, list) = s.get("/api/runs?workflow=one").await;
+    assert_eq!(list["runs"][0]["id"], run.as_str());
+    let (_, list) = s.get("/api/runs?status=succeeded").await;
+    assert_eq!(list["runs"][0]["id"], run.as_str());
+    let (_, list) = s.get("/api/runs?status=running").await;
+    assert_eq!(list["runs"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templates_carry_one_steps_output_into_the_next() {
+    let s = stack(1);
+    s.agent(
+        "scanner",
+        SCAN,
+        json!({"output_schema": {"type": "object", "required": ["findings"]}}),
+    )
+    .await;
+    s.agent("notifier", ECHO, json!({})).await;
+    s.workflow(json!({"name": "scan-notify", "steps": [
+        {"id": "scan", "agent": "scanner"},
+        {"id": "notify", "agent": "notifier", "needs": ["scan"], "input": {
+            "findings": "{{ steps.scan.output.findings }}",
+            "summary": "{{ steps.scan.output.findings.0.severity }} finding in {{ trigger.payload.repo }}"}}
+    ]}))
+    .await;
+    let run = s.trigger("scan-notify", json!({"repo": "acme/app"})).await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let out = &step(&v, "notify")["output"];
+    assert_eq!(out["findings"][0]["file"], ".env");
+    assert_eq!(out["summary"], "high finding in acme/app");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diamond_joins_once_after_both_branches() {
+    let s = stack(2);
+    s.agent("scanner", SCAN, json!({})).await;
+    s.agent(
+        "compliance",
+        r#"cat >/dev/null; sleep 0.3; echo '{"ok":true}'"#,
+        json!({}),
+    )
+    .await;
+    s.agent(
+        "reviewer",
+        r#"cat >/dev/null; echo '{"comments":2}'"#,
+        json!({}),
+    )
+    .await;
+    s.agent("notifier", ECHO, json!({})).await;
+    s.workflow(json!({"name": "diamond", "steps": [
+        {"id": "scan", "agent": "scanner"},
+        {"id": "compliance", "agent": "compliance", "needs": ["scan"]},
+        {"id": "review", "agent": "reviewer", "needs": ["scan"]},
+        {"id": "notify", "agent": "notifier", "needs": ["compliance", "review"],
+         "input": {"ok": "{{ steps.compliance.output.ok }}", "comments": "{{ steps.review.output.comments }}"}}
+    ]}))
+    .await;
+    let run = s.trigger("diamond", json!({})).await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let notify = step(&v, "notify");
+    assert_eq!(
+        notify["attempts"].as_array().unwrap().len(),
+        1,
+        "notify starts once"
+    );
+    assert_eq!(notify["output"], json!({"ok": true, "comments": 2}));
+    let started = notify["attempts"][0]["dispatched_at_ms"].as_u64().unwrap();
+    for branch in ["compliance", "review"] {
+        let done = step(&v, branch)["attempts"][0]["finished_at_ms"]
+            .as_u64()
+            .unwrap();
+        assert!(started >= done, "notify started before {branch} finished");
+    }
+    let dispatched: Vec<&Value> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "step_dispatched" && e["step"] == "notify")
+        .collect();
+    assert_eq!(dispatched.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_step_is_retried_with_backoff_then_fails_the_run() {
+    let s = stack(1);
+    s.agent(
+        "flaky",
+        "cat >/dev/null; echo boom >&2; exit 1",
+        json!({
+            "retry": {"max_attempts": 3, "initial_backoff_ms": 300, "max_backoff_ms": 1000}
+        }),
+    )
+    .await;
+    s.agent("notifier", ECHO, json!({})).await;
+    s.workflow(json!({"name": "flaky", "steps": [
+        {"id": "try", "agent": "flaky"},
+        {"id": "after", "agent": "notifier", "needs": ["try"]}
+    ]}))
+    .await;
+    let run = s.trigger("flaky", json!({})).await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "failed", "{v:#}");
+    assert!(
+        v["error"].as_str().unwrap().contains("after 3 attempts"),
+        "{v:#}"
+    );
+    let st = step(&v, "try");
+    let attempts = st["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    for a in attempts {
+        assert_eq!(a["error"]["kind"], "agent_failed");
+        assert_eq!(a["exit_code"], 1);
+        assert!(a["logs_tail"].as_str().unwrap().contains("boom"));
+    }
+    // Each retry waited at least half its exponential delay (300, 600 ms).
+    for (i, min_wait) in [(1, 150), (2, 300)] {
+        let prev = attempts[i - 1]["finished_at_ms"].as_u64().unwrap();
+        let next = attempts[i]["dispatched_at_ms"].as_u64().unwrap();
+        assert!(
+            next - prev >= min_wait,
+            "retry {i} came after {} ms",
+            next - prev
+        );
+    }
+    assert_eq!(step(&v, "after")["status"], "skipped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_step_is_timed_out() {
+    let s = stack(1);
+    s.agent("hang", "sleep 60", json!({"timeout_secs": 1}))
+        .await;
+    s.workflow(json!({"name": "hang", "steps": [{"id": "hang", "agent": "hang"}]}))
+        .await;
+    let run = s.trigger("hang", json!({})).await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "failed", "{v:#}");
+    let a = &step(&v, "hang")["attempts"][0];
+    assert_eq!(a["error"]["kind"], "timeout", "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_job_leads_to_a_retry_on_another_worker() {
+    let mut s = stack(2);
+    s.agent(
+        "slow",
+        r#"cat >/dev/null; sleep 2; echo '{"done":true}'"#,
+        json!({
+            "retry": {"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 200}
+        }),
+    )
+    .await;
+    s.workflow(json!({"name": "slow", "steps": [{"id": "slow", "agent": "slow"}]}))
+        .await;
+    let run = s.trigger("slow", json!({})).await;
+    let v = s
+        .wait(&run, 20, |v| {
+            step(v, "slow")["attempts"][0]["worker"].is_string()
+        })
+        .await;
+    let first = step(&v, "slow")["attempts"][0]["worker"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let victim = s.workers.iter().position(|w| w.base == first).unwrap();
+    s.workers[victim].kill();
+
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let attempts = step(&v, "slow")["attempts"].as_array().unwrap().clone();
+    assert!(attempts.len() >= 2, "{v:#}");
+    assert_eq!(attempts[0]["error"]["kind"], "timeout");
+    assert!(
+        attempts[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lease expired")
+    );
+    let last = attempts.last().unwrap();
+    assert_ne!(
+        last["worker"],
+        first.as_str(),
+        "the retry ran on the other worker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_run_stops_its_running_job() {
+    let s = stack(1);
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    s.agent(
+        "sleeper",
+        &format!("echo $$ > {}; exec sleep 60", pid_file.display()),
+        json!({"timeout_secs": 120}),
+    )
+    .await;
+    s.workflow(json!({"name": "sleepy", "steps": [{"id": "sleep", "agent": "sleeper"}]}))
+        .await;
+    let run = s.trigger("sleepy", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Ok(p) = std::fs::read_to_string(&pid_file)
+            && let Ok(p) = p.trim().parse::<u32>()
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the agent never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let alive = |pid: u32| {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    };
+    assert!(alive(pid));
+
+    let (status, v) = s
+        .post(
+            &format!("/api/runs/{run}/cancel"),
+            &json!({"reason": "test"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "cancelled");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent process {pid} still runs after cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = s.finished(&run, 5).await;
+    assert_eq!(step(&v, "sleep")["status"], "cancelled");
+    // Cancelling again is refused and changes nothing.
+    let (status, v) = s.post(&format!("/api/runs/{run}/cancel"), &json!({})).await;
+    assert_eq!(status, 409, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_runs_at_once_all_succeed() {
+    let s = stack(2);
+    s.agent("scanner", SCAN, json!({})).await;
+    s.agent("notifier", ECHO, json!({})).await;
+    s.workflow(json!({"name": "fan", "steps": [
+        {"id": "a", "agent": "scanner"},
+        {"id": "b", "agent": "notifier", "needs": ["a"], "input": {"f": "{{ steps.a.output.findings }}"}},
+        {"id": "c", "agent": "notifier", "needs": ["a"], "input": {"n": "{{ trigger.payload.n }}"}},
+        {"id": "d", "agent": "notifier", "needs": ["b", "c"], "input": {"n": "{{ steps.c.output.n }}"}}
+    ]}))
+    .await;
+    let triggers = (0..10).map(|n| {
+        let c = client();
+        let url = s.host.url("/trigger/fan");
+        async move {
+            let r = c.post(url).json(&json!({"n": n})).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["run_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    });
+    let runs: Vec<String> = futures_join(triggers).await;
+    let mut unique = runs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 10, "every trigger made its own run");
+    for (n, run) in runs.iter().enumerate() {
+        let v = s.finished(run, 60).await;
+        assert_eq!(v["status"], "succeeded", "{v:#}");
+        assert_eq!(step(&v, "d")["output"]["n"], n);
+        for st in v["steps"].as_array().unwrap() {
+            assert_eq!(st["attempts"].as_array().unwrap().len(), 1, "{v:#}");
+        }
+    }
+}
+
+async fn futures_join<F: Future<Output = T> + Send + 'static, T: Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<T> {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+fn signed_result(job_id: &str, output: Value) -> (Vec<u8>, String) {
+    let body = serde_json::to_vec(&json!({
+        "job_id": job_id, "worker": "test", "status": "succeeded", "output": output,
+        "exit_code": 0, "started_at_ms": 1, "finished_at_ms": 2
+    }))
+    .unwrap();
+    let token = sign::job_token(TEST_CALLBACK_SECRET, job_id);
+    let sig = sign::sign(&token, &body);
+    (body, sig)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_duplicated_results_race_without_double_dispatch() {
+    let s = stack(1);
+    s.agent(
+        "sleeper",
+        "cat >/dev/null; exec sleep 60",
+        json!({"timeout_secs": 120}),
+    )
+    .await;
+    s.agent("notifier", ECHO, json!({})).await;
+    s.workflow(json!({"name": "race", "steps": [
+        {"id": "first", "agent": "sleeper"},
+        {"id": "next", "agent": "notifier", "needs": ["first"], "input": {"got": "{{ steps.first.output.v }}"}}
+    ]}))
+    .await;
+    let run = s.trigger("race", json!({})).await;
+    let v = s
+        .wait(&run, 20, |v| step(v, "first")["status"] == "running")
+        .await;
+    let job = step(&v, "first")["attempts"][0]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let sends = (0..50).map(|i| {
+        let c = client();
+        let url = s.host.url(&format!("/jobs/{job}/result"));
+        let (body, sig) = signed_result(&job, json!({"v": i}));
+        async move {
+            let r = c
+                .post(url)
+                .header("content-type", "application/json")
+                .header(SIGNATURE_HEADER, sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    });
+    let statuses = futures_join(sends).await;
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 409).count();
+    assert_eq!((accepted, refused), (1, 49), "{statuses:?}");
+
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let next = step(&v, "next");
+    assert_eq!(
+        next["attempts"].as_array().unwrap().len(),
+        1,
+        "next dispatched once"
+    );
+    assert_eq!(
+        next["output"]["got"],
+        step(&v, "first")["output"]["v"],
+        "no lost update"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_inputs_get_clear_errors_and_change_nothing() {
+    let s = stack(1);
+    s.agent("scanner", SCAN, json!({})).await;
+    s.agent(
+        "strict",
+        r#"cat >/dev/null; echo '{"unexpected":1}'"#,
+        json!({
+            "output_schema": {"type": "object", "required": ["findings"]},
+            "retry": {"max_attempts": 3}
+        }),
+    )
+    .await;
+    let (_, before_wf) = s.get("/api/workflows").await;
+
+    // A cycle.
+    let (st, v) = s
+        .post(
+            "/api/workflows",
+            &json!({"name": "loop", "steps": [
+                {"id": "a", "agent": "scanner", "needs": ["b"]},
+                {"id": "b", "agent": "scanner", "needs": ["a"]}
+            ]}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["errors"][0]["pointer"], "/steps/0/needs");
+    assert!(v["errors"][0]["detail"].as_str().unwrap().contains("cycle"));
+    // An unknown agent and a template reading a non-ancestor.
+    let (st, v) = s
+        .post(
+            "/api/workflows",
+            &json!({"name": "bad", "steps": [
+                {"id": "a", "agent": "ghost"},
+                {"id": "b", "agent": "scanner", "input": {"x": "{{ steps.a.output }}"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let pointers: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(pointers, ["/steps/0/agent", "/steps/1/input/x"]);
+    // Oversized bodies.
+    for path in ["/api/workflows", "/trigger/anything"] {
+        let ct = [("content-type", "application/json")];
+        assert_eq!(
+            spindle_tests::oversized_status(&s.host.base, "POST", path, &ct, 2 << 20),
+            413,
+            "{path}"
+        );
+    }
+    // Unknown workflow.
+    let (st, _) = s.post("/trigger/ghost", &json!({})).await;
+    assert_eq!(st, 404);
+    let (_, after_wf) = s.get("/api/workflows").await;
+    assert_eq!(
+        before_wf, after_wf,
+        "rejected workflows left nothing behind"
+    );
+    let (_, runs) = s.get("/api/runs").await;
+    assert_eq!(runs["runs"], json!([]), "rejected triggers left no run");
+
+    // An output that breaks the agent's schema fails the step, unretried.
+    s.workflow(json!({"name": "strict", "steps": [{"id": "s", "agent": "strict"}]}))
+        .await;
+    let run = s.trigger("strict", json!({})).await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "failed");
+    let st = step(&v, "s");
+    assert_eq!(
+        st["attempts"].as_array().unwrap().len(),
+        1,
+        "invalid output is not retried"
+    );
+    assert_eq!(st["error"]["kind"], "invalid_output");
+    assert!(
+        st["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("findings"),
+        "{st:#}"
+    );
+    assert_eq!(
+        st["output"],
+        Value::Null,
+        "the invalid output is not stored"
+    );
+
+    // Wrong and missing callback signatures; unknown jobs.
+    let job = st["attempts"][0]["job_id"].as_str().unwrap().to_owned();
+    let revision = v["revision"].clone();
+    let (body, _) = signed_result(&job, json!({"findings": []}));
+    let wrong = sign::sign(&sign::job_token("not-the-secret", &job), &body);
+    for sig in [Some(wrong.as_str()), None, Some("sha256=00")] {
+        let mut r = client()
+            .post(s.host.url(&format!("/jobs/{job}/result")))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(sig) = sig {
+            r = r.header(SIGNATURE_HEADER, sig);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let (body, sig) = signed_result(&job, json!({"findings": []}));
+    let r = client()
+        .post(s.host.url(&format!("/jobs/{job}/result")))
+        .header("content-type", "application/json")
+        .header(SIGNATURE_HEADER, sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a finished job's result is refused");
+    let ghost = format!("{run}.nope.1");
+    let (body, sig) = signed_result(&ghost, json!({}));
+    let r = client()
+        .post(s.host.url(&format!("/jobs/{ghost}/result")))
+        .header("content-type", "application/json")
+        .header(SIGNATURE_HEADER, sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (_, v) = s.get(&format!("/api/runs/{run}")).await;
+    assert_eq!(v["revision"], revision, "refused callbacks changed nothing");
+
+    // An agent in use cannot be deleted.
+    let r = client()
+        .delete(s.host.url("/api/agents/strict"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(s.get("/api/agents/strict").await.0 == 200);
+}
