@@ -54,3 +54,56 @@ build_components() {
     log "building components for wasm32-wasip2"
     cargo build --locked --target wasm32-wasip2 --release "${pkgs[@]}"
 }
+
+# Podman, runc and a static busybox for the container executor and its
+# tests; CONTAINERS_CONF points podman at the project's settings (no
+# systemd cgroups, no default ulimits). Podman also needs `--runtime runc`,
+# which PODMAN_GLOBAL_ARGS carries.
+PODMAN_GLOBAL_ARGS=(--runtime runc)
+ensure_podman() {
+    local missing=()
+    command -v podman >/dev/null 2>&1 || missing+=(podman)
+    command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
+    [ -x /bin/busybox ] || missing+=(busybox-static)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]} (container executor)"
+        apt_install "${missing[@]}"
+    fi
+    export CONTAINERS_CONF="$ROOT/scripts/containers.conf"
+}
+
+AGENT_IMAGE=localhost/spindle/agents:latest
+
+# Builds the reference agents as one static binary and imports an image
+# holding it, a static busybox and git (for the patcher) with its libraries.
+build_agent_image() {
+    local triple
+    triple="$(rustc -vV | sed -n 's/^host: //p')"
+    log "building the reference agents (static, $triple)"
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --locked --release -p spindle-agents --target "$triple"
+    local bin="$ROOT/target/$triple/release/spindle-agents"
+    local root
+    root="$(mktemp -d)"
+    mkdir -p "$root/bin" "$root/tmp" "$root/etc"
+    chmod 1777 "$root/tmp"
+    cp /bin/busybox "$root/bin/busybox"
+    for applet in sh cat echo sleep ls env grep sed head tail wc; do
+        ln -s busybox "$root/bin/$applet"
+    done
+    cp "$bin" "$root/bin/spindle-agents"
+    if command -v git >/dev/null 2>&1; then
+        local git_bin lib
+        git_bin="$(command -v git)"
+        cp "$git_bin" "$root/bin/git"
+        for lib in $(ldd "$git_bin" | grep -o '/[^ ]*'); do
+            mkdir -p "$root$(dirname "$lib")"
+            cp -L "$lib" "$root$lib"
+        done
+    fi
+    echo "root:x:0:0:root:/tmp:/bin/sh" > "$root/etc/passwd"
+    log "importing $AGENT_IMAGE"
+    tar -C "$root" -cf "$root.tar" .
+    podman "${PODMAN_GLOBAL_ARGS[@]}" import --change 'ENV PATH=/bin' "$root.tar" "$AGENT_IMAGE" >/dev/null
+    rm -rf "$root" "$root.tar"
+}

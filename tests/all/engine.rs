@@ -12,13 +12,19 @@ use spindle_tests::{HostBuilder, TEST_CALLBACK_SECRET, Worker, client, free_port
 /// A lease short enough that lost workers are noticed within seconds.
 const LEASE_MS: &str = "1500";
 
-struct Stack {
-    host: spindle_tests::Host,
-    workers: Vec<Worker>,
+pub(crate) struct Stack {
+    pub host: spindle_tests::Host,
+    pub workers: Vec<Worker>,
 }
 
 fn stack(workers: usize) -> Stack {
-    let workers: Vec<Worker> = (0..workers).map(|_| Worker::start(&[])).collect();
+    stack_with(&vec![&[][..]; workers])
+}
+
+/// The real app with one worker per entry, each started with those
+/// arguments.
+pub(crate) fn stack_with(worker_args: &[&[&str]]) -> Stack {
+    let workers: Vec<Worker> = worker_args.iter().map(|a| Worker::start(a)).collect();
     let port = free_port();
     let pool: Vec<&str> = workers.iter().map(|w| w.base.as_str()).collect();
     let host = HostBuilder::new(root().join("spin.toml"))
@@ -36,7 +42,7 @@ fn stack(workers: usize) -> Stack {
 }
 
 impl Stack {
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let resp = client()
             .post(self.host.url(path))
             .json(body)
@@ -47,14 +53,14 @@ impl Stack {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
         let resp = client().get(self.host.url(path)).send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     /// Registers an agent run by `sh -c script`.
-    async fn agent(&self, name: &str, script: &str, extra: Value) {
+    pub async fn agent(&self, name: &str, script: &str, extra: Value) {
         let mut spec = json!({"name": name, "command": ["sh", "-c", script], "timeout_secs": 20,
             "retry": {"max_attempts": 1}});
         for (k, v) in extra.as_object().unwrap() {
@@ -64,12 +70,12 @@ impl Stack {
         assert_eq!(s, 201, "agent {name}: {v}");
     }
 
-    async fn workflow(&self, spec: Value) {
+    pub async fn workflow(&self, spec: Value) {
         let (s, v) = self.post("/api/workflows", &spec).await;
         assert_eq!(s, 201, "workflow: {v}");
     }
 
-    async fn trigger(&self, workflow: &str, payload: Value) -> String {
+    pub async fn trigger(&self, workflow: &str, payload: Value) -> String {
         let (s, v) = self.post(&format!("/trigger/{workflow}"), &payload).await;
         assert_eq!(s, 202, "trigger: {v}");
         assert_eq!(
@@ -80,7 +86,7 @@ impl Stack {
     }
 
     /// Polls a run until `done` holds (or panics after `secs`).
-    async fn wait(&self, run: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait(&self, run: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let (s, v) = self.get(&format!("/api/runs/{run}")).await;
@@ -99,7 +105,7 @@ impl Stack {
         }
     }
 
-    async fn finished(&self, run: &str, secs: u64) -> Value {
+    pub async fn finished(&self, run: &str, secs: u64) -> Value {
         self.wait(run, secs, |v| {
             ["succeeded", "failed", "cancelled", "timed_out"]
                 .contains(&v["status"].as_str().unwrap())
@@ -108,7 +114,7 @@ impl Stack {
     }
 }
 
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
     run["steps"]
         .as_array()
         .unwrap()

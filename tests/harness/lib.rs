@@ -247,9 +247,18 @@ pub struct Worker {
 
 impl Worker {
     /// Starts a worker with the process executor and `extra` arguments.
+    /// The reference agents' binary (`target/debug/spindle-agents`) is on its
+    /// PATH, as the process executor expects.
     pub fn start(extra: &[&str]) -> Worker {
         let mut cmd = Command::new(target_dir().join("debug/spindle-worker"));
+        let path = format!(
+            "{}:{}",
+            target_dir().join("debug").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         cmd.args(["--listen", "127.0.0.1:0", "--slots", "2"])
+            .env("PATH", path)
+            .env("CONTAINERS_CONF", root().join("scripts/containers.conf"))
             .args(extra)
             .env("SPINDLE_WORKER_TOKEN", TEST_WORKER_TOKEN)
             .env_remove("SPINDLE_WORKER_LISTEN")

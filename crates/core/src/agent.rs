@@ -123,6 +123,10 @@ pub struct AgentSpec {
     /// How failed jobs are retried; steps may override it.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Whether the agent's container gets a network; off by default, so an
+    /// agent can reach nothing unless it must (a notifier must).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
     /// Free-form description shown in the dashboard.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -164,6 +168,9 @@ pub struct Agent {
     /// Retry policy for its jobs.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Whether its container gets a network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
     /// Description.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -271,6 +278,7 @@ impl AgentSpec {
             timeout_secs: self.timeout_secs,
             memory_mb: self.memory_mb,
             retry: self.retry,
+            network: self.network,
             description: self.description,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,

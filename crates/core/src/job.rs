@@ -55,6 +55,9 @@ pub struct JobAgent {
     pub timeout_secs: u32,
     /// Memory limit.
     pub memory_mb: u32,
+    /// Whether the container gets a network (`--network none` otherwise).
+    #[serde(default)]
+    pub network: bool,
 }
 
 /// A worker's renewal of a job's lease.

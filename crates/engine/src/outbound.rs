@@ -149,6 +149,7 @@ impl Engine {
                 command: planned.agent.command.clone(),
                 timeout_secs: planned.timeout_secs,
                 memory_mb: planned.agent.memory_mb,
+                network: planned.agent.network,
             },
             input,
             lease_ms: run.settings.lease_ms,

@@ -31,8 +31,10 @@ pub enum ExecutorKind {
 pub struct Executor {
     /// Which one.
     pub kind: ExecutorKind,
-    /// Extra arguments for `podman run` / `docker run`, before the image
-    /// (e.g. `--runtime runc`).
+    /// Global arguments for podman / docker, before `run` (podman's
+    /// `--runtime runc`, say).
+    pub engine_args: Vec<String>,
+    /// Extra arguments for `run`, before the image.
     pub run_args: Vec<String>,
 }
 
@@ -92,7 +94,9 @@ impl Executor {
                     "docker"
                 };
                 let mut cmd = Command::new(engine);
-                cmd.args(["run", "--rm", "-i", "--network", "none"])
+                cmd.args(&self.engine_args);
+                let network = if agent.network { "host" } else { "none" };
+                cmd.args(["run", "--rm", "-i", "--network", network])
                     .arg("--name")
                     .arg(Self::container_name(job_id))
                     .arg("--memory")
@@ -233,8 +237,15 @@ impl Executor {
             } else {
                 "docker"
             };
-            let _ = Command::new(engine)
-                .args(["rm", "-f", &Self::container_name(job_id)])
+            let mut rm = Command::new(engine);
+            rm.args(&self.engine_args).args(["rm", "-f"]);
+            if self.kind == ExecutorKind::Podman {
+                // Without `-t 0` podman waits ten seconds for a PID 1 that
+                // ignores SIGTERM.
+                rm.args(["-t", "0"]);
+            }
+            let _ = rm
+                .arg(Self::container_name(job_id))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()

@@ -46,8 +46,12 @@ struct Args {
         env = "SPINDLE_WORKER_EXECUTOR"
     )]
     executor: ExecutorKind,
+    /// Global argument for podman / docker, before `run` (repeatable), e.g.
+    /// --engine-arg=--runtime --engine-arg=runc.
+    #[arg(long = "engine-arg", allow_hyphen_values = true)]
+    engine_args: Vec<String>,
     /// Extra argument for `podman run` / `docker run` (repeatable), e.g.
-    /// --run-arg=--runtime --run-arg=runc.
+    /// --run-arg=--pull=never.
     #[arg(long = "run-arg", allow_hyphen_values = true)]
     run_args: Vec<String>,
     /// Bearer token Spindle must present (Spindle's `worker_token`).
@@ -196,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("worker@{addr}"));
     let executor = Executor {
         kind: args.executor,
+        engine_args: args.engine_args.clone(),
         run_args: args.run_args.clone(),
     };
     let worker = Worker::new(

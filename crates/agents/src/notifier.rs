@@ -1,0 +1,154 @@
+//! `notifier`: posts a summary to a webhook URL.
+//!
+//! Input: `{"webhook_url": "http://...", "summary": "...", "details": any}`.
+//! Output: `{"delivered": true, "status": 200, "url": "..."}`. Plain
+//! `http://` is spoken directly; `https://` goes through `curl` when it is
+//! installed. A non-2xx answer or an unreachable host is a transient failure
+//! (retried); a malformed URL a permanent one. Its agent definition turns the
+//! container network on, which agents otherwise run without.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{Failure, field};
+
+fn post_http(url: &str, body: &[u8]) -> Result<u16, Failure> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| Failure::Permanent(format!("not an http URL: {url}")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(Failure::Permanent(format!("no host in {url}")));
+    }
+    let addr = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut s = TcpStream::connect(&addr)
+        .map_err(|e| Failure::Transient(format!("connecting to {addr}: {e}")))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nuser-agent: spindle-notifier\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body))
+        .map_err(|e| Failure::Transient(format!("sending to {addr}: {e}")))?;
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Failure::Transient(format!("no HTTP answer from {addr}")))
+}
+
+fn post_curl(url: &str, body: &[u8]) -> Result<u16, Failure> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "10",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+            url,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            if let Some(mut stdin) = c.stdin.take() {
+                stdin.write_all(body)?;
+            }
+            c.wait_with_output()
+        })
+        .map_err(|e| Failure::Transient(format!("https needs curl: {e}")))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| {
+            Failure::Transient(format!(
+                "curl: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        })
+}
+
+pub fn run(input: Value) -> Result<Value, Failure> {
+    let url = field(&input, "webhook_url")?;
+    let summary = input
+        .get("summary")
+        .and_then(Value::as_str)
+        .unwrap_or("Spindle run finished");
+    let body = serde_json::to_vec(&json!({
+        "text": summary,
+        "details": input.get("details").cloned().unwrap_or(Value::Null),
+    }))
+    .map_err(|e| Failure::Permanent(e.to_string()))?;
+    let status = if url.starts_with("https://") {
+        post_curl(url, &body)?
+    } else {
+        post_http(url, &body)?
+    };
+    if !(200..300).contains(&status) {
+        return Err(Failure::Transient(format!("{url} answered {status}")));
+    }
+    Ok(json!({"delivered": true, "status": status, "url": url}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn posts_the_summary_and_reports_the_status() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let out = run(json!({"webhook_url": format!("http://127.0.0.1:{port}/hook"), "summary": "2 findings"})).unwrap();
+        assert_eq!(out["status"], 204);
+        let req = server.join().unwrap();
+        assert!(req.starts_with("POST /hook HTTP/1.1"));
+        assert!(req.contains("\"text\":\"2 findings\""));
+    }
+
+    #[test]
+    fn bad_urls_are_permanent_and_dead_hosts_transient() {
+        assert!(matches!(
+            run(json!({"webhook_url": "ftp://x"})),
+            Err(Failure::Permanent(_))
+        ));
+        assert!(matches!(run(json!({})), Err(Failure::Permanent(_))));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(matches!(
+            run(json!({"webhook_url": format!("http://127.0.0.1:{port}/")})),
+            Err(Failure::Transient(_))
+        ));
+    }
+}
