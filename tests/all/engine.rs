@@ -2,6 +2,8 @@
 //! `spindle-worker` processes running agents with the process executor, real
 //! HTTP on loopback.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -24,21 +26,34 @@ fn stack(workers: usize) -> Stack {
 /// The real app with one worker per entry, each started with those
 /// arguments.
 pub(crate) fn stack_with(worker_args: &[&[&str]]) -> Stack {
+    stack_full(worker_args, &[], &[])
+}
+
+/// The real app with real workers (one per entry of `worker_args`), extra
+/// worker URLs in the pool (`pool`, e.g. a test's fake worker) and extra
+/// host environment.
+pub(crate) fn stack_full(worker_args: &[&[&str]], pool: &[String], env: &[(&str, &str)]) -> Stack {
     let workers: Vec<Worker> = worker_args.iter().map(|a| Worker::start(a)).collect();
     let port = free_port();
-    let pool: Vec<&str> = workers.iter().map(|w| w.base.as_str()).collect();
-    let host = HostBuilder::new(root().join("spin.toml"))
+    let mut urls: Vec<String> = workers.iter().map(|w| w.base.clone()).collect();
+    urls.extend(pool.iter().cloned());
+    let mut host = HostBuilder::new(root().join("spin.toml"))
         .port(port)
-        .env("SPIN_VARIABLE_WORKERS", &pool.join(","))
+        .env("SPIN_VARIABLE_WORKERS", &urls.join(","))
         .env(
             "SPIN_VARIABLE_CALLBACK_URL",
             &format!("http://127.0.0.1:{port}"),
         )
         .env("SPIN_VARIABLE_LEASE_MS", LEASE_MS)
         .arg("--tick-interval-ms")
-        .arg("200")
-        .start();
-    Stack { host, workers }
+        .arg("200");
+    for (k, v) in env {
+        host = host.env(k, v);
+    }
+    Stack {
+        host: host.start(),
+        workers,
+    }
 }
 
 impl Stack {
@@ -653,4 +668,158 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() {
         .unwrap();
     assert_eq!(r.status(), 409);
     assert!(s.get("/api/agents/strict").await.0 == 200);
+}
+
+/// A worker that takes a job but answers the dispatch only after Spindle has
+/// stopped waiting; it heartbeats from the start and reports the result
+/// later, as a real worker behind a slow network would.
+async fn slow_worker(answer_after_ms: u64) -> (String, Arc<AtomicUsize>) {
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    let app = axum::Router::new().route(
+        "/jobs",
+        axum::routing::post(move |axum::Json(job): axum::Json<spindle_core::job::Job>| {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(act_on(job));
+                tokio::time::sleep(Duration::from_millis(answer_after_ms)).await;
+                axum::http::StatusCode::ACCEPTED
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+async fn act_on(job: spindle_core::job::Job) {
+    let c = client();
+    let post = |what: &'static str, body: Value| {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        c.post(format!("{}/{what}", job.callback_url))
+            .header("content-type", "application/json")
+            .header(SIGNATURE_HEADER, sign::sign(&job.token, &bytes))
+            .body(bytes)
+            .send()
+    };
+    for _ in 0..8 {
+        let r = post("heartbeat", json!({"job_id": job.job_id, "worker": "slow"}))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let r = post(
+        "result",
+        json!({"job_id": job.job_id, "worker": "slow", "status": "succeeded",
+        "output": {"echo": job.input}, "exit_code": 0, "started_at_ms": 1, "finished_at_ms": 2}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatch_without_an_answer_stays_in_flight_and_is_not_sent_twice() {
+    let (url, received) = slow_worker(1_500).await;
+    let s = stack_full(&[], &[url], &[("SPIN_VARIABLE_DISPATCH_TIMEOUT_MS", "300")]);
+    s.agent(
+        "remote",
+        "cat",
+        json!({"retry": {"max_attempts": 3, "initial_backoff_ms": 100}}),
+    )
+    .await;
+    s.workflow(
+        json!({"name": "slow-net", "steps": [{"id": "a", "agent": "remote", "input": {"x": 1}}]}),
+    )
+    .await;
+    let run = s.trigger("slow-net", json!({})).await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let st = step(&v, "a");
+    assert_eq!(st["attempts"].as_array().unwrap().len(), 1, "{st:#}");
+    assert_eq!(st["output"], json!({"echo": {"x": 1}}));
+    assert_eq!(received.load(Ordering::SeqCst), 1, "the job was sent once");
+    // Spindle stopped waiting for the answer: the worker is known from its
+    // heartbeats, not from an accepted dispatch.
+    assert_eq!(st["attempts"][0]["worker"], "slow");
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"job_accepted"), "{kinds:?}");
+    assert!(kinds.contains(&"step_running"), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_shutting_down_finishes_or_hands_back_its_jobs() {
+    // The first worker gets SIGTERM with a job running that outlasts its
+    // grace period: the job is handed back and runs again on the second.
+    let mut s = stack_with(&[&["--shutdown-grace-secs", "1"], &[]]);
+    s.agent(
+        "slow",
+        "cat >/dev/null; sleep 4; echo '{\"done\":true}'",
+        json!({
+            "retry": {"max_attempts": 2, "initial_backoff_ms": 100, "max_backoff_ms": 200}
+        }),
+    )
+    .await;
+    s.workflow(json!({"name": "slow", "steps": [{"id": "a", "agent": "slow"}]}))
+        .await;
+    // Trigger until a job lands on the first worker.
+    let target = s.workers[0].base.clone();
+    let mut run = String::new();
+    for _ in 0..20 {
+        let r = s.trigger("slow", json!({})).await;
+        let v = s
+            .wait(&r, 20, |v| {
+                step(v, "a")["attempts"][0]["worker"].is_string()
+            })
+            .await;
+        if step(&v, "a")["attempts"][0]["worker"] == target.as_str() {
+            run = r;
+            break;
+        }
+    }
+    assert!(!run.is_empty(), "no job landed on the first worker");
+    let status = s.workers[0]
+        .terminate(20)
+        .expect("the worker exits after handing back");
+    assert!(status.success(), "{status:?}");
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let attempts = step(&v, "a")["attempts"].as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 2, "{v:#}");
+    assert_eq!(attempts[0]["error"]["kind"], "executor_failed");
+    assert!(
+        attempts[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down")
+    );
+    assert_ne!(attempts[1]["worker"], target.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_past_its_deadline_times_out_and_stops_its_jobs() {
+    let s = stack_with(&[&[]]);
+    s.agent(
+        "slow",
+        "cat >/dev/null; sleep 30",
+        json!({"timeout_secs": 60}),
+    )
+    .await;
+    s.workflow(
+        json!({"name": "late", "deadline_secs": 2, "steps": [{"id": "a", "agent": "slow"}]}),
+    )
+    .await;
+    let run = s.trigger("late", json!({})).await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "timed_out", "{v:#}");
+    assert_eq!(step(&v, "a")["status"], "cancelled");
+    assert!(v["error"].as_str().unwrap().contains("deadline"));
 }

@@ -13,3 +13,4 @@ mod engine;
 mod manifests;
 mod openapi;
 mod platform;
+mod registry;
