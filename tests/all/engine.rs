@@ -823,3 +823,83 @@ async fn a_run_past_its_deadline_times_out_and_stops_its_jobs() {
     assert_eq!(step(&v, "a")["status"], "cancelled");
     assert!(v["error"].as_str().unwrap().contains("deadline"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outputs_over_the_cap_fail_the_step_cleanly() {
+    let s = stack_full(&[&[]], &[], &[("SPIN_VARIABLE_MAX_OUTPUT_BYTES", "1000")]);
+    // The worker enforces the cap it is given...
+    s.agent(
+        "chatty",
+        r#"cat >/dev/null; printf '{"blob":"'; head -c 5000 /dev/zero | tr '\0' x; printf '"}'"#,
+        json!({"retry": {"max_attempts": 3}}),
+    )
+    .await;
+    s.workflow(json!({"name": "chatty", "steps": [{"id": "a", "agent": "chatty"}]}))
+        .await;
+    let run = s.trigger("chatty", json!({})).await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "failed", "{v:#}");
+    let st = step(&v, "a");
+    assert_eq!(st["error"]["kind"], "output_too_large", "{st:#}");
+    assert_eq!(st["attempts"].as_array().unwrap().len(), 1, "not retried");
+
+    // ...and Spindle checks it again, whatever a worker claims.
+    s.agent(
+        "sleeper",
+        "cat >/dev/null; exec sleep 60",
+        json!({"timeout_secs": 120}),
+    )
+    .await;
+    s.workflow(json!({"name": "liar", "steps": [{"id": "a", "agent": "sleeper"}]}))
+        .await;
+    let run = s.trigger("liar", json!({})).await;
+    let v = s
+        .wait(&run, 20, |v| step(v, "a")["status"] == "running")
+        .await;
+    let job = step(&v, "a")["attempts"][0]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = s.host.url(&format!("/jobs/{job}/result"));
+
+    // A body naming another job is refused, naming the field.
+    let (body, sig) = signed_result(&job, json!({}));
+    let mut wrong: Value = serde_json::from_slice(&body).unwrap();
+    wrong["job_id"] = json!(format!("{run}.other.1"));
+    let wrong = serde_json::to_vec(&wrong).unwrap();
+    let token = sign::job_token(TEST_CALLBACK_SECRET, &job);
+    let r = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header(SIGNATURE_HEADER, sign::sign(&token, &wrong))
+        .body(wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["errors"][0]["pointer"], "/job_id");
+    drop((body, sig));
+
+    let (body, sig) = signed_result(&job, json!({"blob": "y".repeat(2000)}));
+    let r = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header(SIGNATURE_HEADER, sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let outcome: Value = r.json().await.unwrap();
+    assert_eq!(outcome["step_status"], "failed");
+    assert!(
+        outcome["rejected_output"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 1000")
+    );
+    let v = s.finished(&run, 10).await;
+    assert_eq!(step(&v, "a")["error"]["kind"], "output_too_large");
+    assert_eq!(step(&v, "a")["output"], Value::Null);
+}

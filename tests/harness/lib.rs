@@ -134,6 +134,8 @@ impl HostBuilder {
             .arg(state)
             .args(&self.args)
             .env("SPINDLE_TARGET_DIR", target_dir())
+            // Every test starts a host: compile each component once per run.
+            .env("SPINDLE_CACHE_DIR", target_dir().join("wasmtime-cache"))
             .env_remove("SPINDLE_LISTEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -64,6 +64,14 @@ struct UpArgs {
     #[arg(long, default_value_t = 60)]
     request_timeout_secs: u64,
     /// Log format on stderr.
+    /// Where compiled components are cached between starts (default: the
+    /// user's cache directory, `$XDG_CACHE_HOME/spindle` or
+    /// `~/.cache/spindle`).
+    #[arg(long, env = "SPINDLE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component at every start.
+    #[arg(long)]
+    no_cache: bool,
     /// How often to POST the tick route (timers: retries, leases,
     /// deadlines), in milliseconds; 0 turns ticking off.
     #[arg(long, default_value_t = 1000, env = "SPINDLE_TICK_INTERVAL_MS")]
@@ -118,6 +126,13 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("spindle"))
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let app = load(&args.manifest)?;
     let state_dir = args
@@ -137,6 +152,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         reuse,
         state_dir: state_dir.clone(),
         request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            args.cache_dir.clone().or_else(default_cache_dir)
+        },
     };
     let listener = server::bind(args.listen)?;
     let started = std::time::Instant::now();

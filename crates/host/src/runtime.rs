@@ -83,6 +83,9 @@ pub struct RuntimeOptions {
     pub state_dir: PathBuf,
     /// Longest a single request may run inside a component.
     pub request_timeout: Duration,
+    /// Where compiled components are cached between starts; `None` compiles
+    /// every time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Per-instance store data.
@@ -141,7 +144,7 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles and pre-instantiates every component of `app`.
     pub fn new(app: App, opts: &RuntimeOptions) -> anyhow::Result<Arc<Self>> {
-        let engine = engine()?;
+        let engine = engine(opts.cache_dir.as_deref())?;
         let kv =
             SqliteKv::open(&opts.state_dir.join("sqlite_key_value.db")).with_context(|| {
                 format!(
@@ -356,8 +359,19 @@ impl Runtime {
     }
 }
 
-fn engine() -> anyhow::Result<Engine> {
+fn engine(cache_dir: Option<&std::path::Path>) -> anyhow::Result<Engine> {
     let mut config = Config::new();
+    if let Some(dir) = cache_dir {
+        // Compiling the components is most of start-up; the cache keys each
+        // artifact by the wasm and the engine settings, so a changed
+        // component is always recompiled.
+        let mut cc = wasmtime::CacheConfig::new();
+        cc.with_directory(dir);
+        let cache = wasmtime::Cache::new(cc)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot use {} as the compilation cache", dir.display()))?;
+        config.cache(Some(cache));
+    }
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.concurrency_support(true);
