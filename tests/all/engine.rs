@@ -120,6 +120,17 @@ impl Stack {
         }
     }
 
+    /// Waits until `step` runs on a worker; returns its job id.
+    pub async fn running_job(&self, run: &str, id: &str) -> String {
+        let v = self
+            .wait(run, 20, |v| step(v, id)["status"] == "running")
+            .await;
+        step(&v, id)["attempts"][0]["job_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn finished(&self, run: &str, secs: u64) -> Value {
         self.wait(run, secs, |v| {
             ["succeeded", "failed", "cancelled", "timed_out"]
@@ -483,13 +494,7 @@ async fn fifty_duplicated_results_race_without_double_dispatch() {
     ]}))
     .await;
     let run = s.trigger("race", json!({})).await;
-    let v = s
-        .wait(&run, 20, |v| step(v, "first")["status"] == "running")
-        .await;
-    let job = step(&v, "first")["attempts"][0]["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job = s.running_job(&run, "first").await;
 
     let sends = (0..50).map(|i| {
         let c = client();
@@ -853,13 +858,7 @@ async fn outputs_over_the_cap_fail_the_step_cleanly() {
     s.workflow(json!({"name": "liar", "steps": [{"id": "a", "agent": "sleeper"}]}))
         .await;
     let run = s.trigger("liar", json!({})).await;
-    let v = s
-        .wait(&run, 20, |v| step(v, "a")["status"] == "running")
-        .await;
-    let job = step(&v, "a")["attempts"][0]["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job = s.running_job(&run, "a").await;
     let url = s.host.url(&format!("/jobs/{job}/result"));
 
     // A body naming another job is refused, naming the field.

@@ -40,6 +40,27 @@ impl Engine {
         }
     }
 
+    /// Verifies a callback's signature, then parses its body, which must
+    /// name the job the URL names.
+    fn signed_body<T: serde::de::DeserializeOwned>(
+        &self,
+        job_id: &str,
+        body: &[u8],
+        signature: Option<&str>,
+        named: impl Fn(&T) -> &str,
+    ) -> Result<T, EngineError> {
+        self.verify(job_id, body, signature)?;
+        let doc: T = serde_json::from_slice(body)
+            .map_err(|e| EngineError::BadRequest(String::new(), e.to_string()))?;
+        if named(&doc) != job_id {
+            return Err(EngineError::BadRequest(
+                "/job_id".into(),
+                format!("names {:?}, but the URL names {job_id:?}", named(&doc)),
+            ));
+        }
+        Ok(doc)
+    }
+
     fn split_job(job_id: &str) -> Result<(&str, &str, u32), EngineError> {
         parse_job_id(job_id).ok_or_else(|| EngineError::NotFound(format!("no job {job_id:?}")))
     }
@@ -53,15 +74,8 @@ impl Engine {
         now: u64,
     ) -> Result<ResultOutcome, EngineError> {
         let (run_id, step, _) = Self::split_job(job_id)?;
-        self.verify(job_id, body, signature)?;
-        let result: JobResult = serde_json::from_slice(body)
-            .map_err(|e| EngineError::BadRequest(String::new(), e.to_string()))?;
-        if result.job_id != job_id {
-            return Err(EngineError::BadRequest(
-                "/job_id".into(),
-                format!("names {:?}, but the URL names {job_id:?}", result.job_id),
-            ));
-        }
+        let result: JobResult =
+            self.signed_body(job_id, body, signature, |r: &JobResult| &r.job_id)?;
         let run = self.run(run_id).await?;
         let planned = run
             .planned(step)
@@ -174,15 +188,7 @@ impl Engine {
         now: u64,
     ) -> Result<HeartbeatReply, EngineError> {
         let (run_id, step, attempt) = Self::split_job(job_id)?;
-        self.verify(job_id, body, signature)?;
-        let hb: Heartbeat = serde_json::from_slice(body)
-            .map_err(|e| EngineError::BadRequest(String::new(), e.to_string()))?;
-        if hb.job_id != job_id {
-            return Err(EngineError::BadRequest(
-                "/job_id".into(),
-                format!("names {:?}, but the URL names {job_id:?}", hb.job_id),
-            ));
-        }
+        let hb: Heartbeat = self.signed_body(job_id, body, signature, |h: &Heartbeat| &h.job_id)?;
         let stop = HeartbeatReply {
             keep_running: false,
             lease_expires_at_ms: None,
