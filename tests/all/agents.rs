@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use spindle_tests::root;
 
-use crate::engine::{Stack, stack_with, step};
+use spindle_tests::Worker;
+
+use crate::engine::{Stack, stack_around, stack_with, step};
 
 const DIFF: &str = "diff --git a/config/app.env b/config/app.env\n--- a/config/app.env\n+++ b/config/app.env\n@@ -1,1 +1,3 @@\n HOST=example.org\n+password = \"hunter2hunter2\"\n+console.log(\"debug\") // TODO remove\n";
 
@@ -157,12 +159,33 @@ async fn the_podman_executor_runs_agents_in_containers_and_kills_them_at_the_tim
         eprintln!("podman or localhost/spindle/agents:latest not available; skipping");
         return;
     }
-    let s = stack_with(&[&[
+    let worker = Worker::start(&[
         "--executor",
         "podman",
         "--engine-arg=--runtime",
         "--engine-arg=runc",
-    ]]);
+    ]);
+    containers_run_agents(worker, "podman").await;
+}
+
+/// The docker executor's command lines, run by a Docker-compatible CLI: no
+/// Docker daemon runs here, so `docker` is podman behind a two-line shim.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docker_executor_runs_agents_through_a_docker_compatible_cli() {
+    if !podman_ready() {
+        eprintln!("podman or localhost/spindle/agents:latest not available; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shim = dir.path().join("docker");
+    std::fs::write(&shim, "#!/bin/sh\nexec podman --runtime runc \"$@\"\n").unwrap();
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let worker = Worker::start_with_path(&["--executor", "docker"], Some(dir.path()));
+    containers_run_agents(worker, "docker").await;
+}
+
+async fn containers_run_agents(worker: Worker, label: &str) {
+    let s = stack_around(vec![worker]);
     register_reference_agents(&s).await;
     let (status, v) = s
         .post(
@@ -182,7 +205,12 @@ async fn the_podman_executor_runs_agents_in_containers_and_kills_them_at_the_tim
 
     let run = s.trigger("contained", json!({"diff": DIFF})).await;
     let v = s.finished(&run, 120).await;
-    assert_eq!(v["status"], "succeeded", "{v:#}\n{}", s.workers[0].stderr());
+    assert_eq!(
+        v["status"],
+        "succeeded",
+        "{label}: {v:#}\n{}",
+        s.workers[0].stderr()
+    );
     assert_eq!(step(&v, "scan")["output"]["summary"]["high"], 1);
     assert_eq!(step(&v, "review")["output"]["verdict"], "request_changes");
 

@@ -34,6 +34,15 @@ pub(crate) fn stack_with(worker_args: &[&[&str]]) -> Stack {
 /// host environment.
 pub(crate) fn stack_full(worker_args: &[&[&str]], pool: &[String], env: &[(&str, &str)]) -> Stack {
     let workers: Vec<Worker> = worker_args.iter().map(|a| Worker::start(a)).collect();
+    stack_of(workers, pool, env)
+}
+
+/// The real app around workers the caller started.
+pub(crate) fn stack_around(workers: Vec<Worker>) -> Stack {
+    stack_of(workers, &[], &[])
+}
+
+fn stack_of(workers: Vec<Worker>, pool: &[String], env: &[(&str, &str)]) -> Stack {
     let port = free_port();
     let mut urls: Vec<String> = workers.iter().map(|w| w.base.clone()).collect();
     urls.extend(pool.iter().cloned());

@@ -252,12 +252,20 @@ impl Worker {
     /// The reference agents' binary (`target/debug/spindle-agents`) is on its
     /// PATH, as the process executor expects.
     pub fn start(extra: &[&str]) -> Worker {
+        Self::start_with_path(extra, None)
+    }
+
+    /// Like [`Worker::start`], with `dir` first on the worker's PATH.
+    pub fn start_with_path(extra: &[&str], dir: Option<&Path>) -> Worker {
         let mut cmd = Command::new(target_dir().join("debug/spindle-worker"));
-        let path = format!(
+        let mut path = format!(
             "{}:{}",
             target_dir().join("debug").display(),
             std::env::var("PATH").unwrap_or_default()
         );
+        if let Some(dir) = dir {
+            path = format!("{}:{path}", dir.display());
+        }
         cmd.args(["--listen", "127.0.0.1:0", "--slots", "2"])
             .env("PATH", path)
             .env("CONTAINERS_CONF", root().join("scripts/containers.conf"))

@@ -237,19 +237,19 @@ impl Executor {
             } else {
                 "docker"
             };
-            let mut rm = Command::new(engine);
-            rm.args(&self.engine_args).args(["rm", "-f"]);
-            if self.kind == ExecutorKind::Podman {
-                // Without `-t 0` podman waits ten seconds for a PID 1 that
-                // ignores SIGTERM.
-                rm.args(["-t", "0"]);
+            // `kill` is SIGKILL in both engines and immediate; `rm -f` alone
+            // waits ten seconds in podman for a PID 1 that ignores SIGTERM.
+            let name = Self::container_name(job_id);
+            for action in [&["kill"][..], &["rm", "-f"][..]] {
+                let _ = Command::new(engine)
+                    .args(&self.engine_args)
+                    .args(action)
+                    .arg(&name)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
             }
-            let _ = rm
-                .arg(Self::container_name(job_id))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await;
         }
         // The agent's own children go too: it leads its process group.
         if let Some(pid) = child.id() {
