@@ -182,6 +182,30 @@ async fn a_single_step_run_stores_the_agents_output() {
     assert_eq!(st["attempts"][0]["exit_code"], 0);
     assert!(v["finished_at_ms"].as_u64() >= v["created_at_ms"].as_u64());
 
+    // The audit trail also goes out as JSON lines in the components' logs.
+    let mut audit = Vec::new();
+    for entry in std::fs::read_dir(s.host.state_dir.join("logs")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        audit.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|l| l["run"] == run.as_str())
+                .map(|l| l["audit"]["kind"].as_str().unwrap_or("").to_owned()),
+        );
+    }
+    for kind in [
+        "run_created",
+        "run_started",
+        "step_dispatched",
+        "step_succeeded",
+        "run_succeeded",
+    ] {
+        assert!(
+            audit.iter().any(|k| k == kind),
+            "{kind} missing from {audit:?}"
+        );
+    }
+
     // Listed by workflow and by status.
     let (_, list) = s.get("/api/runs?workflow=one").await;
     assert_eq!(list["runs"][0]["id"], run.as_str());
@@ -673,6 +697,15 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() {
     assert_eq!(r.status(), 404);
     let (_, v) = s.get(&format!("/api/runs/{run}")).await;
     assert_eq!(v["revision"], revision, "refused callbacks changed nothing");
+
+    // The tick wants its secret.
+    for auth in [None, Some("Bearer wrong")] {
+        let mut r = client().post(s.host.url("/internal/tick"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 401);
+    }
 
     // An agent in use cannot be deleted.
     let r = client()

@@ -246,7 +246,7 @@ impl StepState {
 }
 
 /// One entry of a run's audit trail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunEvent {
     /// When.
     pub at_ms: u64,
@@ -315,6 +315,10 @@ pub struct Run {
     pub events: Vec<RunEvent>,
     /// Bumped by every change; lets readers tell versions apart.
     pub revision: u64,
+    /// Events logged by the transition in progress, turned into
+    /// [`Effect::Audit`] when it ends. Never stored.
+    #[serde(skip)]
+    logged: usize,
 }
 
 /// Kinds of timer.
@@ -442,6 +446,9 @@ pub enum Effect {
     },
     /// Keep a timer.
     Schedule(Timer),
+    /// Record an entry of the audit trail outside the run (it is already in
+    /// the run's own trail).
+    Audit(RunEvent),
     /// The run's status changed (index documents follow it).
     StatusChanged {
         /// Before.
@@ -563,6 +570,7 @@ impl Run {
                 detail: format!("workflow {} v{}", workflow.name, workflow.version),
             }],
             revision: 1,
+            logged: 0,
             id,
         };
         let start = Timer {
@@ -625,6 +633,9 @@ impl Run {
             return Ok(None);
         }
         next.revision += 1;
+        let logged = std::mem::take(&mut next.logged);
+        let from = next.events.len().saturating_sub(logged);
+        fx.extend(next.events[from..].iter().map(|e| Effect::Audit(e.clone())));
         let before = self.status;
         if next.status != before {
             fx.push(Effect::StatusChanged {
@@ -924,6 +935,7 @@ impl Run {
         if self.events.len() >= MAX_EVENTS {
             self.events.remove(0);
         }
+        self.logged += 1;
         self.events.push(RunEvent {
             at_ms,
             kind: kind.to_owned(),

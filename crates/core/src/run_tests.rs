@@ -163,12 +163,23 @@ fn a_single_step_run_goes_queued_running_succeeded() {
     assert_eq!(run.status, RunStatus::Succeeded);
     assert_eq!(run.finished_at_ms, Some(20));
     assert_eq!(run.step("scan").unwrap().output_job(), Some("r-1.scan.1"));
+    // Every event of the trail is also an audit effect, in order.
+    let audited: Vec<&str> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Audit(ev) => Some(ev.kind.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(audited, ["step_succeeded", "run_succeeded"]);
+    let trail: Vec<&str> = run.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(&trail[trail.len() - 2..], audited.as_slice());
     assert_eq!(
-        fx,
-        [Effect::StatusChanged {
+        fx.last(),
+        Some(&Effect::StatusChanged {
             from: RunStatus::Running,
-            to: RunStatus::Succeeded
-        }]
+            to: RunStatus::Succeeded,
+        })
     );
     // Repeats change nothing, and say why.
     assert!(matches!(

@@ -174,6 +174,9 @@ impl Engine {
         self.index_add(&keys::runs_by_day(&day), &id)?;
         self.index_add(keys::RUN_DAYS, &day)?;
         self.index_add(&keys::runs_by_status(run.status.as_str()), &id)?;
+        for event in &run.events {
+            audit(&run, event);
+        }
 
         let run = self.apply(&id, Event::Start, now).await?.unwrap_or(run);
         Ok((run, true))
@@ -288,11 +291,26 @@ impl Engine {
                 Effect::CancelJob { job_id, worker } => {
                     self.cancel_job(&job_id, worker.as_deref()).await;
                 }
+                Effect::Audit(event) => audit(run, &event),
                 Effect::Schedule(_) | Effect::StatusChanged { .. } => {}
             }
         }
         follow
     }
+}
+
+/// Writes one audit event as a JSON line on the component's stdout: Spin
+/// keeps it in the component's log, where a log shipper finds every run's
+/// trail in one stream.
+fn audit(run: &Run, event: &spindle_core::run::RunEvent) {
+    println!(
+        "{}",
+        serde_json::json!({
+            "audit": event,
+            "run": run.id,
+            "workflow": run.workflow,
+        })
+    );
 }
 
 /// Waits without blocking the component's other work.
