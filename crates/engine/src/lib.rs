@@ -208,12 +208,12 @@ impl Engine {
         let Some((mut run, effects)) = first else {
             return Ok(None);
         };
-        let mut queue: VecDeque<Event> = self.carry_out(&run, effects, now).await.into();
+        let mut queue: VecDeque<Event> = self.carry_out(&run, effects).await.into();
         while let Some(next) = queue.pop_front() {
             match self.apply_one(run_id, &next, now).await {
                 Ok(Some((r, effects))) => {
                     run = r;
-                    queue.extend(self.carry_out(&run, effects, now).await);
+                    queue.extend(self.carry_out(&run, effects).await);
                 }
                 Ok(None) => {}
                 // A follow-up overtaken by another request (the job already
@@ -260,7 +260,7 @@ impl Engine {
 
     /// Carries out effects in a safe order: timers first (so a job that is
     /// sent always has its lease timer), then indexes, then the network.
-    async fn carry_out(&self, run: &Run, effects: Vec<Effect>, now: u64) -> Vec<Event> {
+    async fn carry_out(&self, run: &Run, effects: Vec<Effect>) -> Vec<Event> {
         let mut follow = Vec::new();
         let timers: Vec<Timer> = effects
             .iter()
@@ -284,7 +284,7 @@ impl Engine {
         for e in effects {
             match e {
                 Effect::Dispatch { job_id, step } => {
-                    if let Some(ev) = self.dispatch(run, &job_id, &step, now).await {
+                    if let Some(ev) = self.dispatch(run, &job_id, &step).await {
                         follow.push(ev);
                     }
                 }

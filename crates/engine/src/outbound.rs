@@ -72,13 +72,7 @@ impl Engine {
     /// Sends one job, at most once (the claim counter decides), to the first
     /// worker of the pool that takes it, starting from a worker chosen by the
     /// job id so jobs spread over the pool.
-    pub(crate) async fn dispatch(
-        &self,
-        run: &Run,
-        job_id: &str,
-        step: &str,
-        _now: u64,
-    ) -> Option<Event> {
+    pub(crate) async fn dispatch(&self, run: &Run, job_id: &str, step: &str) -> Option<Event> {
         match self
             .kv
             .increment(&keys::counter(&format!("dispatch:{job_id}")), 1)
