@@ -944,3 +944,59 @@ async fn outputs_over_the_cap_fail_the_step_cleanly() {
     assert_eq!(step(&v, "a")["error"]["kind"], "output_too_large");
     assert_eq!(step(&v, "a")["output"], Value::Null);
 }
+
+/// A worker that refuses every job.
+async fn refusing_worker() -> (String, Arc<AtomicUsize>) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = asked.clone();
+    let app = axum::Router::new().route(
+        "/jobs",
+        axum::routing::post(move || {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, asked)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusing_worker_is_skipped_and_jobs_spread_over_the_rest() {
+    let (refuser, asked) = refusing_worker().await;
+    let s = stack_full(&[&[], &[]], &[refuser.clone()], &[]);
+    s.agent("echo", ECHO, json!({})).await;
+    s.workflow(json!({"name": "spread", "steps": [{"id": "a", "agent": "echo"}]}))
+        .await;
+    let mut runs = Vec::new();
+    for _ in 0..12 {
+        runs.push(s.trigger("spread", json!({})).await);
+    }
+    let mut by_worker = std::collections::BTreeMap::new();
+    for run in &runs {
+        let v = s.finished(run, 30).await;
+        assert_eq!(v["status"], "succeeded", "{v:#}");
+        let attempts = step(&v, "a")["attempts"].as_array().unwrap().clone();
+        assert_eq!(
+            attempts.len(),
+            1,
+            "a refusal is not a failed attempt: {v:#}"
+        );
+        let worker = attempts[0]["worker"].as_str().unwrap().to_owned();
+        assert_ne!(worker, refuser);
+        *by_worker.entry(worker).or_insert(0) += 1;
+    }
+    assert_eq!(
+        by_worker.len(),
+        2,
+        "jobs spread over both real workers: {by_worker:?}"
+    );
+    assert!(
+        asked.load(Ordering::SeqCst) > 0,
+        "the refusing worker was tried"
+    );
+}

@@ -436,9 +436,17 @@ pub fn oversized_status(
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
+    // The status line may arrive in pieces.
+    let mut got = Vec::new();
     let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
     head.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())

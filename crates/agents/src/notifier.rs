@@ -121,11 +121,28 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut buf = vec![0u8; 4096];
-            let n = s.read(&mut buf).unwrap();
+            // Read the whole request: headers and body may arrive apart.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req);
+                let complete = text.find("\r\n\r\n").is_some_and(|end| {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    req.len() >= end + 4 + len
+                });
+                if complete || n == 0 {
+                    break;
+                }
+            }
             s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
                 .unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
+            String::from_utf8_lossy(&req).into_owned()
         });
         let out = run(json!({"webhook_url": format!("http://127.0.0.1:{port}/hook"), "summary": "2 findings"})).unwrap();
         assert_eq!(out["status"], 204);
