@@ -968,7 +968,7 @@ async fn refusing_worker() -> (String, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refusing_worker_is_skipped_and_jobs_spread_over_the_rest() {
     let (refuser, asked) = refusing_worker().await;
-    let s = stack_full(&[&[], &[]], &[refuser.clone()], &[]);
+    let s = stack_full(&[&[], &[]], std::slice::from_ref(&refuser), &[]);
     s.agent("echo", ECHO, json!({})).await;
     s.workflow(json!({"name": "spread", "steps": [{"id": "a", "agent": "echo"}]}))
         .await;
