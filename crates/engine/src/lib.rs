@@ -130,18 +130,6 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("no workflow named {workflow:?}")))?;
 
-        let idem = idempotency_key.map(|k| sign::digest(format!("{workflow}\n{k}").as_bytes()));
-        if let Some(hash) = &idem {
-            // The first request to count 1 owns the key; the others return its
-            // run once it is recorded.
-            let claim = self
-                .kv
-                .increment(&keys::counter(&format!("idempotency:{hash}")), 1)?;
-            if claim > 1 {
-                return self.existing_run(hash).await.map(|run| (run, false));
-            }
-        }
-
         let mut agents = BTreeMap::new();
         for name in wf.agents() {
             let agent_name = AgentName::parse(name)
@@ -157,6 +145,20 @@ impl Engine {
                 })?;
             agents.insert(name.to_owned(), agent);
         }
+        let idem = idempotency_key.map(|k| sign::digest(format!("{workflow}\n{k}").as_bytes()));
+        if let Some(hash) = &idem {
+            // The first request to count 1 owns the key; the others return its
+            // run once it is recorded. Claimed only now, after everything
+            // that can refuse the request, so a refused request does not
+            // burn the key.
+            let claim = self
+                .kv
+                .increment(&keys::counter(&format!("idempotency:{hash}")), 1)?;
+            if claim > 1 {
+                return self.existing_run(hash).await.map(|run| (run, false));
+            }
+        }
+
         let seq = self.kv.increment(&keys::counter("runs"), 1)?;
         let id = keys::run_id(now, seq as u64);
         let (run, start) = Run::new(id.clone(), &wf, &agents, trigger, self.config.settings, now)
