@@ -101,7 +101,19 @@ fn load(manifest: &std::path::Path) -> anyhow::Result<App> {
     Ok(App::load(manifest, &|name| std::env::var(name).ok())?)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // One line per failure, with its causes; no backtrace even where
+    // RUST_BACKTRACE is set: these are a user's errors, not Spindle's bugs.
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { manifest } => {
