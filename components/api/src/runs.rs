@@ -3,7 +3,6 @@
 
 use serde_json::{Value, json as j};
 use spin_sdk::http::Request;
-use spindle_core::FieldError;
 use spindle_core::keys;
 use spindle_core::run::{Run, RunStatus};
 use spindle_engine::Engine;
@@ -24,13 +23,8 @@ struct Filter {
 
 fn bad_query(field: &str, detail: impl Into<String>) -> Problem {
     let detail = detail.into();
-    let mut p = Problem::new(
-        400,
-        "validation",
-        "Invalid query",
-        format!("{field}: {detail}"),
-    );
-    p.errors = vec![FieldError::new(format!("/query/{field}"), detail)];
+    let mut p = Problem::invalid("Invalid query", format!("/query/{field}"), detail.clone());
+    p.detail = format!("{field}: {detail}");
     p
 }
 
@@ -217,25 +211,17 @@ pub async fn cancel(id: &str, req: Request) -> Result<Response, Problem> {
     let reason = if body.is_empty() {
         "cancelled through the API".to_owned()
     } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            let mut p = Problem::new(400, "validation", "Invalid request body", e.to_string());
-            p.errors = vec![FieldError::new("", e.to_string())];
-            p
-        })?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?;
         match v.get("reason") {
             None => "cancelled through the API".to_owned(),
             Some(Value::String(s)) if s.len() <= 500 => s.clone(),
             Some(_) => {
-                let mut p = Problem::new(
-                    400,
-                    "validation",
+                let mut p = Problem::invalid(
                     "Invalid request body",
-                    "reason must be a string of at most 500 characters",
-                );
-                p.errors = vec![FieldError::new(
                     "/reason",
                     "must be a string of at most 500 characters",
-                )];
+                );
+                p.detail = "reason must be a string of at most 500 characters".into();
                 return Err(p);
             }
         }

@@ -40,17 +40,11 @@ async fn route(req: Request) -> Result<Response, Problem> {
         Some(v) => {
             let k = v.to_str().ok().map(str::trim).unwrap_or("");
             if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
-                let mut p = Problem::new(
-                    400,
-                    "validation",
+                return Err(Problem::invalid(
                     "Invalid Idempotency-Key",
-                    format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-                );
-                p.errors = vec![spindle_core::FieldError::new(
                     "/headers/idempotency-key",
-                    "must be 1 to 255 visible ASCII characters",
-                )];
-                return Err(p);
+                    format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+                ));
             }
             Some(k.to_owned())
         }
@@ -66,11 +60,7 @@ async fn route(req: Request) -> Result<Response, Problem> {
         if body.is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&body).map_err(|e| {
-                let mut p = Problem::new(400, "validation", "Invalid request body", e.to_string());
-                p.errors = vec![spindle_core::FieldError::new("", e.to_string())];
-                p
-            })?
+            serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?
         }
     } else {
         serde_json::Value::Object(Default::default())

@@ -351,9 +351,7 @@ impl From<EngineError> for spindle_spin::http::Problem {
                 ),
             ),
             EngineError::BadRequest(pointer, detail) => {
-                let mut p = Problem::new(400, "validation", "Invalid request body", detail.clone());
-                p.errors = vec![spindle_core::FieldError::new(pointer, detail)];
-                p
+                Problem::invalid("Invalid request body", pointer, detail)
             }
         }
     }

@@ -47,6 +47,20 @@ impl Problem {
         p
     }
 
+    /// 400 for one field at fault (`pointer`, a JSON Pointer into the
+    /// request; `/query/<name>` and `/headers/<name>` for those parts).
+    pub fn invalid(title: &str, pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let mut p = Self::new(400, "validation", title, detail.clone());
+        p.errors = vec![FieldError::new(pointer, detail)];
+        p
+    }
+
+    /// 400 for a body that is not JSON.
+    pub fn not_json(err: &serde_json::Error) -> Self {
+        Self::invalid("Invalid request body", "", err.to_string())
+    }
+
     /// 404 for a missing resource.
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(404, "not-found", "Not found", what)
