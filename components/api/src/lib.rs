@@ -90,22 +90,7 @@ pub(crate) fn index_edit(
     item: &str,
     present: bool,
 ) -> Result<(), Problem> {
-    kv.update::<Vec<String>, Problem>(key, |current| {
-        let mut list = current.unwrap_or_default();
-        match (list.binary_search_by(|x| x.as_str().cmp(item)), present) {
-            (Ok(_), true) | (Err(_), false) => Ok(None),
-            (Err(pos), true) => {
-                list.insert(pos, item.to_owned());
-                Ok(Some(list))
-            }
-            (Ok(pos), false) => {
-                list.remove(pos);
-                Ok(Some(list))
-            }
-        }
-    })
-    .map_err(update_problem)?;
-    Ok(())
+    kv.edit_index(key, item, present).map_err(store_problem)
 }
 
 /// The users of an agent: the workflows that use it, and whether it is

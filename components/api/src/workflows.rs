@@ -8,7 +8,7 @@ use spindle_core::workflow::{Workflow, WorkflowSpec};
 use spindle_spin::http::{
     DEFAULT_MAX_BODY, Problem, Response, json, no_content, read_body, require_json,
 };
-use spindle_spin::store::Kv;
+use spindle_spin::store::{Kv, set_member};
 
 use crate::{AgentUsers, index_edit, load_indexed, store_problem, update_problem};
 
@@ -53,16 +53,7 @@ fn claim_agents(kv: &Kv, workflow: &str, agents: &BTreeSet<&str>) -> Result<(), 
                     format!("agent {agent:?} is being deleted"),
                 ));
             }
-            match users
-                .workflows
-                .binary_search_by(|w| w.as_str().cmp(workflow))
-            {
-                Ok(_) => Ok(None),
-                Err(pos) => {
-                    users.workflows.insert(pos, workflow.to_owned());
-                    Ok(Some(users))
-                }
-            }
+            Ok(set_member(&mut users.workflows, workflow, true).then_some(users))
         });
         if let Err(e) = r {
             release_agents(kv, workflow, claimed.iter().copied());
@@ -81,16 +72,7 @@ fn release_agents<'a>(kv: &Kv, workflow: &str, agents: impl IntoIterator<Item = 
             let Some(mut users) = current else {
                 return Ok(None);
             };
-            match users
-                .workflows
-                .binary_search_by(|w| w.as_str().cmp(workflow))
-            {
-                Ok(pos) => {
-                    users.workflows.remove(pos);
-                    Ok(Some(users))
-                }
-                Err(_) => Ok(None),
-            }
+            Ok(set_member(&mut users.workflows, workflow, false).then_some(users))
         });
     }
 }

@@ -69,32 +69,12 @@ impl Engine {
 
     /// Adds `item` to the sorted list under `key`.
     pub(crate) fn index_add(&self, key: &str, item: &str) -> Result<(), EngineError> {
-        self.kv.update::<Vec<String>, Infallible>(key, |current| {
-            let mut list = current.unwrap_or_default();
-            match list.binary_search_by(|x| x.as_str().cmp(item)) {
-                Ok(_) => Ok(None),
-                Err(pos) => {
-                    list.insert(pos, item.to_owned());
-                    Ok(Some(list))
-                }
-            }
-        })?;
-        Ok(())
+        Ok(self.kv.edit_index(key, item, true)?)
     }
 
     /// Removes `item` from the sorted list under `key`.
     pub(crate) fn index_remove(&self, key: &str, item: &str) -> Result<(), EngineError> {
-        self.kv.update::<Vec<String>, Infallible>(key, |current| {
-            let mut list = current.unwrap_or_default();
-            match list.binary_search_by(|x| x.as_str().cmp(item)) {
-                Ok(pos) => {
-                    list.remove(pos);
-                    Ok(Some(list))
-                }
-                Err(_) => Ok(None),
-            }
-        })?;
-        Ok(())
+        Ok(self.kv.edit_index(key, item, false)?)
     }
 
     /// Moves a run between status indexes: added to the new one first, so a

@@ -102,6 +102,20 @@ impl Kv {
         atomics::increment(&self.bucket, key, delta).map_err(wasi_err)
     }
 
+    /// Adds `item` to, or removes it from, the sorted list document under
+    /// `key`, by compare-and-swap; writes nothing when it is already so.
+    pub fn edit_index(&self, key: &str, item: &str, present: bool) -> Result<()> {
+        self.update::<Vec<String>, std::convert::Infallible>(key, |current| {
+            let mut list = current.unwrap_or_default();
+            Ok(set_member(&mut list, item, present).then_some(list))
+        })
+        .map_err(|e| match e {
+            UpdateError::Store(e) => e,
+            UpdateError::Rejected(never) => match never {},
+        })?;
+        Ok(())
+    }
+
     /// Read-modify-write of the JSON document under `key` by compare-and-swap.
     ///
     /// `f` sees the current document (or `None`) and returns the new one, or
@@ -143,6 +157,23 @@ impl Kv {
             }
         }
         Err(UpdateError::Store(StoreError::Contention(key.to_owned())))
+    }
+}
+
+/// Makes `item` a member of the sorted `list` or not, as `present` says;
+/// returns whether the list changed. Index documents and membership lists
+/// are kept sorted so this stays a binary search.
+pub fn set_member(list: &mut Vec<String>, item: &str, present: bool) -> bool {
+    match (list.binary_search_by(|x| x.as_str().cmp(item)), present) {
+        (Ok(_), true) | (Err(_), false) => false,
+        (Err(pos), true) => {
+            list.insert(pos, item.to_owned());
+            true
+        }
+        (Ok(pos), false) => {
+            list.remove(pos);
+            true
+        }
     }
 }
 
