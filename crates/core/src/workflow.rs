@@ -118,16 +118,33 @@ impl WorkflowSpec {
             ));
         }
 
-        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+        // Every position of every id, so a duplicate can name all the others
+        // and `needs` can resolve ids whatever their spelling.
+        let mut index: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            index.entry(step.id.as_str()).or_default().push(i);
+        }
+        // With an id written twice, `needs` and templates are ambiguous, so the
+        // graph checks below would only add noise (and used to panic).
+        let mut graph_ok = index.values().all(|at| at.len() == 1);
         for (i, step) in self.steps.iter().enumerate() {
             let at = format!("/steps/{i}");
+            let twins = index.get(step.id.as_str()).map_or(&[][..], Vec::as_slice);
             if let Err(e) = check_name(&step.id) {
                 errors.push(FieldError::new(format!("{at}/id"), e));
-            } else if let Some(first) = index.insert(&step.id, i) {
-                index.insert(&step.id, first);
+            } else if twins.len() > 1 {
+                let others: Vec<String> = twins
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|j| format!("/steps/{j}/id"))
+                    .collect();
                 errors.push(FieldError::new(
                     format!("{at}/id"),
-                    format!("duplicate step id {:?} (also /steps/{first})", step.id),
+                    format!(
+                        "duplicate step id {:?} (also at {}); step ids must be unique",
+                        step.id,
+                        others.join(", ")
+                    ),
                 ));
             }
             if check_name(&step.agent).is_err() || !agent_exists(&step.agent) {
@@ -148,7 +165,6 @@ impl WorkflowSpec {
                 ));
             }
         }
-        let mut graph_ok = true;
         for (i, step) in self.steps.iter().enumerate() {
             let mut seen = BTreeSet::new();
             for (j, need) in step.needs.iter().enumerate() {
@@ -165,9 +181,13 @@ impl WorkflowSpec {
             }
         }
         if graph_ok && let Err(cycle) = topo_order(&self.steps) {
-            let first = index[cycle[0].as_str()];
+            let at = cycle
+                .first()
+                .and_then(|id| index.get(id.as_str()))
+                .and_then(|at| at.first())
+                .map_or_else(|| "/steps".to_owned(), |i| format!("/steps/{i}/needs"));
             errors.push(FieldError::new(
-                format!("/steps/{first}/needs"),
+                at,
                 format!("the steps form a cycle: {}", cycle.join(" -> ")),
             ));
             graph_ok = false;
@@ -200,8 +220,19 @@ impl WorkflowSpec {
                                 continue;
                             };
                             let Some(read) = expr.step() else { continue };
+                            if !index.contains_key(read) {
+                                errors.push(FieldError::new(
+                                    pointer.clone(),
+                                    format!(
+                                        "{{{{ {expr} }}}} reads step {read:?}, which does not exist"
+                                    ),
+                                ));
+                                continue;
+                            }
                             let ok = match &ancestors {
-                                Some(a) => a[step.id.as_str()].contains(read),
+                                Some(a) => {
+                                    a.get(step.id.as_str()).is_some_and(|a| a.contains(read))
+                                }
                                 None => true,
                             };
                             if !ok {
@@ -260,34 +291,59 @@ impl Workflow {
 }
 
 /// The steps in an order where every step comes after the steps it needs
-/// (ties kept in written order), or the ids along one cycle.
+/// (ties kept in written order), or, when some steps can never be ordered,
+/// the ids along the path that blocks them: a cycle (its first id repeated
+/// at the end), or a chain ending at an id no step has.
+///
+/// Safe on unvalidated steps: a step written twice is ordered twice, once
+/// per occurrence, and nothing here can panic.
 pub fn topo_order(steps: &[StepSpec]) -> Result<Vec<&str>, Vec<String>> {
+    Ok(order_of(steps)?
+        .into_iter()
+        .filter_map(|i| steps.get(i))
+        .map(|s| s.id.as_str())
+        .collect())
+}
+
+/// [`topo_order`] as positions in `steps`, so a repeated id stays tied to
+/// its own occurrence.
+fn order_of(steps: &[StepSpec]) -> Result<Vec<usize>, Vec<String>> {
+    let mut placed = vec![false; steps.len()];
     let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut order = Vec::with_capacity(steps.len());
     while order.len() < steps.len() {
         let before = order.len();
-        for s in steps {
-            if !done.contains(s.id.as_str()) && s.needs.iter().all(|n| done.contains(n.as_str())) {
+        for (i, s) in steps.iter().enumerate() {
+            if !placed[i] && s.needs.iter().all(|n| done.contains(n.as_str())) {
+                placed[i] = true;
                 done.insert(&s.id);
-                order.push(s.id.as_str());
+                order.push(i);
             }
         }
         if order.len() == before {
-            return Err(find_cycle(steps, &done));
+            return Err(find_cycle(steps, &placed, &done));
         }
     }
     Ok(order)
 }
 
-/// Walks `needs` edges from a step left unordered until a step repeats.
-fn find_cycle(steps: &[StepSpec], done: &BTreeSet<&str>) -> Vec<String> {
-    let by_id: BTreeMap<&str, &StepSpec> = steps.iter().map(|s| (s.id.as_str(), s)).collect();
+/// Walks unmet `needs` edges from the first step left unordered until an id
+/// repeats (a cycle) or reaches an id no waiting step has (a missing id).
+fn find_cycle(steps: &[StepSpec], placed: &[bool], done: &BTreeSet<&str>) -> Vec<String> {
+    let mut waiting: BTreeMap<&str, &StepSpec> = BTreeMap::new();
+    for (s, _) in steps.iter().zip(placed).filter(|(_, p)| !**p).rev() {
+        // Reversed so the first occurrence of a repeated id wins.
+        waiting.insert(&s.id, s);
+    }
     let mut path: Vec<&str> = Vec::new();
-    let mut cur = steps
+    let Some(mut cur) = steps
         .iter()
-        .find(|s| !done.contains(s.id.as_str()))
-        .map(|s| s.id.as_str())
-        .unwrap_or_default();
+        .zip(placed)
+        .find(|(_, p)| !**p)
+        .map(|(s, _)| s.id.as_str())
+    else {
+        return Vec::new();
+    };
     loop {
         if let Some(pos) = path.iter().position(|p| *p == cur) {
             let mut cycle: Vec<String> = path[pos..].iter().map(|s| s.to_string()).collect();
@@ -295,7 +351,7 @@ fn find_cycle(steps: &[StepSpec], done: &BTreeSet<&str>) -> Vec<String> {
             return cycle;
         }
         path.push(cur);
-        let Some(next) = by_id
+        let Some(next) = waiting
             .get(cur)
             .and_then(|s| s.needs.iter().find(|n| !done.contains(n.as_str())))
         else {
@@ -305,17 +361,24 @@ fn find_cycle(steps: &[StepSpec], done: &BTreeSet<&str>) -> Vec<String> {
     }
 }
 
-/// Every step's transitive `needs`. The graph must be acyclic.
+/// Every step's transitive `needs`; empty when the steps cannot be ordered
+/// (a cycle or a missing need). Meant for validated steps; on a repeated id
+/// (which validation refuses) it still answers without panicking, merging
+/// the occurrences.
 pub fn ancestors(steps: &[StepSpec]) -> BTreeMap<&str, BTreeSet<&str>> {
-    let by_id: BTreeMap<&str, &StepSpec> = steps.iter().map(|s| (s.id.as_str(), s)).collect();
     let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for id in topo_order(steps).unwrap_or_default() {
+    let Ok(order) = order_of(steps) else {
+        return out;
+    };
+    for step in order.into_iter().filter_map(|i| steps.get(i)) {
         let mut set = BTreeSet::new();
-        for n in &by_id[id].needs {
+        for n in &step.needs {
             set.insert(n.as_str());
-            set.extend(out[n.as_str()].iter().copied());
+            if let Some(more) = out.get(n.as_str()) {
+                set.extend(more.iter().copied());
+            }
         }
-        out.insert(id, set);
+        out.entry(step.id.as_str()).or_default().extend(set);
     }
     out
 }
@@ -392,12 +455,79 @@ mod tests {
         assert_eq!(
             pointers(w.validate(known).unwrap_err()),
             [
+                "/steps/0/id",
                 "/steps/0/agent",
                 "/steps/2/id",
                 "/steps/1/needs/0",
                 "/steps/1/needs/1"
             ]
         );
+    }
+
+    #[test]
+    fn duplicate_step_ids_name_both_pointers_and_never_panic() {
+        // Today's code skipped the cycle check's guard and panicked on a map
+        // lookup: `POST /api/workflows` answered 500 instead of 400.
+        let w = spec(json!({"name": "dup", "steps": [
+            {"id": "a", "agent": "scanner"},
+            {"id": "b", "agent": "scanner", "needs": ["a"]},
+            {"id": "a", "agent": "scanner"}
+        ]}));
+        let err = w.validate(known).unwrap_err();
+        assert_eq!(pointers(err.clone()), ["/steps/0/id", "/steps/2/id"]);
+        assert!(err.errors[0].detail.contains("/steps/2/id"), "{err}");
+        assert!(err.errors[1].detail.contains("/steps/0/id"), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_with_needs_edges_is_reported_once_per_occurrence() {
+        let w = spec(json!({"name": "dup", "steps": [
+            {"id": "a", "agent": "scanner", "needs": ["b"]},
+            {"id": "b", "agent": "scanner"},
+            {"id": "a", "agent": "scanner", "needs": ["a"]},
+            {"id": "c", "agent": "scanner", "needs": ["a"],
+             "input": "{{ steps.a.output }} {{ steps.zz.output }}"},
+            {"id": "a", "agent": "scanner"}
+        ]}));
+        let err = w.validate(known).unwrap_err();
+        assert_eq!(
+            pointers(err.clone()),
+            [
+                "/steps/0/id",
+                "/steps/2/id",
+                "/steps/4/id",
+                "/steps/2/needs/0",
+                "/steps/3/input"
+            ]
+        );
+        assert!(
+            err.errors[1].detail.contains("/steps/0/id, /steps/4/id"),
+            "{err}"
+        );
+        assert!(err.errors[4].detail.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn graph_helpers_never_panic_on_unvalidated_steps() {
+        let steps = |v: Value| spec(json!({"name": "x", "steps": v})).steps;
+        // Repeated ids are ordered once per occurrence.
+        let dup = steps(json!([
+            {"id": "a", "agent": "s", "needs": ["b"]},
+            {"id": "b", "agent": "s"},
+            {"id": "a", "agent": "s"}
+        ]));
+        assert_eq!(topo_order(&dup).unwrap(), ["b", "a", "a"]);
+        assert_eq!(
+            ancestors(&dup)["a"].iter().copied().collect::<Vec<_>>(),
+            ["b"]
+        );
+        // A missing need ends the blocking path; a self need is a cycle.
+        let missing = steps(json!([{"id": "a", "agent": "s", "needs": ["ghost"]}]));
+        assert_eq!(topo_order(&missing).unwrap_err(), ["a", "ghost"]);
+        assert!(ancestors(&missing).is_empty());
+        let own = steps(json!([{"id": "", "agent": "s", "needs": [""]}]));
+        assert_eq!(topo_order(&own).unwrap_err(), ["", ""]);
+        assert_eq!(topo_order(&[]).unwrap(), Vec::<&str>::new());
     }
 
     #[test]
