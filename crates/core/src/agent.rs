@@ -300,7 +300,11 @@ impl Agent {
             ));
         }
         let mut next = spec.into_agent(now_ms)?;
-        next.version = self.version + 1;
+        // A stored document is only as trustworthy as the store; a wrapped
+        // version would make an update look older than the runs it replaces.
+        next.version = self.version.checked_add(1).ok_or_else(|| {
+            ValidationError::single("", "this agent has reached its last version number")
+        })?;
         next.created_at_ms = self.created_at_ms;
         Ok(next)
     }
@@ -400,6 +404,12 @@ mod tests {
             a.updated(renamed, 30).unwrap_err().errors[0].pointer,
             "/name"
         );
+        let last = Agent {
+            version: u32::MAX,
+            ..a.clone()
+        };
+        let s = spec(json!({"name": "patcher", "command": ["patch"]})).unwrap();
+        assert!(last.updated(s, 40).is_err());
     }
 
     #[test]

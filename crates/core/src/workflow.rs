@@ -279,7 +279,11 @@ impl Workflow {
             ));
         }
         let mut next = spec.into_workflow(now_ms);
-        next.version = self.version + 1;
+        // A stored document is only as trustworthy as the store; a wrapped
+        // version would make an update look older than the runs it replaces.
+        next.version = self.version.checked_add(1).ok_or_else(|| {
+            ValidationError::single("", "this workflow has reached its last version number")
+        })?;
         next.created_at_ms = self.created_at_ms;
         Ok(next)
     }
@@ -590,6 +594,11 @@ mod tests {
         let mut renamed = diamond();
         renamed.name = "other".into();
         assert!(w.updated(renamed, 30).is_err());
+        let last = Workflow {
+            version: u32::MAX,
+            ..w.clone()
+        };
+        assert!(last.updated(diamond(), 40).is_err());
         assert_eq!(
             w.agents().into_iter().collect::<Vec<_>>(),
             ["compliance", "notifier", "reviewer", "scanner"]
