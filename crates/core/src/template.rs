@@ -19,6 +19,14 @@ use serde_json::Value;
 pub const MAX_PATH_SEGMENTS: usize = 16;
 /// Deepest nesting of a step's input document.
 pub const MAX_INPUT_DEPTH: usize = 32;
+/// Most bytes of JSON the expressions of one input may substitute in all.
+///
+/// One short template can name a large value many times (a megabyte of
+/// trigger payload, repeated), so without a cap a small workflow could
+/// make rendering exhaust a component's memory. A rendered input is sent to
+/// a worker in one request and stored as one document; the largest request
+/// body Spindle accepts is a fair bound.
+pub const MAX_RENDERED_BYTES: usize = 1 << 20;
 
 /// A parse error in one template string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +61,12 @@ pub struct Expr {
 impl Expr {
     /// The step an expression reads, if it reads one.
     pub fn step(&self) -> Option<&str> {
-        (self.path[0] == "steps").then(|| self.path[1].as_str())
+        // Matched, not indexed: `path` is public, so an `Expr` may not have
+        // come from `parse`.
+        match self.path.as_slice() {
+            [root, id, ..] if root == "steps" => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -179,38 +192,71 @@ pub fn escape_pointer(token: &str) -> String {
 }
 
 /// A failure to render an input against its context.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{pointer}: {{{{ {expr} }}}} {reason}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderError {
     /// Where in the input the template is.
     pub pointer: String,
-    /// The expression.
+    /// The expression; empty when the failure is not about one expression.
     pub expr: String,
     /// What went wrong.
     pub reason: String,
 }
 
-/// Renders `input` against `context`, an object with the roots as keys
-/// (`trigger`, `steps`, `run`, `workflow`).
-pub fn render(input: &Value, context: &Value) -> Result<Value, RenderError> {
-    render_at(input, context, "")
+impl fmt::Display for RenderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.expr.is_empty() {
+            write!(f, "{}: {}", self.pointer, self.reason)
+        } else {
+            write!(
+                f,
+                "{}: {{{{ {} }}}} {}",
+                self.pointer, self.expr, self.reason
+            )
+        }
+    }
 }
 
-fn render_at(input: &Value, context: &Value, at: &str) -> Result<Value, RenderError> {
+impl std::error::Error for RenderError {}
+
+/// Renders `input` against `context`, an object with the roots as keys
+/// (`trigger`, `steps`, `run`, `workflow`).
+///
+/// Refuses inputs nested deeper than [`MAX_INPUT_DEPTH`] (validation
+/// already does, but a stored document is only as good as the store) and
+/// substitutions adding up to more than [`MAX_RENDERED_BYTES`].
+pub fn render(input: &Value, context: &Value) -> Result<Value, RenderError> {
+    let mut budget = MAX_RENDERED_BYTES;
+    render_at(input, context, "", 0, &mut budget)
+}
+
+fn render_at(
+    input: &Value,
+    context: &Value,
+    at: &str,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<Value, RenderError> {
+    if depth > MAX_INPUT_DEPTH {
+        return Err(RenderError {
+            pointer: at.to_owned(),
+            expr: String::new(),
+            reason: format!("input nests deeper than {MAX_INPUT_DEPTH} levels"),
+        });
+    }
     Ok(match input {
-        Value::String(s) => render_string(s, context, at)?,
+        Value::String(s) => render_string(s, context, at, budget)?,
         Value::Array(items) => Value::Array(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| render_at(v, context, &format!("{at}/{i}")))
+                .map(|(i, v)| render_at(v, context, &format!("{at}/{i}"), depth + 1, budget))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    render_at(v, context, &format!("{at}/{}", escape_pointer(k)))
-                        .map(|v| (k.clone(), v))
+                    let at = format!("{at}/{}", escape_pointer(k));
+                    render_at(v, context, &at, depth + 1, budget).map(|v| (k.clone(), v))
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -218,26 +264,80 @@ fn render_at(input: &Value, context: &Value, at: &str) -> Result<Value, RenderEr
     })
 }
 
-fn render_string(s: &str, context: &Value, at: &str) -> Result<Value, RenderError> {
+fn render_string(
+    s: &str,
+    context: &Value,
+    at: &str,
+    budget: &mut usize,
+) -> Result<Value, RenderError> {
     let parts = parse(s).map_err(|e| RenderError {
         pointer: at.to_owned(),
         expr: s.to_owned(),
         reason: e.to_string(),
     })?;
     if let [Part::Expr(e)] = parts.as_slice() {
-        return lookup(e, context, at).cloned();
+        let v = lookup(e, context, at)?;
+        spend(budget, json_len(v, *budget), e, at)?;
+        return Ok(v.clone());
     }
     let mut out = String::new();
     for part in &parts {
         match part {
             Part::Text(t) => out.push_str(t),
             Part::Expr(e) => match lookup(e, context, at)? {
-                Value::String(v) => out.push_str(v),
-                other => out.push_str(&other.to_string()),
+                Value::String(v) => {
+                    spend(budget, Some(v.len()), e, at)?;
+                    out.push_str(v);
+                }
+                other => {
+                    spend(budget, json_len(other, *budget), e, at)?;
+                    out.push_str(&other.to_string());
+                }
             },
         }
     }
     Ok(Value::String(out))
+}
+
+/// Takes `len` bytes (`None`: more than is left) from what substitutions
+/// may still add.
+fn spend(budget: &mut usize, len: Option<usize>, e: &Expr, at: &str) -> Result<(), RenderError> {
+    match len.and_then(|n| budget.checked_sub(n)) {
+        Some(left) => {
+            *budget = left;
+            Ok(())
+        }
+        None => Err(RenderError {
+            pointer: at.to_owned(),
+            expr: e.to_string(),
+            reason: format!(
+                "makes the input larger than {MAX_RENDERED_BYTES} bytes of substituted JSON"
+            ),
+        }),
+    }
+}
+
+/// The length of `v` as JSON, or `None` once it passes `limit`; stops
+/// serialising there, so measuring a huge value costs no more than `limit`.
+fn json_len(v: &Value, limit: usize) -> Option<usize> {
+    struct Count {
+        n: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n = self.n.saturating_add(buf.len());
+            if self.n > self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count { n: 0, limit };
+    serde_json::to_writer(&mut count, v).ok().map(|()| count.n)
 }
 
 fn lookup<'a>(e: &Expr, context: &'a Value, at: &str) -> Result<&'a Value, RenderError> {
@@ -337,6 +437,35 @@ mod tests {
         let err = render(&json!({"x": {"y": "{{ trigger.payload.a.b }}"}}), &ctx).unwrap_err();
         assert_eq!(err.pointer, "/x/y");
         assert!(err.reason.contains("trigger.payload.a.b"), "{err}");
+    }
+
+    #[test]
+    fn substitutions_are_capped_so_a_small_template_cannot_exhaust_memory() {
+        let big = "x".repeat(MAX_RENDERED_BYTES / 4 + 1);
+        let ctx = json!({"trigger": {"payload": big, "n": 1}});
+        let four: Vec<Value> = (0..4).map(|_| json!("{{ trigger.payload }}")).collect();
+        let out = render(&Value::Array(four.clone()), &ctx).unwrap_err();
+        assert_eq!(out.pointer, "/3");
+        assert!(out.reason.contains("larger than"), "{out}");
+        let text = json!({"t": "a {{ trigger.payload }} b {{ trigger.payload }}"});
+        assert!(render(&text, &ctx).is_ok());
+        let twice = json!([text.clone(), text]);
+        assert_eq!(render(&twice, &ctx).unwrap_err().pointer, "/1/t");
+        assert!(render(&Value::Array(four[..3].to_vec()), &ctx).is_ok());
+    }
+
+    #[test]
+    fn render_refuses_inputs_nested_too_deep_and_odd_exprs_do_not_panic() {
+        let mut deep = json!("x");
+        for _ in 0..=MAX_INPUT_DEPTH {
+            deep = json!([deep]);
+        }
+        let err = render(&deep, &json!({})).unwrap_err();
+        assert!(err.to_string().contains("deeper than"), "{err}");
+        assert!(!err.to_string().contains("{{"), "{err}");
+        for path in [vec![], vec!["steps".to_owned()]] {
+            assert_eq!(Expr { path }.step(), None);
+        }
     }
 
     #[test]
