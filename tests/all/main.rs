@@ -14,3 +14,4 @@ mod manifests;
 mod openapi;
 mod platform;
 mod registry;
+mod worker;

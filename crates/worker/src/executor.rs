@@ -11,6 +11,8 @@ use spindle_core::job::{EXIT_PERMANENT, ErrorKind, JobAgent, JobError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use crate::stop::StopReason;
+
 /// The bytes of stderr kept for the result.
 pub const LOGS_TAIL_BYTES: usize = 4096;
 
@@ -109,14 +111,15 @@ impl Executor {
         }
     }
 
-    /// Runs one job to the end: finished, timed out, or `cancel` resolved.
+    /// Runs one job to the end: finished, timed out, or stopped when `stop`
+    /// resolves, with the failure kind its reason calls for.
     pub async fn run(
         &self,
         job_id: &str,
         agent: &JobAgent,
         input: &Value,
         max_output_bytes: usize,
-        cancel: impl Future<Output = String>,
+        stop: impl Future<Output = StopReason>,
     ) -> Outcome {
         let mut cmd = match self.command(job_id, agent) {
             Ok(c) => c,
@@ -163,7 +166,7 @@ impl Executor {
         let ended = tokio::select! {
             status = child.wait() => Ended::Exited(status),
             _ = tokio::time::sleep(timeout) => Ended::TimedOut,
-            why = cancel => Ended::Cancelled(why),
+            why = stop => Ended::Stopped(why),
         };
         if !matches!(ended, Ended::Exited(_)) {
             self.kill(job_id, &mut child).await;
@@ -180,7 +183,7 @@ impl Executor {
                 )),
                 None,
             ),
-            Ended::Cancelled(why) => (Err(fail(ErrorKind::Cancelled, why)), None),
+            Ended::Stopped(why) => (Err(fail(why.kind(), why.to_string())), None),
             Ended::Exited(Err(e)) => (
                 Err(fail(
                     ErrorKind::ExecutorFailed,
@@ -266,7 +269,7 @@ impl Executor {
 enum Ended {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,
-    Cancelled(String),
+    Stopped(StopReason),
 }
 
 /// Reads everything, keeping only the last `keep` bytes.
@@ -298,4 +301,73 @@ async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, cap: usize) -> Ve
         out.extend_from_slice(&buf[..n.min(room)]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn agent(command: &[&str], network: bool) -> JobAgent {
+        JobAgent {
+            name: "t".into(),
+            version: 1,
+            image: Some("localhost/spindle/agents:latest".into()),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            timeout_secs: 60,
+            memory_mb: 64,
+            network,
+        }
+    }
+
+    fn executor(kind: ExecutorKind) -> Executor {
+        Executor {
+            kind,
+            engine_args: Vec::new(),
+            run_args: Vec::new(),
+        }
+    }
+
+    /// A running agent stopped for `why`: the kind comes from the reason
+    /// alone, whatever its message says.
+    async fn stop_running_agent(why: StopReason) -> JobError {
+        let started = Instant::now();
+        let out = executor(ExecutorKind::Process)
+            .run(
+                "r-1.a.1",
+                &agent(&["sleep", "30"], false),
+                &json!({}),
+                1024,
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    why
+                },
+            )
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the agent was not killed"
+        );
+        assert_eq!(out.exit_code, None);
+        out.result.expect_err("a stopped agent has no output")
+    }
+
+    #[tokio::test]
+    async fn a_hand_back_is_retryable_and_a_cancel_is_not() {
+        let handed_back = stop_running_agent(StopReason::HandBack).await;
+        assert_eq!(handed_back.kind, ErrorKind::ExecutorFailed);
+        assert!(handed_back.kind.retryable());
+        for why in [
+            StopReason::Cancelled,
+            StopReason::NoLongerWanted,
+            StopReason::HeartbeatRefused,
+        ] {
+            let e = stop_running_agent(why).await;
+            assert_eq!(e.kind, ErrorKind::Cancelled, "{why:?}");
+            assert_eq!(e.message, why.to_string());
+        }
+    }
 }

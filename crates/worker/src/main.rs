@@ -4,6 +4,7 @@
 //! See `docs/worker-api.md` for the protocol.
 
 mod executor;
+mod stop;
 mod worker;
 
 use std::net::SocketAddr;
@@ -253,7 +254,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
         if worker.held() > 0 {
             tracing::warn!(held = worker.held(), "grace period over: handing jobs back");
-            worker.hand_back("worker shutting down");
+            worker.hand_back();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
             while worker.held() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -14,6 +14,7 @@ use spindle_core::sign;
 use tokio::sync::{Semaphore, watch};
 
 use crate::executor::Executor;
+use crate::stop::StopReason;
 
 /// Longest wait between result deliveries.
 const MAX_CALLBACK_BACKOFF: Duration = Duration::from_secs(10);
@@ -22,7 +23,7 @@ const MAX_CALLBACK_BACKOFF: Duration = Duration::from_secs(10);
 struct Held {
     token: String,
     /// Sends the reason to stop.
-    stop: watch::Sender<Option<String>>,
+    stop: watch::Sender<Option<StopReason>>,
     running: bool,
 }
 
@@ -131,7 +132,7 @@ impl Worker {
         if !sign::verify(&held.token, body, signature) {
             return Err(());
         }
-        let _ = held.stop.send(Some("cancelled by Spindle".into()));
+        let _ = held.stop.send(Some(StopReason::Cancelled));
         Ok(true)
     }
 
@@ -146,37 +147,31 @@ impl Worker {
         self.jobs.lock().unwrap().len()
     }
 
-    /// Stops every held job with `why`; each reports a retryable failure so
-    /// Spindle runs it elsewhere.
-    pub fn hand_back(&self, why: &str) {
+    /// Stops every held job; each reports a retryable failure so Spindle
+    /// runs it elsewhere.
+    pub fn hand_back(&self) {
         for held in self.jobs.lock().unwrap().values() {
-            let _ = held.stop.send(Some(why.to_owned()));
+            let _ = held.stop.send(Some(StopReason::HandBack));
         }
     }
 
-    async fn life(self: Arc<Self>, job: Job, mut stop: watch::Receiver<Option<String>>) {
+    async fn life(self: Arc<Self>, job: Job, stop: watch::Receiver<Option<StopReason>>) {
         let job_id = job.job_id.clone();
         let beat = tokio::spawn(self.clone().heartbeats(job.clone()));
         // Wait for a slot, unless told to stop first.
         let permit = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.ok(),
-            _ = stop.wait_for(Option::is_some) => None,
+            // The slots are never closed; were they, the worker would be
+            // going away, which is a hand-back.
+            p = self.slots.clone().acquire_owned() => p.map_err(|_| StopReason::HandBack),
+            why = stopped(stop.clone()) => Err(why),
         };
         let started = now_ms();
         let result = match permit {
-            None => {
-                let why = stop.borrow().clone().unwrap_or_default();
-                failure(&job, &self.name, handed_back_kind(&why), why, started)
-            }
-            Some(_permit) => {
+            Err(why) => failure(&job, &self.name, why.kind(), why.to_string(), started),
+            Ok(_permit) => {
                 if let Some(h) = self.jobs.lock().unwrap().get_mut(&job_id) {
                     h.running = true;
                 }
-                let mut stop_run = stop.clone();
-                let cancel = async move {
-                    let _ = stop_run.wait_for(Option::is_some).await;
-                    stop_run.borrow().clone().unwrap_or_default()
-                };
                 let out = self
                     .executor
                     .run(
@@ -184,17 +179,12 @@ impl Worker {
                         &job.agent,
                         &job.input,
                         job.max_output_bytes,
-                        cancel,
+                        stopped(stop),
                     )
                     .await;
                 let (status, output, error) = match out.result {
                     Ok(v) => (JobStatus::Succeeded, Some(v), None),
-                    Err(mut e) => {
-                        if e.kind == ErrorKind::Cancelled {
-                            e.kind = handed_back_kind(&e.message);
-                        }
-                        (JobStatus::Failed, None, Some(e))
-                    }
+                    Err(e) => (JobStatus::Failed, None, Some(e)),
                 };
                 JobResult {
                     job_id: job_id.clone(),
@@ -241,13 +231,13 @@ impl Worker {
                         && !reply.keep_running
                     {
                         tracing::info!(job = %job.job_id, "Spindle no longer wants the job; stopping it");
-                        self.stop(&job.job_id, "stopped: Spindle no longer wants the job");
+                        self.stop(&job.job_id, StopReason::NoLongerWanted);
                         return;
                     }
                 }
                 Ok(resp) if resp.status().is_client_error() => {
                     tracing::warn!(job = %job.job_id, status = %resp.status(), "heartbeat refused; stopping the job");
-                    self.stop(&job.job_id, "stopped: heartbeat refused");
+                    self.stop(&job.job_id, StopReason::HeartbeatRefused);
                     return;
                 }
                 Ok(resp) => {
@@ -259,9 +249,9 @@ impl Worker {
         }
     }
 
-    fn stop(&self, job_id: &str, why: &str) {
+    fn stop(&self, job_id: &str, why: StopReason) {
         if let Some(h) = self.jobs.lock().unwrap().get(job_id) {
-            let _ = h.stop.send(Some(why.to_owned()));
+            let _ = h.stop.send(Some(why));
         }
     }
 
@@ -305,14 +295,17 @@ impl Worker {
     }
 }
 
-/// A job stopped by the worker's own shutdown is handed back (retryable);
-/// one stopped because Spindle cancelled it is reported as cancelled.
-fn handed_back_kind(why: &str) -> ErrorKind {
-    if why.starts_with("worker shutting down") {
-        ErrorKind::ExecutorFailed
-    } else {
-        ErrorKind::Cancelled
+/// Resolves with the reason sent to stop the job (the latest, should two
+/// race). The sender lives in the job table until the job's life ends, so it
+/// cannot go first; if it did, nobody could stop the job any more and this
+/// never resolves.
+async fn stopped(mut stop: watch::Receiver<Option<StopReason>>) -> StopReason {
+    if let Ok(why) = stop.wait_for(Option::is_some).await
+        && let Some(why) = *why
+    {
+        return why;
     }
+    std::future::pending().await
 }
 
 fn failure(job: &Job, worker: &str, kind: ErrorKind, message: String, started: u64) -> JobResult {

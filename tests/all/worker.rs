@@ -1,0 +1,178 @@
+//! `spindle-worker` on its own: a real worker process fed jobs by the test,
+//! which plays Spindle's side of the protocol (`docs/worker-api.md`) with a
+//! callback server that answers heartbeats and records results.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
+use serde_json::{Value, json};
+use spindle_core::sign;
+use spindle_tests::{TEST_WORKER_TOKEN, Worker, client};
+
+const JOB_TOKEN: &str = "test-job-token";
+
+/// How the fake Spindle answers heartbeats.
+#[derive(Clone, Copy)]
+enum Beat {
+    KeepRunning,
+    /// `keep_running: false`: the job is no longer wanted.
+    Stop,
+    /// `404`: Spindle does not know the job.
+    Refuse,
+}
+
+/// Spindle's callback routes: heartbeats answered as told, results recorded.
+struct Spindle {
+    base: String,
+    results: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Spindle {
+    async fn start(beat: Beat) -> Spindle {
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let store = results.clone();
+        let app = axum::Router::new()
+            .route(
+                "/jobs/{job_id}/heartbeat",
+                axum::routing::post(move || async move {
+                    match beat {
+                        Beat::KeepRunning => {
+                            axum::Json(json!({"keep_running": true})).into_response()
+                        }
+                        Beat::Stop => axum::Json(json!({"keep_running": false})).into_response(),
+                        Beat::Refuse => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }),
+            )
+            .route(
+                "/jobs/{job_id}/result",
+                axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+                    let store = store.clone();
+                    async move {
+                        store.lock().unwrap().push(v);
+                        StatusCode::OK
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Spindle { base, results }
+    }
+
+    /// Posts a job for `agent` to `worker`; the worker must take it.
+    async fn send(&self, worker: &Worker, job_id: &str, agent: Value) {
+        let job = json!({
+            "job_id": job_id, "run_id": "r-1", "step_id": "a", "attempt": 1,
+            "agent": agent, "input": {}, "lease_ms": 3000, "max_output_bytes": 65536,
+            "callback_url": format!("{}/jobs/{job_id}", self.base), "token": JOB_TOKEN,
+        });
+        let resp = client()
+            .post(format!("{}/jobs", worker.base))
+            .bearer_auth(TEST_WORKER_TOKEN)
+            .json(&job)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    }
+
+    /// The job's result, once the worker has posted it.
+    async fn result(&self, worker: &Worker, job_id: &str, secs: u64) -> Value {
+        for _ in 0..secs * 10 {
+            let found = self
+                .results
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r["job_id"] == job_id)
+                .cloned();
+            if let Some(r) = found {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no result for {job_id}: {}", worker.stderr());
+    }
+}
+
+/// Waits until the worker runs `n` jobs (not merely holds them).
+async fn running(worker: &Worker, n: u64) {
+    for _ in 0..100 {
+        let load: Value = client()
+            .get(format!("{}/health", worker.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if load["running"] == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the job never ran: {}", worker.stderr());
+}
+
+fn sleeper() -> Value {
+    json!({"name": "sleeper", "version": 1, "command": ["sh", "-c", "cat >/dev/null; sleep 30"],
+           "timeout_secs": 60, "memory_mb": 64})
+}
+
+fn error_kind(result: &Value) -> &str {
+    assert_eq!(result["status"], "failed", "{result:#}");
+    result["error"]["kind"].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_cancelled_by_spindle_reports_cancelled() {
+    let spindle = Spindle::start(Beat::KeepRunning).await;
+    let worker = Worker::start(&[]);
+    spindle.send(&worker, "r-1.a.1", sleeper()).await;
+    running(&worker, 1).await;
+    let body = serde_json::to_vec(&json!({"job_id": "r-1.a.1"})).unwrap();
+    let resp = client()
+        .post(format!("{}/jobs/r-1.a.1/cancel", worker.base))
+        .bearer_auth(TEST_WORKER_TOKEN)
+        .header("x-spindle-signature", sign::sign(JOB_TOKEN, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = spindle.result(&worker, "r-1.a.1", 20).await;
+    assert_eq!(error_kind(&r), "cancelled", "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_spindle_no_longer_wants_or_does_not_know_reports_cancelled() {
+    for beat in [Beat::Stop, Beat::Refuse] {
+        let spindle = Spindle::start(beat).await;
+        let worker = Worker::start(&[]);
+        spindle.send(&worker, "r-1.a.1", sleeper()).await;
+        let r = spindle.result(&worker, "r-1.a.1", 20).await;
+        assert_eq!(error_kind(&r), "cancelled", "{r:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_handed_back_at_shutdown_reports_a_retryable_failure() {
+    // Two slots: two jobs run, the third waits for a slot; all are handed
+    // back, from either state.
+    let spindle = Spindle::start(Beat::KeepRunning).await;
+    let mut worker = Worker::start(&["--shutdown-grace-secs", "0"]);
+    let jobs = ["r-1.a.1", "r-2.a.1", "r-3.a.1"];
+    for job in jobs {
+        spindle.send(&worker, job, sleeper()).await;
+    }
+    running(&worker, 2).await;
+    let status = worker.terminate(20).expect("the worker exits");
+    assert!(status.success(), "{status:?}");
+    for job in jobs {
+        let r = spindle.result(&worker, job, 5).await;
+        assert_eq!(error_kind(&r), "executor_failed", "{r:#}");
+    }
+}
