@@ -58,13 +58,17 @@ build_components() {
 # Podman, runc and a static busybox for the container executor and its
 # tests; CONTAINERS_CONF points podman at the project's settings (no
 # systemd cgroups, no default ulimits). Podman also needs `--runtime runc`,
-# which PODMAN_GLOBAL_ARGS carries.
+# which PODMAN_GLOBAL_ARGS carries. Agents with `network: true` run on
+# podman's default bridge network, which needs netavark and iptables; apt
+# brings them only as recommendations, so they are asked for by name.
 PODMAN_GLOBAL_ARGS=(--runtime runc)
 ensure_podman() {
     local missing=()
     command -v podman >/dev/null 2>&1 || missing+=(podman)
     command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
     [ -x /bin/busybox ] || missing+=(busybox-static)
+    [ -x /usr/lib/podman/netavark ] || [ -x /usr/libexec/podman/netavark ] || missing+=(netavark)
+    command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]} (container executor)"
         apt_install "${missing[@]}"
@@ -88,7 +92,8 @@ build_agent_image() {
     mkdir -p "$root/bin" "$root/tmp" "$root/etc"
     chmod 1777 "$root/tmp"
     cp /bin/busybox "$root/bin/busybox"
-    for applet in sh cat echo sleep ls env grep sed head tail wc; do
+    # `ip` and `nc` let tests look at an agent's network from inside.
+    for applet in sh cat echo sleep ls env grep sed head tail wc ip nc; do
         ln -s busybox "$root/bin/$applet"
     done
     cp "$bin" "$root/bin/spindle-agents"

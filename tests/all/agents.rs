@@ -133,7 +133,7 @@ async fn bad_agent_input_is_refused_before_dispatch() {
     );
 }
 
-fn podman_ready() -> bool {
+pub(crate) fn podman_ready() -> bool {
     let ok = std::process::Command::new("podman")
         .args([
             "--runtime",

@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse as _;
 use serde_json::{Value, json};
 use spindle_core::sign;
-use spindle_tests::{TEST_WORKER_TOKEN, Worker, client};
+use spindle_tests::{TEST_WORKER_TOKEN, Worker, client, root};
 
+const IMAGE: &str = "localhost/spindle/agents:latest";
 const JOB_TOKEN: &str = "test-job-token";
 
 /// How the fake Spindle answers heartbeats.
@@ -174,5 +175,101 @@ async fn a_job_handed_back_at_shutdown_reports_a_retryable_failure() {
     for job in jobs {
         let r = spindle.result(&worker, job, 5).await;
         assert_eq!(error_kind(&r), "executor_failed", "{r:#}");
+    }
+}
+
+/// Whether podman can run containers on its default bridge network here.
+/// `Err` carries podman's words when only the bridge fails (no netavark or
+/// CNI plugins, say); if podman cannot run containers at all, the test runs
+/// and fails on that.
+fn bridge_available() -> Result<(), String> {
+    let run = |network: &str| {
+        std::process::Command::new("podman")
+            .args(["--runtime", "runc", "run", "--rm", "--network", network])
+            .args([IMAGE, "true"])
+            .env("CONTAINERS_CONF", root().join("scripts/containers.conf"))
+            .output()
+            .unwrap()
+    };
+    let bridge = run("bridge");
+    if bridge.status.success() || !run("none").status.success() {
+        return Ok(());
+    }
+    Err(String::from_utf8_lossy(&bridge.stderr).trim().to_owned())
+}
+
+/// What an agent sees of its network, as JSON: its interfaces, its default
+/// gateway, and whether a TCP connection opens to the worker's port on the
+/// container's 127.0.0.1, to the worker's port through the gateway, and to
+/// the control port through the gateway. (Only a connection: busybox `nc`
+/// half-closes after its input, and hyper then hangs up without answering.)
+fn network_probe(worker_port: u16, control_port: u16) -> String {
+    format!(
+        r#"cat >/dev/null
+ifaces=$(sed -n 's/^ *\([^:]*\):.*/\1/p' /proc/net/dev)
+gw=$(ip route 2>/dev/null | sed -n 's/^default via \([0-9.]*\).*/\1/p')
+reach() {{
+  if nc -w 3 "$1" "$2" -e echo 2>/dev/null; then echo yes; else echo no; fi
+}}
+echo "{{\"ifaces\": \"$(echo $ifaces)\", \"gateway\": \"$gw\", \"loopback_worker\": \"$(reach 127.0.0.1 {worker_port})\", \"gateway_worker\": \"$(reach "$gw" {worker_port})\", \"gateway_control\": \"$(reach "$gw" {control_port})\"}}""#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_with_a_network_is_on_a_bridge_and_cannot_reach_the_hosts_loopback() {
+    if !crate::agents::podman_ready() {
+        eprintln!("podman or {IMAGE} not available; skipping");
+        return;
+    }
+    if let Err(why) = bridge_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must test bridge networking: {why}"
+        );
+        eprintln!("podman's bridge network is unavailable here; skipping: {why}");
+        return;
+    }
+    // A control service on every address of this machine, which the bridge
+    // reaches through its gateway: proof that the agent's network works and
+    // that only loopback is out of reach.
+    let control = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let control_port = control.local_addr().unwrap().port();
+    tokio::spawn(async move { while control.accept().await.is_ok() {} });
+
+    let spindle = Spindle::start(Beat::KeepRunning).await;
+    let worker = Worker::start(&[
+        "--executor",
+        "podman",
+        "--engine-arg=--runtime",
+        "--engine-arg=runc",
+    ]);
+    // The worker listens on 127.0.0.1 only, as Spindle does by default.
+    let worker_port: u16 = worker.base.rsplit(':').next().unwrap().parse().unwrap();
+    let probe = network_probe(worker_port, control_port);
+    for (job, network) in [("r-1.net.1", true), ("r-1.nonet.1", false)] {
+        let agent = json!({"name": "probe", "version": 1, "image": IMAGE,
+            "command": ["sh", "-c", probe], "timeout_secs": 60, "memory_mb": 64,
+            "network": network});
+        spindle.send(&worker, job, agent).await;
+        let r = spindle.result(&worker, job, 60).await;
+        assert_eq!(r["status"], "succeeded", "{r:#}\n{}", worker.stderr());
+        let seen = &r["output"];
+        // The worker's port on 127.0.0.1 and through the bridge's gateway.
+        assert_eq!(seen["loopback_worker"], "no", "{seen:#}");
+        assert_eq!(seen["gateway_worker"], "no", "{seen:#}");
+        let ifaces: Vec<&str> = seen["ifaces"].as_str().unwrap().split(' ').collect();
+        assert!(ifaces.contains(&"lo"), "{seen:#}");
+        if network {
+            assert!(ifaces.iter().any(|i| *i != "lo"), "{seen:#}");
+            assert_eq!(
+                seen["gateway_control"], "yes",
+                "the bridge reaches nothing (is {IMAGE} built with nc and ip? \
+                 scripts/build-agent-image): {seen:#}"
+            );
+        } else {
+            assert_eq!(ifaces, ["lo"], "{seen:#}");
+            assert_eq!(seen["gateway"], "", "{seen:#}");
+            assert_eq!(seen["gateway_control"], "no", "{seen:#}");
+        }
     }
 }

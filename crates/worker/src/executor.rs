@@ -20,9 +20,9 @@ pub const LOGS_TAIL_BYTES: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
-    /// `podman run --rm -i --network none ...`.
+    /// `podman run --rm -i --network none|bridge ...`.
     Podman,
-    /// `docker run --rm -i --network none ...`.
+    /// `docker run --rm -i --network none|bridge ...`.
     Docker,
     /// The agent's command as a local process.
     Process,
@@ -97,7 +97,12 @@ impl Executor {
                 };
                 let mut cmd = Command::new(engine);
                 cmd.args(&self.engine_args);
-                let network = if agent.network { "host" } else { "none" };
+                // Never `host`: the worker's machine has Spindle and the
+                // worker API on its loopback, and agent code must not reach
+                // them. The engine's default bridge gives a network of the
+                // container's own (its 127.0.0.1 is its own); docker names it
+                // `bridge`, and podman takes `bridge` for its default network.
+                let network = if agent.network { "bridge" } else { "none" };
                 cmd.args(["run", "--rm", "-i", "--network", network])
                     .arg("--name")
                     .arg(Self::container_name(job_id))
@@ -368,6 +373,31 @@ mod tests {
             let e = stop_running_agent(why).await;
             assert_eq!(e.kind, ErrorKind::Cancelled, "{why:?}");
             assert_eq!(e.message, why.to_string());
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn containers_get_a_bridge_or_no_network_never_the_hosts() {
+        for kind in [ExecutorKind::Podman, ExecutorKind::Docker] {
+            for (network, mode) in [(true, "bridge"), (false, "none")] {
+                let cmd = executor(kind)
+                    .command("r-1.a.1", &agent(&["true"], network))
+                    .unwrap();
+                let args = args(&cmd);
+                let at = args.iter().position(|a| a == "--network").unwrap();
+                assert_eq!(args[at + 1], mode, "{kind:?}: {args:?}");
+                assert!(
+                    !args.iter().any(|a| a == "host" || a.ends_with("=host")),
+                    "{args:?}"
+                );
+            }
         }
     }
 }
