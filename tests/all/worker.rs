@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse as _;
 use serde_json::{Value, json};
 use spindle_core::sign;
-use spindle_tests::{TEST_WORKER_TOKEN, Worker, client, root};
+use spindle_tests::{TEST_WORKER_TOKEN, Worker, client, root, target_dir};
 
 const IMAGE: &str = "localhost/spindle/agents:latest";
 const JOB_TOKEN: &str = "test-job-token";
@@ -176,6 +176,39 @@ async fn a_job_handed_back_at_shutdown_reports_a_retryable_failure() {
         let r = spindle.result(&worker, job, 5).await;
         assert_eq!(error_kind(&r), "executor_failed", "{r:#}");
     }
+}
+
+#[test]
+fn a_worker_without_its_container_engine_refuses_to_start() {
+    // Were it to start, it would take every job and fail each as a retryable
+    // executor_failed.
+    let empty = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(target_dir().join("debug/spindle-worker"))
+        .args(["--listen", "127.0.0.1:0", "--executor", "docker"])
+        .env("PATH", empty.path())
+        .env("SPINDLE_WORKER_TOKEN", TEST_WORKER_TOKEN)
+        .env_remove("SPINDLE_WORKER_LISTEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+        panic!("the worker started without docker");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the docker executor needs `docker`, which is not on PATH"),
+        "{stderr}"
+    );
 }
 
 /// Whether podman can run containers on its default bridge network here.

@@ -28,6 +28,17 @@ pub enum ExecutorKind {
     Process,
 }
 
+impl ExecutorKind {
+    /// The container engine's program; `None` for the process executor.
+    pub fn engine(self) -> Option<&'static str> {
+        match self {
+            Self::Podman => Some("podman"),
+            Self::Docker => Some("docker"),
+            Self::Process => None,
+        }
+    }
+}
+
 /// Executor settings.
 #[derive(Debug, Clone)]
 pub struct Executor {
@@ -65,8 +76,8 @@ impl Executor {
     }
 
     fn command(&self, job_id: &str, agent: &JobAgent) -> Result<Command, JobError> {
-        match self.kind {
-            ExecutorKind::Process => {
+        match self.kind.engine() {
+            None => {
                 let (program, args) = agent.command.split_first().ok_or_else(|| {
                     fail(
                         ErrorKind::ExecutorFailed,
@@ -80,7 +91,7 @@ impl Executor {
                 cmd.args(args);
                 Ok(cmd)
             }
-            ExecutorKind::Podman | ExecutorKind::Docker => {
+            Some(engine) => {
                 let image = agent.image.as_deref().ok_or_else(|| {
                     fail(
                         ErrorKind::ExecutorFailed,
@@ -90,11 +101,6 @@ impl Executor {
                         ),
                     )
                 })?;
-                let engine = if self.kind == ExecutorKind::Podman {
-                    "podman"
-                } else {
-                    "docker"
-                };
                 let mut cmd = Command::new(engine);
                 cmd.args(&self.engine_args);
                 // Never `host`: the worker's machine has Spindle and the
@@ -238,13 +244,8 @@ impl Executor {
     }
 
     async fn kill(&self, job_id: &str, child: &mut tokio::process::Child) {
-        if self.kind != ExecutorKind::Process {
+        if let Some(engine) = self.kind.engine() {
             // Killing the client does not always stop the container.
-            let engine = if self.kind == ExecutorKind::Podman {
-                "podman"
-            } else {
-                "docker"
-            };
             // `kill` is SIGKILL in both engines and immediate; `rm -f` alone
             // waits ten seconds in podman for a PID 1 that ignores SIGTERM.
             let name = Self::container_name(job_id);

@@ -163,6 +163,17 @@ async fn health(State(state): State<AppState>) -> Response {
     axum::Json(state.worker.load()).into_response()
 }
 
+/// Whether `program` is an executable file in one of PATH's directories.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
@@ -208,6 +219,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!args.token.is_empty(), "the worker token must not be empty");
     anyhow::ensure!(args.slots > 0, "--slots must be at least 1");
+    // Without its engine, a worker would take every job and fail each as a
+    // retryable executor_failed, spending the retry budget of every run it
+    // is sent; refusing to start says what is wrong, once.
+    if let Some(engine) = args.executor.engine() {
+        anyhow::ensure!(
+            on_path(engine),
+            "the {engine} executor needs `{engine}`, which is not on PATH"
+        );
+    }
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
