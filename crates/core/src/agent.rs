@@ -235,8 +235,8 @@ impl AgentSpec {
                 ));
             } else if let Some(e) = crate::schema::compile_error(schema) {
                 errors.push(FieldError::new(
-                    field,
-                    format!("not a valid JSON Schema: {e}"),
+                    format!("{field}{}", e.pointer),
+                    format!("not an accepted JSON Schema: {}", e.detail),
                 ));
             }
         }
