@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FieldError, ValidationError};
+use crate::error::{FieldError, MAX_ERRORS, ValidationError};
 use crate::retry::RetryPolicy;
 
 /// Default wall-clock limit for one job of an agent.
@@ -211,6 +211,9 @@ impl AgentSpec {
             ));
         }
         for (i, arg) in self.command.iter().enumerate() {
+            if errors.len() > MAX_ERRORS {
+                break; // `check` lists no more than this
+            }
             if arg.contains('\0') {
                 errors.push(FieldError::new(
                     format!("/command/{i}"),

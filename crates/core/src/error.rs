@@ -25,11 +25,20 @@ impl FieldError {
     }
 }
 
+/// Most field errors one refusal lists; a last entry counts the rest.
+///
+/// A megabyte body holds a quarter of a million bad `needs` entries or
+/// templates; listing each (twice: in the problem's `errors` and in its
+/// detail) would answer tens of megabytes and could exhaust a component's
+/// memory. The first hundred say what is wrong.
+pub const MAX_ERRORS: usize = 100;
+
 /// An input document was rejected; nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid input: {}", summary(.errors))]
 pub struct ValidationError {
-    /// Every problem found, in document order. Never empty.
+    /// The problems found, in document order: at most [`MAX_ERRORS`], then
+    /// one entry (pointer `""`) counting those not listed. Never empty.
     pub errors: Vec<FieldError>,
 }
 
@@ -55,13 +64,21 @@ impl ValidationError {
         }
     }
 
-    /// `Ok(())` when `errors` is empty, otherwise the rejection.
-    pub fn check(errors: Vec<FieldError>) -> Result<(), Self> {
+    /// `Ok(())` when `errors` is empty, otherwise the rejection, listing at
+    /// most [`MAX_ERRORS`] of them.
+    pub fn check(mut errors: Vec<FieldError>) -> Result<(), Self> {
         if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Self { errors })
+            return Ok(());
         }
+        if errors.len() > MAX_ERRORS {
+            let more = errors.len() - MAX_ERRORS;
+            errors.truncate(MAX_ERRORS);
+            errors.push(FieldError::new(
+                "",
+                format!("and {more} more problems, not listed"),
+            ));
+        }
+        Err(Self { errors })
     }
 }
 
@@ -94,5 +111,23 @@ mod tests {
     fn check_passes_only_when_empty() {
         assert!(ValidationError::check(vec![]).is_ok());
         assert!(ValidationError::check(vec![FieldError::new("/a", "x")]).is_err());
+    }
+
+    #[test]
+    fn check_lists_at_most_max_errors_and_counts_the_rest() {
+        let errors = (0..MAX_ERRORS + 7)
+            .map(|i| FieldError::new(format!("/needs/{i}"), "bad"))
+            .collect();
+        let err = ValidationError::check(errors).unwrap_err();
+        assert_eq!(err.errors.len(), MAX_ERRORS + 1);
+        assert_eq!(
+            err.errors[MAX_ERRORS - 1].pointer,
+            format!("/needs/{}", MAX_ERRORS - 1)
+        );
+        let last = &err.errors[MAX_ERRORS];
+        assert_eq!(
+            (last.pointer.as_str(), last.detail.as_str()),
+            ("", "and 7 more problems, not listed")
+        );
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::agent::check_name;
-use crate::error::{FieldError, ValidationError};
+use crate::error::{FieldError, MAX_ERRORS, ValidationError};
 use crate::retry::RetryPolicy;
 use crate::template;
 
@@ -166,6 +166,20 @@ impl WorkflowSpec {
             }
         }
         for (i, step) in self.steps.iter().enumerate() {
+            // A longer list must repeat or invent ids; one error says so
+            // instead of one per entry.
+            if step.needs.len() >= MAX_STEPS {
+                errors.push(FieldError::new(
+                    format!("/steps/{i}/needs"),
+                    format!(
+                        "at most {} needs (found {})",
+                        MAX_STEPS - 1,
+                        step.needs.len()
+                    ),
+                ));
+                graph_ok = false;
+                continue;
+            }
             let mut seen = BTreeSet::new();
             for (j, need) in step.needs.iter().enumerate() {
                 let at = format!("/steps/{i}/needs/{j}");
@@ -199,6 +213,9 @@ impl WorkflowSpec {
             None
         };
         for (i, step) in self.steps.iter().enumerate() {
+            if errors.len() > MAX_ERRORS {
+                break; // `check` lists no more than this
+            }
             let at = format!("/steps/{i}/input");
             let mut strings = Vec::new();
             if let Err(deep) = template::visit(&step.input, &at, 0, &mut strings) {
@@ -212,6 +229,9 @@ impl WorkflowSpec {
                 continue;
             }
             for (pointer, s) in strings {
+                if errors.len() > MAX_ERRORS {
+                    break;
+                }
                 match template::parse(s) {
                     Err(e) => errors.push(FieldError::new(pointer, format!("bad template: {e}"))),
                     Ok(parts) => {
@@ -575,6 +595,21 @@ mod tests {
                 .validate(known)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn huge_lists_of_bad_entries_give_a_bounded_refusal() {
+        let needs = vec!["ghost"; 250_000];
+        let bad: Vec<&str> = vec!["{{"; 250_000];
+        let w = spec(json!({"name": "big", "steps": [
+            {"id": "a", "agent": "scanner", "needs": needs},
+            {"id": "b", "agent": "scanner", "input": bad}
+        ]}));
+        let err = w.validate(known).unwrap_err();
+        assert_eq!(err.errors[0].pointer, "/steps/0/needs");
+        assert!(err.errors[0].detail.contains("found 250000"), "{err}");
+        assert_eq!(err.errors.len(), MAX_ERRORS + 1);
+        assert!(err.to_string().len() < 20_000);
     }
 
     #[test]

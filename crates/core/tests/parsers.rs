@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
+use spindle_core::error::MAX_ERRORS;
 use spindle_core::job::{Heartbeat, JobResult};
 use spindle_core::retry::{MAX_ATTEMPTS, MAX_BACKOFF_MS, RetryPolicy};
 use spindle_core::workflow::{ancestors, topo_order};
@@ -71,6 +72,11 @@ fn parent(p: &str) -> &str {
 /// shape): non-empty, every pointer well formed.
 fn assert_refusal(e: &ValidationError) {
     assert!(!e.errors.is_empty(), "a refusal with no errors");
+    assert!(
+        e.errors.len() <= MAX_ERRORS + 1,
+        "{} errors listed",
+        e.errors.len()
+    );
     for FieldError { pointer, detail } in &e.errors {
         assert!(is_pointer(pointer), "not a JSON Pointer: {pointer:?}");
         assert!(!detail.trim().is_empty(), "no detail at {pointer:?}");
