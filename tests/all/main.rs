@@ -14,4 +14,5 @@ mod manifests;
 mod openapi;
 mod platform;
 mod registry;
+mod request_lifetime;
 mod worker;

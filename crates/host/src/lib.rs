@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod bindings;
+pub mod deadline;
 pub mod host_impl;
 pub mod kv;
 pub mod manifest;

@@ -6,6 +6,8 @@
 //! [`ReuseConfig::max_concurrent`] at a time; `--instance-per-request` makes
 //! that one and one. Components must be correct either way: they keep no
 //! state between requests, everything lives in the key-value store.
+//!
+//! The request timeout reaches into guest code: see [`crate::deadline`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,14 +24,16 @@ use http_body_util::BodyExt;
 use wasmtime::component::{Component, GuestTaskId, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut,
+    UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::{
-    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState,
-    WorkerStatus,
+    ExpirationError, HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept,
+    WorkerExpiration, WorkerState, WorkerStatus,
 };
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::deadline::{InstanceClock, RequestTimedOut, Ticket};
 use crate::host_impl::{ComponentEnv, KvData, KvView};
 use crate::kv::SqliteKv;
 use crate::manifest::{App, DEFINED_STORES};
@@ -139,12 +143,14 @@ pub struct Runtime {
     handlers: HashMap<String, ProxyHandler<ComponentHandler>>,
     listen: std::sync::OnceLock<SocketAddr>,
     engine: Engine,
+    request_timeout: Duration,
 }
 
 impl Runtime {
     /// Compiles and pre-instantiates every component of `app`.
     pub fn new(app: App, opts: &RuntimeOptions) -> anyhow::Result<Arc<Self>> {
         let engine = engine(opts.cache_dir.as_deref())?;
+        crate::deadline::spawn_epoch_ticker(&engine).context("cannot start the epoch thread")?;
         let kv =
             SqliteKv::open(&opts.state_dir.join("sqlite_key_value.db")).with_context(|| {
                 format!(
@@ -237,6 +243,7 @@ impl Runtime {
                 handlers,
                 listen: std::sync::OnceLock::new(),
                 engine: engine.clone(),
+                request_timeout,
             }
         });
         Ok(rt)
@@ -303,7 +310,20 @@ impl Runtime {
             .get(component)
             .with_context(|| format!("no component {component:?}"))?;
         self.add_spin_headers(&mut req, m, origin);
-        Ok(handler.handle(0, req).await?)
+        let ticket = Arc::new(Ticket::default());
+        match handler.handle(ticket.clone(), req).await {
+            Ok(resp) => Ok(resp),
+            // Either the request's own timer (the instance lives on until
+            // its next guest code traps) or the epoch check that dropped the
+            // instance under it.
+            Err(e) if ticket.timed_out() || e.is::<ExpirationError>() => {
+                Err(anyhow::Error::new(RequestTimedOut(self.request_timeout)))
+                    .with_context(|| format!("component {component:?}"))
+            }
+            Err(e) => {
+                Err(anyhow::Error::from(e)).with_context(|| format!("component {component:?}"))
+            }
+        }
     }
 
     fn add_spin_headers(
@@ -374,6 +394,9 @@ fn engine(cache_dir: Option<&std::path::Path>) -> anyhow::Result<Engine> {
     }
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
+    // The only way to stop guest code that never calls the host (see
+    // `deadline`). Costs a load and compare at loop heads and calls.
+    config.epoch_interruption(true);
     config.concurrency_support(true);
     // Pooling: instance slots are pre-reserved and recycled, which is what
     // makes per-request instantiation cheap. Sized for a small app on a
@@ -411,6 +434,7 @@ impl HandlerState for ComponentHandler {
     type WorkerState = Worker;
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiration, Worker>> {
+        let clock = InstanceClock::new(self.request_timeout, Instant::now());
         let engine = match &self.pre {
             ProxyPre::P3(p) => p.engine().clone(),
             #[allow(unreachable_patterns)]
@@ -433,7 +457,20 @@ impl HandlerState for ComponentHandler {
             env: self.env.clone(),
         };
         let mut store = Store::new(&engine, state);
+        store.set_epoch_deadline(1);
+        let ticks = clock.clone();
+        store.epoch_deadline_callback(move |_| {
+            ticks.check(Instant::now())?;
+            // Tokio's yield lets the I/O driver run before this task again;
+            // wasmtime's plain yield does not, and a busy guest then holds
+            // up accepting connections for hundreds of milliseconds.
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
         let proxy = self.pre.instantiate_async(&mut store).await?;
+        clock.instantiated();
         let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(component = %self.env.id, instance = id, "instantiated");
         Ok(Instance {
@@ -444,21 +481,26 @@ impl HandlerState for ComponentHandler {
                 idle_timeout: self.reuse.idle_timeout,
                 request_timeout: self.request_timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+                clock: clock.clone(),
             },
             state: Worker {
                 reuse: self.reuse,
                 request_timeout: self.request_timeout,
                 component: self.env.id.clone(),
+                instance: id,
+                clock,
             },
         })
     }
 }
 
-/// Retires idle instances and bounds request time.
+/// Retires idle instances and bounds request time outside guest code: a request waiting on the host, or work after
+/// the last answer.
 pub struct Expiration {
     idle_timeout: Duration,
     request_timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    clock: Arc<InstanceClock>,
 }
 
 impl WorkerExpiration for Expiration {
@@ -479,20 +521,27 @@ impl WorkerExpiration for Expiration {
         if self.sleep.deadline() != deadline {
             self.sleep.as_mut().reset(deadline);
         }
-        self.sleep.as_mut().poll(cx)
+        let expired = self.sleep.as_mut().poll(cx);
+        if expired.is_ready() && status != WorkerStatus::Idle {
+            self.clock.expire(Instant::now());
+        }
+        expired
     }
 }
 
-/// Decides how many requests an instance takes.
+/// Decides how many requests an instance takes, times them, and reports
+/// how it ended.
 pub struct Worker {
     reuse: ReuseConfig,
     request_timeout: Duration,
     component: String,
+    instance: u64,
+    clock: Arc<InstanceClock>,
 }
 
 impl WorkerState for Worker {
     type StoreData = HostState;
-    type RequestData = u64;
+    type RequestData = Arc<Ticket>;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.reuse.max_requests {
@@ -507,15 +556,34 @@ impl WorkerState for Worker {
     fn on_request_start(
         &self,
         _store: StoreContextMut<'_, HostState>,
-        _data: u64,
+        ticket: Arc<Ticket>,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        Box::pin(tokio::time::sleep(self.request_timeout))
+        // Dropped, and so unregistered, when the request answers in time.
+        let running = self.clock.start(ticket, Instant::now());
+        let timeout = self.request_timeout;
+        Box::pin(async move {
+            tokio::time::sleep(timeout).await;
+            running.expire();
+        })
     }
 
     fn drop(&self, store: Store<HostState>, result: wasmtime::Result<()>) {
-        if let Err(e) = result {
-            tracing::error!(component = %self.component, error = %format!("{e:#}"), "component instance failed");
+        let (component, instance) = (&self.component, self.instance);
+        match result {
+            Ok(()) => tracing::debug!(%component, instance, "instance retired"),
+            Err(_) if self.clock.timed_out() => tracing::warn!(
+                %component,
+                instance,
+                timeout_secs = self.clock.timeout().as_secs_f64(),
+                "request timed out: component instance stopped"
+            ),
+            Err(e) => tracing::error!(
+                %component,
+                instance,
+                error = %format!("{e:#}"),
+                "component instance failed"
+            ),
         }
         drop(store);
     }

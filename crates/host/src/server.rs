@@ -11,6 +11,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::WasiBody;
 
+use crate::deadline::RequestTimedOut;
 use crate::runtime::{Origin, Runtime, full_body, not_found};
 
 /// Binds `addr` the way Spin does (address reuse on, so a restart does not
@@ -117,7 +118,11 @@ async fn handle(
         Ok(Some(found)) => found,
         Ok(None) => (String::new(), String::new(), not_found()),
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), %path, "request failed in component");
+            if e.downcast_ref::<RequestTimedOut>().is_some() {
+                tracing::warn!(error = %format!("{e:#}"), %path, "request timed out");
+            } else {
+                tracing::error!(error = %format!("{e:#}"), %path, "request failed in component");
+            }
             (
                 String::new(),
                 String::new(),

@@ -81,8 +81,29 @@ async fn handle(req: Request) -> Response {
             let n = req.into_body().bytes().await.map(|b| b.len()).unwrap_or(0);
             json(200, &serde_json::json!({"received": n}))
         }
+        ["probe", "spin"] => spin_forever(),
+        ["probe", "burn", rounds] => burn(rounds.parse().unwrap_or(0)),
         _ => headers(&req),
     }
+}
+
+/// A component stuck in a CPU loop: only the host's request timeout ends it.
+/// `black_box` keeps the optimiser from proving the loop useless.
+fn spin_forever() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+/// Bounded CPU work (a linear congruential walk), for measuring what the
+/// host's interruption checks cost.
+fn burn(rounds: u64) -> Response {
+    let mut x = 0u64;
+    for _ in 0..rounds {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    json(200, &serde_json::json!({"rounds": rounds, "result": x}))
 }
 
 fn headers(req: &Request) -> Response {
