@@ -1,10 +1,12 @@
 //! How long a request's work lives: a component stuck in a CPU loop is
-//! stopped at the request timeout.
+//! stopped at the request timeout, and a request whose client hangs up is
+//! still carried out in full, even when the host is stopped right after.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use spindle_tests::{Host, HostBuilder, client, manifest};
+use tokio::io::AsyncWriteExt;
 
 const APP: &str = r#"
 spin_manifest_version = 2
@@ -68,6 +70,71 @@ fn cpu_time(pid: u32) -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     // USER_HZ is 100 on every Linux the tests run on.
     Duration::from_millis(ticks * 10)
+}
+
+/// Sends SIGTERM and waits for the process to exit, keeping the `Host` (and
+/// so its captured log) around.
+fn terminate(host: &Host) {
+    let pid = pid(host);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        // An exited child stays a zombie until the harness reaps it.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat)
+                if !stat
+                    .rsplit_once(')')
+                    .unwrap()
+                    .1
+                    .trim_start()
+                    .starts_with('Z') => {}
+            _ => {
+                // Let the log reader drain the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("host did not exit within 20 s of SIGTERM");
+}
+
+/// Sends `GET path` on a raw connection and returns it unread; see
+/// [`hang_up`].
+async fn send(host: &Host, path: &str) -> tokio::net::TcpStream {
+    let addr = host.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
+/// Closes a connection before the answer, the way a stopped load generator
+/// does: with a FIN, or with an RST (`reset`) as a killed process does.
+fn hang_up(stream: tokio::net::TcpStream, reset: bool) {
+    if reset {
+        stream.set_zero_linger().unwrap();
+    }
+    drop(stream);
+}
+
+/// Waits for `key` to hold a value (a request still running after its
+/// client left writes it later).
+async fn wait_for_key(host: &Host, key: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, v) = get(host, &format!("/probe/kv/{key}")).await;
+        if !v["value"].is_null() || Instant::now() > deadline {
+            return v["value"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,4 +217,88 @@ async fn requests_on_other_instances_are_served_while_components_loop() {
         assert!(took >= Duration::from_millis(1950), "{took:?}");
     }
     assert_eq!(get(&host, "/probe/instance-hits").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_client_hangs_up_is_carried_out_in_full() {
+    let (_d, host) = start(&[]);
+    // Five writes 200 ms apart; the client leaves after the first.
+    for (key, reset) in [("fin", false), ("rst", true)] {
+        let stream = send(
+            &host,
+            &format!("/probe/slow-writes?key={key}&n=5&sleep_ms=200"),
+        )
+        .await;
+        assert_eq!(
+            wait_for_key(&host, &format!("{key}.1"), Duration::from_secs(5)).await,
+            "1"
+        );
+        hang_up(stream, reset);
+        assert!(
+            get(&host, &format!("/probe/kv/{key}.5")).await.1["value"].is_null(),
+            "{key}: the client left before the work was done"
+        );
+        assert_eq!(
+            wait_for_key(&host, &format!("{key}.5"), Duration::from_secs(5)).await,
+            "5",
+            "{key}: the last write happened"
+        );
+        for i in 1..=5 {
+            assert_eq!(
+                get(&host, &format!("/probe/kv/{key}.{i}")).await.1["value"],
+                i.to_string(),
+                "{key}: write {i}"
+            );
+        }
+    }
+    let log = host.stderr();
+    assert!(log.contains("client went away before the answer"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("component instance failed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn work_whose_clients_hung_up_is_finished_before_the_host_stops() {
+    let (_d, path) = manifest(APP);
+    let state = tempfile::tempdir().unwrap();
+    let host = HostBuilder::new(&path).state_dir(state.path()).start();
+    // Twenty clients at once, all gone after their first write of five (a
+    // load generator killed mid-run), then SIGTERM at once.
+    let mut clients = Vec::new();
+    for c in 0..20 {
+        clients.push(
+            send(
+                &host,
+                &format!("/probe/slow-writes?key=c{c}&n=5&sleep_ms=200"),
+            )
+            .await,
+        );
+    }
+    for c in 0..20 {
+        assert_eq!(
+            wait_for_key(&host, &format!("c{c}.1"), Duration::from_secs(5)).await,
+            "1"
+        );
+    }
+    for stream in clients {
+        hang_up(stream, true);
+    }
+    terminate(&host);
+    let log = host.stderr();
+    drop(host);
+
+    // Every write of every request is there after a restart over the store.
+    let host = HostBuilder::new(&path).state_dir(state.path()).start();
+    for c in 0..20 {
+        for i in 1..=5 {
+            assert_eq!(
+                get(&host, &format!("/probe/kv/c{c}.{i}")).await.1["value"],
+                i.to_string(),
+                "request {c}, write {i}"
+            );
+        }
+    }
+    assert!(log.contains("all component work finished"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("component instance"), "{log}");
 }

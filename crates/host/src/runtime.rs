@@ -7,7 +7,12 @@
 //! that one and one. Components must be correct either way: they keep no
 //! state between requests, everything lives in the key-value store.
 //!
-//! The request timeout reaches into guest code: see [`crate::deadline`].
+//! A request's work belongs to its instance, not to its client: a client
+//! that hangs up does not stop it (wasmtime-wasi-http's `ProxyHandler` only
+//! drops the answer), so a component is never cut between two store writes
+//! by a disconnect. Shutdown waits for every instance to finish. Only the
+//! request timeout, which reaches into guest code ([`crate::deadline`]), and
+//! a shutdown that outlasts its drain period stop work half-way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use tokio::sync::watch;
 use wasmtime::component::{Component, GuestTaskId, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut,
@@ -137,6 +143,49 @@ pub enum Origin {
     Internal,
 }
 
+/// Shutdown, and the instances still alive: at shutdown the host waits for
+/// every instance to finish its work, whether or not a client still waits
+/// for it.
+struct Lifecycle {
+    shutting_down: watch::Sender<bool>,
+    live_instances: watch::Sender<usize>,
+}
+
+impl Lifecycle {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            shutting_down: watch::Sender::new(false),
+            live_instances: watch::Sender::new(0),
+        })
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        *self.shutting_down.borrow()
+    }
+
+    /// Resolves once shutdown has begun (or the runtime is gone).
+    fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.shutting_down.subscribe();
+        async move {
+            let _ = rx.wait_for(|down| *down).await;
+        }
+    }
+
+    fn instance_started(self: &Arc<Self>) -> LiveInstance {
+        self.live_instances.send_modify(|n| *n += 1);
+        LiveInstance(self.clone())
+    }
+}
+
+/// Counts one instance as alive until dropped.
+struct LiveInstance(Arc<Lifecycle>);
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.live_instances.send_modify(|n| *n -= 1);
+    }
+}
+
 /// The running application: compiled components and their instance pools.
 pub struct Runtime {
     app: App,
@@ -144,6 +193,7 @@ pub struct Runtime {
     listen: std::sync::OnceLock<SocketAddr>,
     engine: Engine,
     request_timeout: Duration,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Runtime {
@@ -219,6 +269,7 @@ impl Runtime {
 
         let reuse = opts.reuse;
         let request_timeout = opts.request_timeout;
+        let lifecycle = Lifecycle::new();
         let rt = Arc::new_cyclic(|weak: &Weak<Runtime>| {
             let handlers = compiled
                 .into_iter()
@@ -234,6 +285,7 @@ impl Runtime {
                         reuse,
                         request_timeout,
                         next_instance: AtomicU64::new(0),
+                        lifecycle: lifecycle.clone(),
                     });
                     (id, handler)
                 })
@@ -244,6 +296,7 @@ impl Runtime {
                 listen: std::sync::OnceLock::new(),
                 engine: engine.clone(),
                 request_timeout,
+                lifecycle,
             }
         });
         Ok(rt)
@@ -257,6 +310,29 @@ impl Runtime {
     /// The engine (for tests and benchmarks that inspect its configuration).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Begins shutdown: the tick stops, and instances retire as soon as they
+    /// have no work left instead of idling for reuse.
+    pub fn begin_shutdown(&self) {
+        self.lifecycle.shutting_down.send_replace(true);
+    }
+
+    /// Resolves once [`Runtime::begin_shutdown`] has been called.
+    pub fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.lifecycle.shutdown_signal()
+    }
+
+    /// Component instances alive (serving, finishing work, or idle).
+    pub fn live_instances(&self) -> usize {
+        *self.lifecycle.live_instances.borrow()
+    }
+
+    /// Resolves when no component instance is alive: every request's work,
+    /// including work whose client went away, has finished.
+    pub async fn instances_retired(&self) {
+        let mut rx = self.lifecycle.live_instances.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Records the address the listener is bound to (used for `spin-full-url`
@@ -426,6 +502,7 @@ pub struct ComponentHandler {
     reuse: ReuseConfig,
     request_timeout: Duration,
     next_instance: AtomicU64,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl HandlerState for ComponentHandler {
@@ -434,6 +511,7 @@ impl HandlerState for ComponentHandler {
     type WorkerState = Worker;
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiration, Worker>> {
+        let live = self.lifecycle.instance_started();
         let clock = InstanceClock::new(self.request_timeout, Instant::now());
         let engine = match &self.pre {
             ProxyPre::P3(p) => p.engine().clone(),
@@ -481,6 +559,8 @@ impl HandlerState for ComponentHandler {
                 idle_timeout: self.reuse.idle_timeout,
                 request_timeout: self.request_timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+                shutdown: Box::pin(self.lifecycle.shutdown_signal()),
+                shutting_down: false,
                 clock: clock.clone(),
             },
             state: Worker {
@@ -489,17 +569,22 @@ impl HandlerState for ComponentHandler {
                 component: self.env.id.clone(),
                 instance: id,
                 clock,
+                lifecycle: self.lifecycle.clone(),
+                _live: live,
             },
         })
     }
 }
 
-/// Retires idle instances and bounds request time outside guest code: a request waiting on the host, or work after
+/// Retires idle instances (at once during shutdown) and bounds request
+/// time outside guest code: a request waiting on the host, or work after
 /// the last answer.
 pub struct Expiration {
     idle_timeout: Duration,
     request_timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+    shutting_down: bool,
     clock: Arc<InstanceClock>,
 }
 
@@ -510,6 +595,12 @@ impl WorkerExpiration for Expiration {
         status: WorkerStatus,
         start: Instant,
     ) -> Poll<()> {
+        if !self.shutting_down && self.shutdown.as_mut().poll(cx).is_ready() {
+            self.shutting_down = true;
+        }
+        if self.shutting_down && status == WorkerStatus::Idle {
+            return Poll::Ready(());
+        }
         let timeout = match status {
             WorkerStatus::Idle => self.idle_timeout,
             WorkerStatus::Requests | WorkerStatus::PostReturn => self.request_timeout,
@@ -537,6 +628,8 @@ pub struct Worker {
     component: String,
     instance: u64,
     clock: Arc<InstanceClock>,
+    lifecycle: Arc<Lifecycle>,
+    _live: LiveInstance,
 }
 
 impl WorkerState for Worker {
@@ -577,6 +670,14 @@ impl WorkerState for Worker {
                 instance,
                 timeout_secs = self.clock.timeout().as_secs_f64(),
                 "request timed out: component instance stopped"
+            ),
+            // wasmtime-wasi-http reports a worker dropped before it finished
+            // as "worker panicked"; at shutdown that is the drain giving up.
+            Err(e) if self.lifecycle.is_shutting_down() => tracing::warn!(
+                %component,
+                instance,
+                error = %format!("{e:#}"),
+                "component instance stopped at shutdown with work in flight"
             ),
             Err(e) => tracing::error!(
                 %component,

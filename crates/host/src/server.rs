@@ -54,7 +54,8 @@ async fn accept(
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and waits (up to
-/// `drain`) for requests in flight.
+/// `drain`) for requests in flight and for every component instance to
+/// finish its work, including work whose client has gone.
 pub async fn serve(
     rt: Arc<Runtime>,
     listener: tokio::net::TcpListener,
@@ -94,10 +95,19 @@ pub async fn serve(
         });
     }
     drop(listener);
+    rt.begin_shutdown();
     tracing::info!("shutting down: waiting for requests in flight");
+    let drained = async {
+        graceful.shutdown().await;
+        tracing::info!("all connections closed");
+        rt.instances_retired().await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout: closing remaining connections"),
+        _ = drained => tracing::info!("all component work finished"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(
+            instances = rt.live_instances(),
+            "drain timeout: stopping with work in flight"
+        ),
     }
     Ok(())
 }
@@ -114,7 +124,15 @@ async fn handle(
         return text(http::StatusCode::OK, "OK");
     }
     let req = req.map(|b| b.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
-    let (route, component, resp) = match rt.handle(req, Origin::Client(client)).await {
+    let mut waiting = ClientWaits {
+        method: &method,
+        path: &path,
+        started,
+        answered: false,
+    };
+    let outcome = rt.handle(req, Origin::Client(client)).await;
+    waiting.answered = true;
+    let (route, component, resp) = match outcome {
         Ok(Some(found)) => found,
         Ok(None) => (String::new(), String::new(), not_found()),
         Err(e) => {
@@ -144,6 +162,29 @@ async fn handle(
         "request"
     );
     resp
+}
+
+/// Logs a request whose client hung up before the answer: hyper drops the
+/// request's future then. The component's work is not cancelled with it.
+struct ClientWaits<'a> {
+    method: &'a http::Method,
+    path: &'a str,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for ClientWaits<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::info!(
+                target: "spindle::request",
+                method = %self.method,
+                path = %self.path,
+                duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "client went away before the answer; the component finishes its work"
+            );
+        }
+    }
 }
 
 fn text(status: http::StatusCode, body: &'static str) -> http::Response<WasiBody> {

@@ -28,8 +28,8 @@ pub fn check(rt: &Runtime, path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Ticks forever. Failures are logged, once per change of outcome, so a
-/// broken tick does not flood the log every second.
+/// Ticks until shutdown begins. Failures are logged, once per change of
+/// outcome, so a broken tick does not flood the log every second.
 pub async fn run(rt: Arc<Runtime>, path: String, every: Duration) {
     let secret = rt
         .app()
@@ -40,8 +40,14 @@ pub async fn run(rt: Arc<Runtime>, path: String, every: Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ok = true;
+    let shutdown = rt.shutting_down();
+    tokio::pin!(shutdown);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            // A tick in flight is not cut: its instance finishes it.
+            _ = &mut shutdown => return,
+        }
         let req = http::Request::post(format!("http://localhost{path}"))
             .header("authorization", format!("Bearer {secret}"))
             .body(full_body(""))

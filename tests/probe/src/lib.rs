@@ -83,6 +83,7 @@ async fn handle(req: Request) -> Response {
         }
         ["probe", "spin"] => spin_forever(),
         ["probe", "burn", rounds] => burn(rounds.parse().unwrap_or(0)),
+        ["probe", "slow-writes"] => slow_writes(&query).await,
         _ => headers(&req),
     }
 }
@@ -104,6 +105,38 @@ fn burn(rounds: u64) -> Response {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
     json(200, &serde_json::json!({"rounds": rounds, "result": x}))
+}
+
+/// `n` writes of `<key>.<i>` = `i`, `sleep_ms` apart, like a transition that
+/// stores several documents: the tests drop the client half-way and look at
+/// what was written.
+async fn slow_writes(query: &str) -> Response {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let key = param("key").unwrap_or("slow").to_owned();
+    let n: u32 = param("n").and_then(|v| v.parse().ok()).unwrap_or(5);
+    let sleep_ms: u64 = param("sleep_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let kv = match Kv::open("default").await {
+        Ok(kv) => kv,
+        Err(e) => return json(503, &serde_json::json!({"error": e.to_string()})),
+    };
+    for i in 1..=n {
+        if i > 1 {
+            spin_sdk::wasip3::clocks::monotonic_clock::wait_for(sleep_ms * 1_000_000).await;
+        }
+        if let Err(e) = kv.set(&format!("{key}.{i}"), &i).await {
+            return json(
+                503,
+                &serde_json::json!({"error": e.to_string(), "written": i - 1}),
+            );
+        }
+    }
+    json(200, &serde_json::json!({"written": n}))
 }
 
 fn headers(req: &Request) -> Response {
