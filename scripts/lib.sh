@@ -45,7 +45,7 @@ apt_install() {
 COMPONENTS=(spindle-api spindle-metrics spindle-webhook spindle-trigger spindle-approve
     spindle-jobs spindle-scheduler)
 # Crates that only build for wasm32-wasip2 (they link spin-sdk).
-WASM_ONLY=("${COMPONENTS[@]}" spindle-probe spindle-spin spindle-engine)
+WASM_ONLY=("${COMPONENTS[@]}" spindle-probe spindle-spin)
 
 # Builds every wasm component (and the test-only probe) in one cargo call.
 build_components() {

@@ -4,15 +4,23 @@
 use spin_sdk::http::Request;
 use spindle_core::agent::{Agent, AgentName, AgentSpec};
 use spindle_core::keys;
+use spindle_core::problem::ProblemKind;
 use spindle_spin::http::{
     DEFAULT_MAX_BODY, Problem, Response, json, no_content, read_body, require_json,
 };
-use spindle_spin::store::Kv;
+use spindle_spin::store::{StoreExt, UpdateError};
 
-use crate::{AgentUsers, index_edit, load_indexed, store_problem, update_problem};
+use crate::{load_indexed, registry, registry_problem, store};
 
 fn parse_name(name: &str) -> Result<AgentName, Problem> {
-    AgentName::parse(name).map_err(|e| Problem::new(400, "validation", "Invalid agent name", e))
+    AgentName::parse(name).map_err(|e| Problem::invalid("Invalid agent name", "/path/name", e))
+}
+
+fn update_problem(e: UpdateError<Problem>) -> Problem {
+    match e {
+        UpdateError::Store(e) => Problem::store(e),
+        UpdateError::Rejected(p) => p,
+    }
 }
 
 async fn spec(req: Request) -> Result<AgentSpec, Problem> {
@@ -26,14 +34,12 @@ pub async fn create(req: Request) -> Result<Response, Problem> {
         .await?
         .into_agent(spindle_spin::now_ms())
         .map_err(Problem::validation)?;
-    let kv = Kv::open("default").await.map_err(store_problem)?;
+    let kv = store().await?;
     // Create-if-absent by compare-and-swap: two racing creates of one name
     // cannot both succeed.
     kv.update::<Agent, Problem>(&keys::agent(&agent.name), |current| match current {
-        Some(existing) => Err(Problem::new(
-            409,
-            "conflict",
-            "Agent exists",
+        Some(existing) => Err(Problem::of(
+            ProblemKind::Exists,
             format!(
                 "agent {:?} exists at version {}; update it with PUT",
                 existing.name.as_str(),
@@ -42,10 +48,17 @@ pub async fn create(req: Request) -> Result<Response, Problem> {
         )),
         None => Ok(Some(agent.clone())),
     })
+    .await
     .map_err(update_problem)?;
+    registry(&kv)
+        .agent_created(&agent.name)
+        .await
+        .map_err(registry_problem)?;
     // The index follows the document: a crash in between leaves a readable
     // agent missing from the list, never a listed agent that does not exist.
-    index_edit(&kv, keys::AGENT_INDEX, agent.name.as_str(), true)?;
+    kv.edit_index(keys::AGENT_INDEX, agent.name.as_str(), true)
+        .await
+        .map_err(Problem::store)?;
     let mut resp = json(201, &agent);
     if let Ok(loc) = format!("/api/agents/{}", agent.name).parse() {
         resp.headers_mut().insert("location", loc);
@@ -55,11 +68,11 @@ pub async fn create(req: Request) -> Result<Response, Problem> {
 
 pub async fn get(name: &str) -> Result<Response, Problem> {
     let name = parse_name(name)?;
-    let kv = Kv::open("default").await.map_err(store_problem)?;
+    let kv = store().await?;
     match kv
         .get::<Agent>(&keys::agent(&name))
         .await
-        .map_err(store_problem)?
+        .map_err(Problem::store)?
     {
         Some(agent) => Ok(json(200, &agent)),
         None => Err(not_found(&name)),
@@ -74,7 +87,7 @@ pub async fn update(name: &str, req: Request) -> Result<Response, Problem> {
     let name = parse_name(name)?;
     let spec = spec(req).await?;
     let now = spindle_spin::now_ms();
-    let kv = Kv::open("default").await.map_err(store_problem)?;
+    let kv = store().await?;
     let updated = kv
         .update::<Agent, Problem>(&keys::agent(&name), |current| {
             let current = current.ok_or_else(|| not_found(&name))?;
@@ -83,6 +96,7 @@ pub async fn update(name: &str, req: Request) -> Result<Response, Problem> {
                 .map(Some)
                 .map_err(Problem::validation)
         })
+        .await
         .map_err(update_problem)?
         .ok_or_else(|| not_found(&name))?;
     Ok(json(200, &updated))
@@ -90,46 +104,16 @@ pub async fn update(name: &str, req: Request) -> Result<Response, Problem> {
 
 pub async fn delete(name: &str) -> Result<Response, Problem> {
     let name = parse_name(name)?;
-    let kv = Kv::open("default").await.map_err(store_problem)?;
-    if kv
-        .get::<Agent>(&keys::agent(&name))
+    let kv = store().await?;
+    registry(&kv)
+        .delete_agent(&name)
         .await
-        .map_err(store_problem)?
-        .is_none()
-    {
-        return Err(not_found(&name));
-    }
-    let users_key = keys::agent_users(name.as_str());
-    // Mark it deleting only while no workflow uses it; from then on no
-    // workflow can start using it.
-    kv.update::<AgentUsers, Problem>(&users_key, |current| {
-        let mut users = current.unwrap_or_default();
-        if !users.workflows.is_empty() {
-            return Err(Problem::new(
-                409,
-                "agent-in-use",
-                "Agent in use",
-                format!(
-                    "agent {:?} is used by workflow(s) {}; change or delete them first",
-                    name.as_str(),
-                    users.workflows.join(", ")
-                ),
-            ));
-        }
-        users.deleting = true;
-        Ok(Some(users))
-    })
-    .map_err(update_problem)?;
-    kv.delete(&keys::agent(&name))
-        .await
-        .map_err(store_problem)?;
-    index_edit(&kv, keys::AGENT_INDEX, name.as_str(), false)?;
-    kv.delete(&users_key).await.map_err(store_problem)?;
+        .map_err(registry_problem)?;
     Ok(no_content())
 }
 
 pub async fn list() -> Result<Response, Problem> {
-    let kv = Kv::open("default").await.map_err(store_problem)?;
+    let kv = store().await?;
     let agents: Vec<Agent> = load_indexed(&kv, keys::AGENT_INDEX, |n| {
         AgentName::parse(n).ok().map(|n| keys::agent(&n))
     })

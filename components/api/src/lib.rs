@@ -1,7 +1,8 @@
 //! The registry API: agents, workflows and runs.
 //!
-//! Thin by design: parse, call the core, store, answer. Validation and the
-//! shape of every document live in `spindle-core`; run changes go through
+//! Thin by design: parse, call the core or the engine, answer. Validation
+//! and the shape of every document live in `spindle-core`; the rules that
+//! span documents (who uses an agent) and every run change live in
 //! `spindle-engine`.
 
 mod agents;
@@ -10,7 +11,10 @@ mod workflows;
 
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
+use spindle_core::problem::ProblemKind;
+use spindle_engine::registry::{Registry, RegistryError};
 use spindle_spin::http::{Problem, Response};
+use spindle_spin::store::{Kv, StoreExt};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
@@ -48,57 +52,49 @@ async fn route(req: Request) -> Result<Response, Problem> {
     }
 }
 
-/// 503 for a store failure.
-pub(crate) fn store_problem(e: impl std::fmt::Display) -> Problem {
-    Problem::unavailable(format!("{e}"))
+/// The `default` store.
+pub(crate) async fn store() -> Result<Kv, Problem> {
+    Kv::open("default").await.map_err(Problem::store)
+}
+
+/// The registry on `kv`, dated now.
+pub(crate) fn registry(kv: &Kv) -> Registry<'_, Kv> {
+    Registry {
+        store: kv,
+        now_ms: spindle_spin::now_ms(),
+    }
+}
+
+/// The problem for a refused registry change.
+pub(crate) fn registry_problem(e: RegistryError) -> Problem {
+    match e {
+        RegistryError::Invalid(v) => Problem::validation(v),
+        RegistryError::NotFound(m) => Problem::not_found(m),
+        e @ RegistryError::Exists(_) => Problem::of(ProblemKind::Exists, e.to_string()),
+        e @ RegistryError::AgentDeleted(_) => Problem::of(ProblemKind::AgentDeleted, e.to_string()),
+        RegistryError::AgentInUse(m) => Problem::of(ProblemKind::AgentInUse, m),
+        RegistryError::Store(e) => Problem::store(e),
+    }
 }
 
 /// Reads every document an index lists, skipping names whose document is
 /// gone (the index may briefly lag a delete).
 pub(crate) async fn load_indexed<T: serde::de::DeserializeOwned>(
-    kv: &spindle_spin::store::Kv,
+    kv: &Kv,
     index: &str,
     key: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<T>, Problem> {
     let names: Vec<String> = kv
         .get(index)
         .await
-        .map_err(store_problem)?
+        .map_err(Problem::store)?
         .unwrap_or_default();
     let mut docs = Vec::with_capacity(names.len());
     for name in names {
         let Some(k) = key(&name) else { continue };
-        if let Some(doc) = kv.get::<T>(&k).await.map_err(store_problem)? {
+        if let Some(doc) = kv.get::<T>(&k).await.map_err(Problem::store)? {
             docs.push(doc);
         }
     }
     Ok(docs)
-}
-
-/// Maps an update's error to a problem.
-pub(crate) fn update_problem(e: spindle_spin::store::UpdateError<Problem>) -> Problem {
-    match e {
-        spindle_spin::store::UpdateError::Store(e) => store_problem(e),
-        spindle_spin::store::UpdateError::Rejected(p) => p,
-    }
-}
-
-/// Adds or removes `item` in the sorted list under `key`.
-pub(crate) fn index_edit(
-    kv: &spindle_spin::store::Kv,
-    key: &str,
-    item: &str,
-    present: bool,
-) -> Result<(), Problem> {
-    kv.edit_index(key, item, present).map_err(store_problem)
-}
-
-/// The users of an agent: the workflows that use it, and whether it is
-/// being deleted. Both sides compare-and-swap this one document, so an agent
-/// cannot be deleted while a workflow starts using it.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct AgentUsers {
-    pub workflows: Vec<String>,
-    #[serde(default)]
-    pub deleting: bool,
 }

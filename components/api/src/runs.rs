@@ -5,21 +5,13 @@ use serde_json::{Value, json as j};
 use spin_sdk::http::Request;
 use spindle_core::keys;
 use spindle_core::run::{Run, RunStatus};
-use spindle_engine::Engine;
+use spindle_engine::RunFilter;
 use spindle_spin::http::{Problem, Response, json, read_body, require_json};
+use spindle_spin::store::StoreExt;
 
 /// Default and largest page size.
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 100;
-
-struct Filter {
-    workflow: Option<String>,
-    status: Option<RunStatus>,
-    since: Option<u64>,
-    until: Option<u64>,
-    limit: usize,
-    cursor: Option<String>,
-}
 
 fn bad_query(field: &str, detail: impl Into<String>) -> Problem {
     let detail = detail.into();
@@ -28,14 +20,10 @@ fn bad_query(field: &str, detail: impl Into<String>) -> Problem {
     p
 }
 
-fn parse_filter(query: &str) -> Result<Filter, Problem> {
-    let mut f = Filter {
-        workflow: None,
-        status: None,
-        since: None,
-        until: None,
+fn parse_filter(query: &str) -> Result<RunFilter, Problem> {
+    let mut f = RunFilter {
         limit: DEFAULT_LIMIT,
-        cursor: None,
+        ..RunFilter::default()
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -68,7 +56,7 @@ fn parse_filter(query: &str) -> Result<Filter, Problem> {
                     .ok_or_else(|| bad_query(k, format!("must be between 1 and {MAX_LIMIT}")))?;
             }
             "cursor" => {
-                if !spindle_core::run::valid_run_id(v) {
+                if spindle_engine::parse_cursor(v).is_none() {
                     return Err(bad_query(k, "must be a next_cursor from an earlier page"));
                 }
                 f.cursor = Some(v.to_owned());
@@ -100,80 +88,37 @@ fn summary(run: &Run) -> Value {
 
 pub async fn list(query: &str) -> Result<Response, Problem> {
     let f = parse_filter(query)?;
-    let engine = Engine::open().await?;
-    // The most selective index, newest first; the other filters re-check
-    // each run (index documents may briefly lag the run documents).
-    let sources: Vec<String> = if let Some(w) = &f.workflow {
-        vec![keys::runs_by_workflow(w)]
-    } else if let Some(s) = f.status {
-        vec![keys::runs_by_status(s.as_str())]
-    } else {
-        let mut days = engine.index(keys::RUN_DAYS).await?;
-        days.retain(|d| {
-            f.since
-                .is_none_or(|s| d.as_str() >= keys::utc_day(s).as_str())
-                && f.until
-                    .is_none_or(|u| d.as_str() <= keys::utc_day(u).as_str())
-        });
-        days.iter().rev().map(|d| keys::runs_by_day(d)).collect()
-    };
-    let mut runs = Vec::new();
-    let mut more = false;
-    'outer: for source in sources {
-        let ids = engine.index(&source).await?;
-        for id in ids.iter().rev() {
-            if f.cursor.as_ref().is_some_and(|c| id >= c) {
-                continue;
-            }
-            let created = keys::run_created_ms(id).unwrap_or(0);
-            if f.since.is_some_and(|s| created < s) || f.until.is_some_and(|u| created > u) {
-                continue;
-            }
-            let Ok(run) = engine.run(id).await else {
-                continue;
-            };
-            if f.status.is_some_and(|s| run.status != s)
-                || f.workflow.as_ref().is_some_and(|w| &run.workflow != w)
-            {
-                continue;
-            }
-            if runs.len() == f.limit {
-                more = true;
-                break 'outer;
-            }
-            runs.push(run);
-        }
-    }
-    let next_cursor = more.then(|| runs.last().map(|r| r.id.clone())).flatten();
+    let engine = spindle_spin::engine::open().await?;
+    let page = engine.list_runs(&f).await?;
     Ok(json(
         200,
         &j!({
-            "runs": runs.iter().map(summary).collect::<Vec<_>>(),
-            "next_cursor": next_cursor,
+            "runs": page.runs.iter().map(summary).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor,
         }),
     ))
 }
 
 pub async fn get(id: &str) -> Result<Response, Problem> {
-    let engine = Engine::open().await?;
+    let engine = spindle_spin::engine::open().await?;
     let run = engine.run(id).await?;
     let mut steps = Vec::with_capacity(run.steps.len());
     for (state, plan) in run.steps.iter().zip(&run.plan) {
         let job = state.current().map(|a| a.job_id.clone());
         let input: Option<Value> = match &job {
             Some(job) => engine
-                .kv
+                .store
                 .get(&keys::input(job))
                 .await
-                .map_err(crate::store_problem)?,
+                .map_err(Problem::store)?,
             None => None,
         };
         let output: Option<Value> = match state.output_job() {
             Some(job) => engine
-                .kv
+                .store
                 .get(&keys::output(job))
                 .await
-                .map_err(crate::store_problem)?,
+                .map_err(Problem::store)?,
             None => None,
         };
         steps.push(j!({
@@ -226,7 +171,7 @@ pub async fn cancel(id: &str, req: Request) -> Result<Response, Problem> {
             }
         }
     };
-    let engine = Engine::open().await?;
-    let run = engine.cancel(id, &reason, spindle_spin::now_ms()).await?;
+    let engine = spindle_spin::engine::open().await?;
+    let run = engine.cancel(id, &reason).await?;
     Ok(json(200, &summary(&run)))
 }

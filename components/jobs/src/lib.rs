@@ -6,7 +6,6 @@
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
 use spindle_core::job::SIGNATURE_HEADER;
-use spindle_engine::Engine;
 use spindle_spin::http::{Problem, Response, json, path_info, read_body, require_json};
 
 /// Room for the result envelope (logs tail, timings) around the output.
@@ -36,18 +35,17 @@ async fn route(req: Request) -> Result<Response, Problem> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     require_json(&req)?;
-    let engine = Engine::open().await?;
+    let engine = spindle_spin::engine::open().await?;
     let max = engine.config.settings.max_output_bytes + ENVELOPE_BYTES;
     let body = read_body(req, max).await?;
-    let now = spindle_spin::now_ms();
     if action == "result" {
         let outcome = engine
-            .job_result(&job_id, &body, signature.as_deref(), now)
+            .job_result(&job_id, &body, signature.as_deref())
             .await?;
         Ok(json(200, &outcome))
     } else {
         let reply = engine
-            .heartbeat(&job_id, &body, signature.as_deref(), now)
+            .heartbeat(&job_id, &body, signature.as_deref())
             .await?;
         Ok(json(200, &reply))
     }

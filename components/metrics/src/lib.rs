@@ -7,7 +7,7 @@
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
 use spindle_spin::http::{Problem, Response, json};
-use spindle_spin::store::Kv;
+use spindle_spin::store::{Kv, Store};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
@@ -21,7 +21,7 @@ async fn handle(req: Request) -> Response {
                 200,
                 &serde_json::json!({"status": "ok", "checks": {"store": "ok"}}),
             ),
-            Err(e) => Problem::unavailable(format!("key-value store: {e}")).response(),
+            Err(e) => Problem::store(e).response(),
         },
         other => Problem::not_found(format!("no health endpoint at {other}")).response(),
     }

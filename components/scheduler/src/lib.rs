@@ -6,8 +6,8 @@
 
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
+use spindle_core::problem::ProblemKind;
 use spindle_core::sign::secrets_equal;
-use spindle_engine::Engine;
 use spindle_spin::http::{Problem, Response, json};
 
 #[http_service]
@@ -29,7 +29,13 @@ async fn route(req: Request) -> Result<Response, Problem> {
         .await
         .ok()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Problem::internal("configuration: variable tick_secret is not set"))?;
+        .ok_or_else(|| {
+            eprintln!("configuration: variable tick_secret is not set");
+            Problem::of(
+                ProblemKind::Configuration,
+                "variable tick_secret is not set",
+            )
+        })?;
     let given = req
         .headers()
         .get("authorization")
@@ -37,14 +43,12 @@ async fn route(req: Request) -> Result<Response, Problem> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !secrets_equal(given, &expected) {
-        return Err(Problem::new(
-            401,
-            "unauthorized",
-            "Unauthorized",
+        return Err(Problem::of(
+            ProblemKind::Unauthorized,
             "send Authorization: Bearer <tick_secret>",
         ));
     }
-    let engine = Engine::open().await?;
-    let report = engine.tick(spindle_spin::now_ms()).await?;
+    let engine = spindle_spin::engine::open().await?;
+    let report = engine.tick().await?;
     Ok(json(200, &report))
 }

@@ -6,7 +6,6 @@
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
 use spindle_core::run::{Trigger, TriggerKind};
-use spindle_engine::Engine;
 use spindle_spin::http::{
     DEFAULT_MAX_BODY, Problem, Response, json, path_info, read_body, require_json,
 };
@@ -65,13 +64,13 @@ async fn route(req: Request) -> Result<Response, Problem> {
     } else {
         serde_json::Value::Object(Default::default())
     };
-    let engine = Engine::open().await?;
+    let engine = spindle_spin::engine::open().await?;
     let trigger = Trigger {
         kind: TriggerKind::Manual,
         payload,
     };
     let (run, created) = engine
-        .create_run(&workflow, trigger, key.as_deref(), spindle_spin::now_ms())
+        .create_run(&workflow, trigger, key.as_deref())
         .await?;
     let url = format!("/api/runs/{}", run.id);
     let mut resp = json(

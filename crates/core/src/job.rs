@@ -145,6 +145,10 @@ pub enum ErrorKind {
     OutputTooLarge,
     /// No worker accepted the job.
     NoWorker,
+    /// Spindle could not prepare the job (a store read failed while
+    /// rendering its input). Retried, and counted against the budget, so a
+    /// lasting fault fails the run instead of retrying forever.
+    DispatchFailed,
     /// The executor could not start the agent (missing image or program).
     ExecutorFailed,
     /// A human rejected the step.
@@ -158,7 +162,11 @@ impl ErrorKind {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Self::AgentFailed | Self::Timeout | Self::NoWorker | Self::ExecutorFailed
+            Self::AgentFailed
+                | Self::Timeout
+                | Self::NoWorker
+                | Self::ExecutorFailed
+                | Self::DispatchFailed
         )
     }
 }
@@ -166,41 +174,9 @@ impl ErrorKind {
 /// The exit status by which an agent declares a permanent failure.
 pub const EXIT_PERMANENT: i32 = 65;
 
-/// `<run>.<step>.<attempt>`.
-pub fn job_id(run_id: &str, step_id: &str, attempt: u32) -> String {
-    format!("{run_id}.{step_id}.{attempt}")
-}
-
-/// Splits a job id into run, step and attempt; `None` if malformed.
-pub fn parse_job_id(job_id: &str) -> Option<(&str, &str, u32)> {
-    let mut parts = job_id.rsplitn(3, '.');
-    let attempt = parts.next()?.parse().ok().filter(|a| *a > 0)?;
-    let step = parts.next()?;
-    let run = parts.next()?;
-    (!run.is_empty() && crate::agent::check_name(step).is_ok() && crate::run::valid_run_id(run))
-        .then_some((run, step, attempt))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_ids_round_trip_and_junk_is_refused() {
-        let id = job_id("r-0001", "scan", 3);
-        assert_eq!(parse_job_id(&id), Some(("r-0001", "scan", 3)));
-        for bad in [
-            "",
-            "r.scan",
-            "r.scan.0",
-            "r.scan.x",
-            "r.Scan.1",
-            ".scan.1",
-            "r/x.scan.1",
-        ] {
-            assert_eq!(parse_job_id(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn wire_names_are_snake_case() {

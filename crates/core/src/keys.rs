@@ -44,26 +44,55 @@ pub fn input(job_id: &str) -> String {
     format!("input:{job_id}")
 }
 
-/// Every pending timer, sorted by due time.
-pub const TIMERS: &str = "timers";
+/// How much time one timer bucket covers. Small buckets keep each write
+/// small (a bucket holds only the timers due within it); the tick reads the
+/// few buckets between its cursor and now.
+pub const TIMER_BUCKET_MS: u64 = 1_000;
 
-/// Run ids of one workflow, oldest first.
-pub fn runs_by_workflow(workflow: &str) -> String {
-    format!("index:runs:workflow:{workflow}")
+/// The bucket a timer due at `at_ms` belongs to.
+pub fn timer_bucket_of(at_ms: u64) -> u64 {
+    at_ms / TIMER_BUCKET_MS
 }
 
-/// Run ids in one status, oldest first.
-pub fn runs_by_status(status: &str) -> String {
-    format!("index:runs:status:{status}")
+/// The timers due within bucket `bucket`, sorted.
+pub fn timer_bucket(bucket: u64) -> String {
+    format!("timers:{bucket}")
 }
 
-/// Run ids created on one UTC day (`YYYY-MM-DD`), oldest first.
-pub fn runs_by_day(day: &str) -> String {
-    format!("index:runs:day:{day}")
+/// The oldest timer bucket the tick has not finished with.
+pub const TIMER_CURSOR: &str = "timers:cursor";
+
+/// How many run ids one listing page holds. A page is rewritten when a run
+/// is added to it, so this bounds what one write rewrites.
+pub const RUN_PAGE: u64 = 256;
+
+/// Page `page` of every run, by creation sequence (a run's page is its
+/// sequence number divided by [`RUN_PAGE`]).
+pub fn run_page(page: u64) -> String {
+    format!("runs:page:{page}")
 }
 
-/// The days that have runs, sorted.
-pub const RUN_DAYS: &str = "index:runs:days";
+/// Page `page` of one workflow's runs, by the workflow's own run count.
+pub fn workflow_run_page(workflow: &str, page: u64) -> String {
+    format!("runs:workflow:{workflow}:page:{page}")
+}
+
+/// The counter of runs ever created (each run's sequence number).
+pub fn run_counter() -> String {
+    counter("runs")
+}
+
+/// The counter of one workflow's runs.
+pub fn workflow_run_counter(workflow: &str) -> String {
+    counter(&format!("runs:workflow:{workflow}"))
+}
+
+/// The next page of runs that retention has not cleared.
+pub const RETENTION_CURSOR: &str = "retention:cursor";
+
+/// Runs retention passed over because they were still going; checked again
+/// on every pass. Bounded by the runs in flight, not by the runs ever made.
+pub const RETENTION_HELD: &str = "retention:held";
 
 /// The run an idempotency key created (`hash` names workflow and key).
 pub fn idempotency(hash: &str) -> String {
@@ -91,17 +120,6 @@ pub fn utc_day(ms: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// The creation time a run id carries.
-pub fn run_created_ms(id: &str) -> Option<u64> {
-    id.strip_prefix('r')?.split('-').next()?.parse().ok()
-}
-
-/// A run id: creation time and a store-wide sequence number, so ids sort by
-/// creation and never collide.
-pub fn run_id(now_ms: u64, seq: u64) -> String {
-    format!("r{now_ms:013}-{seq:06}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,19 +131,15 @@ mod tests {
         assert_eq!(counter("probe"), "counter:probe");
         assert_eq!(run("r-1"), "run:r-1");
         assert_eq!(output("r-1.scan.1"), "output:r-1.scan.1");
-        assert_eq!(runs_by_status("running"), "index:runs:status:running");
+        assert_eq!(run_page(3), "runs:page:3");
+        assert_eq!(workflow_run_page("pr", 0), "runs:workflow:pr:page:0");
+        assert_eq!(timer_bucket(timer_bucket_of(12_345)), "timers:12");
     }
 
     #[test]
-    fn days_and_run_ids() {
+    fn days() {
         assert_eq!(utc_day(0), "1970-01-01");
         assert_eq!(utc_day(951_782_400_000), "2000-02-29");
         assert_eq!(utc_day(1_795_305_599_999), "2026-11-21");
-        let id = run_id(1_795_305_599_999, 7);
-        assert_eq!(id, "r1795305599999-000007");
-        assert!(crate::run::valid_run_id(&id));
-        assert!(run_id(5, 1) < run_id(6, 0), "ids sort by creation time");
-        assert_eq!(run_created_ms(&id), Some(1_795_305_599_999));
-        assert_eq!(run_created_ms("x"), None);
     }
 }

@@ -13,8 +13,10 @@
 
 pub mod agent;
 pub mod error;
+pub mod ids;
 pub mod job;
 pub mod keys;
+pub mod problem;
 pub mod retry;
 pub mod run;
 pub mod schema;
@@ -24,5 +26,5 @@ pub mod workflow;
 
 pub use agent::{Agent, AgentSpec, RiskLevel};
 pub use error::{FieldError, ValidationError};
-pub use run::{Effect, Event, Run, RunStatus, StepStatus, Timer};
+pub use run::{Effect, Event, Run, RunStatus, StepStatus, Timer, Transition};
 pub use workflow::{Workflow, WorkflowSpec};

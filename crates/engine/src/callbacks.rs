@@ -1,29 +1,55 @@
 //! Worker callbacks: results and heartbeats, verified before anything else.
 
 use serde_json::Value;
-use spindle_core::job::{
-    ErrorKind, Heartbeat, HeartbeatReply, JobError, JobResult, JobStatus, parse_job_id,
-};
-use spindle_core::run::{Event, Reject};
+use spindle_core::ids::{JobRef, parse_job_id};
+use spindle_core::job::{ErrorKind, Heartbeat, HeartbeatReply, JobError, JobResult, JobStatus};
+use spindle_core::run::{Event, Reject, Run, RunStatus, StepStatus};
 use spindle_core::{keys, schema, sign};
 
-use crate::{Engine, EngineError};
+use crate::store::StoreExt;
+use crate::{Engine, EngineError, Host, Store, Workers};
+
+/// How long a second delivery of a result waits for the first one's record,
+/// in 20 ms steps.
+const RESULT_WAIT_STEPS: u32 = 50;
 
 /// What became of a result.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ResultOutcome {
     /// The job.
     pub job_id: String,
     /// The step's status after the result.
-    pub step_status: spindle_core::run::StepStatus,
+    pub step_status: StepStatus,
     /// The run's status after the result.
-    pub run_status: spindle_core::run::RunStatus,
+    pub run_status: RunStatus,
     /// Why the result was turned into a failure (bad or oversized output).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected_output: Option<String>,
 }
 
-impl Engine {
+/// The key recording which result body a job's first delivery carried.
+fn result_record(job_id: &str) -> String {
+    format!("result:{job_id}")
+}
+
+/// Whether `event` (a job's result) is already recorded in `run`.
+fn already_applied(run: &Run, job: &JobRef<'_>, event: &Event) -> bool {
+    let Some(s) = run.step(job.step) else {
+        return false;
+    };
+    let Some(a) = s.attempts.get(job.attempt as usize - 1) else {
+        return false;
+    };
+    match event {
+        Event::Succeeded { job_id, .. } => s.output_job() == Some(job_id.as_str()),
+        Event::Failed { error, .. } => {
+            a.finished_at_ms.is_some() && a.error.as_ref().is_some_and(|e| e.kind == error.kind)
+        }
+        _ => false,
+    }
+}
+
+impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     /// Checks a callback's signature against the job's token, in constant
     /// time, before the body is even parsed.
     fn verify(
@@ -32,8 +58,7 @@ impl Engine {
         body: &[u8],
         signature: Option<&str>,
     ) -> Result<(), EngineError> {
-        let secret = self.config.secret()?;
-        let token = sign::job_token(secret, job_id);
+        let token = sign::job_token(&self.config.secret, job_id);
         match signature {
             Some(sig) if sign::verify(&token, body, sig) => Ok(()),
             _ => Err(EngineError::Unauthorized),
@@ -61,48 +86,33 @@ impl Engine {
         Ok(doc)
     }
 
-    fn split_job(job_id: &str) -> Result<(&str, &str, u32), EngineError> {
+    fn split_job(job_id: &str) -> Result<JobRef<'_>, EngineError> {
         parse_job_id(job_id).ok_or_else(|| EngineError::NotFound(format!("no job {job_id:?}")))
     }
 
-    /// Takes a job's result.
+    /// Takes a job's result. Safe to deliver again: a delivery whose answer
+    /// was lost, or that failed part-way (a store error), is completed by
+    /// the worker's retry of the same body and answered like the first.
     pub async fn job_result(
         &self,
         job_id: &str,
         body: &[u8],
         signature: Option<&str>,
-        now: u64,
     ) -> Result<ResultOutcome, EngineError> {
-        let (run_id, step, _) = Self::split_job(job_id)?;
+        let job = Self::split_job(job_id)?;
         let result: JobResult =
             self.signed_body(job_id, body, signature, |r: &JobResult| &r.job_id)?;
-        let run = self.run(run_id).await?;
+        let run = self.run(job.run).await?;
         let planned = run
-            .planned(step)
+            .planned(job.step)
             .ok_or_else(|| EngineError::NotFound(format!("no job {job_id:?}")))?;
 
-        // One result per job, decided by atomic increment: concurrent
-        // deliveries of different bodies must not race on the output
-        // document. A stale result is refused before it takes the claim.
-        let probe = Event::Heartbeat {
-            job_id: job_id.to_owned(),
-            worker: String::new(),
-        };
-        run.apply(&probe, now)?;
-        let claim = self
-            .kv
-            .increment(&keys::counter(&format!("result:{job_id}")), 1)?;
-        if claim > 1 {
-            return Err(EngineError::Conflict(format!(
-                "a result for job {job_id} was already received"
-            )));
-        }
-
         let mut rejected_output = None;
+        let mut output = None;
         let event = match result.status {
             JobStatus::Succeeded => {
-                let output = result.output.unwrap_or(Value::Null);
-                let size = serde_json::to_vec(&output).map_or(usize::MAX, |b| b.len());
+                let out = result.output.unwrap_or(Value::Null);
+                let size = serde_json::to_vec(&out).map_or(usize::MAX, |b| b.len());
                 let problem = if size > run.settings.max_output_bytes {
                     Some((
                         ErrorKind::OutputTooLarge,
@@ -112,7 +122,7 @@ impl Engine {
                         ),
                     ))
                 } else {
-                    schema::check(&planned.agent.output_schema, &output)
+                    schema::check(&planned.agent.output_schema, &out)
                         .err()
                         .map(|e| {
                             (
@@ -137,15 +147,14 @@ impl Engine {
                         }
                     }
                     None => {
-                        let ev = Event::Succeeded {
+                        output = Some(out);
+                        Event::Succeeded {
                             job_id: job_id.to_owned(),
                             worker: result.worker,
                             output_bytes: size,
                             exit_code: result.exit_code,
                             started_at_ms: result.started_at_ms,
-                        };
-                        self.kv.set(&keys::output(job_id), &output).await?;
-                        ev
+                        }
                     }
                 }
             }
@@ -161,21 +170,74 @@ impl Engine {
                 started_at_ms: result.started_at_ms,
             },
         };
-        let after = self.apply(run_id, event, now).await?;
-        let run = match after {
-            Some(r) => r,
-            None => self.run(run_id).await?,
-        };
-        let step_status = run
-            .step(step)
-            .map(|s| s.status)
-            .ok_or_else(|| EngineError::NotFound(format!("no job {job_id:?}")))?;
-        Ok(ResultOutcome {
+        let outcome = |run: &Run, rejected_output: Option<String>| ResultOutcome {
             job_id: job_id.to_owned(),
-            step_status,
+            step_status: run.step(job.step).map_or(StepStatus::Pending, |s| s.status),
             run_status: run.status,
             rejected_output,
-        })
+        };
+        if already_applied(&run, &job, &event) {
+            return Ok(outcome(&run, rejected_output));
+        }
+        // A stale result is refused before it takes the claim.
+        let probe = Event::Heartbeat {
+            job_id: job_id.to_owned(),
+            worker: String::new(),
+        };
+        run.apply(&probe, self.host.now_ms())?;
+
+        // One result per job, decided by atomic increment; the winner
+        // records which body it carried. A later delivery of the same body
+        // is a retry and completes what the first began; another body is
+        // refused, so two bodies never race on the output document.
+        let digest = sign::digest(body);
+        let claim = self
+            .store
+            .increment(&keys::counter(&format!("result:{job_id}")), 1)
+            .await?;
+        if claim == 1 {
+            self.store.set(&result_record(job_id), &digest).await?;
+        } else {
+            let mut first: Option<String> = None;
+            for _ in 0..RESULT_WAIT_STEPS {
+                first = self.store.get(&result_record(job_id)).await?;
+                if first.is_some() {
+                    break;
+                }
+                self.host.sleep_ms(20).await;
+            }
+            match first {
+                Some(d) if d == digest => {}
+                Some(_) => {
+                    return Err(EngineError::Conflict(format!(
+                        "a different result for job {job_id} was already received"
+                    )));
+                }
+                // The first delivery died between its claim and its record:
+                // this one finishes the job's result.
+                None => self.store.set(&result_record(job_id), &digest).await?,
+            }
+        }
+        if let Some(out) = &output {
+            self.store.set(&keys::output(job_id), out).await?;
+        }
+        let run = match self.apply(job.run, event.clone()).await {
+            Ok(run) => run,
+            // Applied meanwhile by a concurrent delivery of the same body.
+            Err(EngineError::Rejected(Reject::JobNotActive { .. })) => {
+                let run = self.run(job.run).await?;
+                if !already_applied(&run, &job, &event) {
+                    return Err(EngineError::Rejected(Reject::JobNotActive {
+                        job_id: job_id.to_owned(),
+                        status: run.step(job.step).map_or(StepStatus::Pending, |s| s.status),
+                        current: run.step(job.step).map_or(0, |s| s.attempts.len() as u32),
+                    }));
+                }
+                run
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(outcome(&run, rejected_output))
     }
 
     /// Renews a job's lease; tells the worker to stop when the job is no
@@ -185,9 +247,8 @@ impl Engine {
         job_id: &str,
         body: &[u8],
         signature: Option<&str>,
-        now: u64,
     ) -> Result<HeartbeatReply, EngineError> {
-        let (run_id, step, attempt) = Self::split_job(job_id)?;
+        let job = Self::split_job(job_id)?;
         let hb: Heartbeat = self.signed_body(job_id, body, signature, |h: &Heartbeat| &h.job_id)?;
         let stop = HeartbeatReply {
             keep_running: false,
@@ -197,9 +258,8 @@ impl Engine {
             job_id: job_id.to_owned(),
             worker: hb.worker,
         };
-        let run = match self.apply(run_id, event, now).await {
-            Ok(Some(run)) => run,
-            Ok(None) => self.run(run_id).await?,
+        let run = match self.apply(job.run, event).await {
+            Ok(run) => run,
             Err(EngineError::Rejected(
                 Reject::JobNotActive { .. } | Reject::RunFinished { .. },
             )) => {
@@ -207,10 +267,10 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let Some(s) = run.step(step) else {
+        let Some(s) = run.step(job.step) else {
             return Ok(stop);
         };
-        if s.status.is_active() && s.attempts.len() as u32 == attempt {
+        if s.status.is_active() && s.attempts.len() as u32 == job.attempt {
             Ok(HeartbeatReply {
                 keep_running: true,
                 lease_expires_at_ms: s.lease_expires_at_ms,
@@ -221,19 +281,11 @@ impl Engine {
     }
 
     /// Cancels a run; its running jobs are told to stop.
-    pub async fn cancel(
-        &self,
-        run_id: &str,
-        reason: &str,
-        now: u64,
-    ) -> Result<spindle_core::Run, EngineError> {
+    pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<Run, EngineError> {
         self.run(run_id).await?;
         let ev = Event::Cancel {
             reason: reason.to_owned(),
         };
-        match self.apply(run_id, ev, now).await? {
-            Some(run) => Ok(run),
-            None => self.run(run_id).await,
-        }
+        self.apply(run_id, ev).await
     }
 }

@@ -1,9 +1,27 @@
-//! Engine settings, read from Spin variables on every request (components
-//! keep nothing between requests).
+//! Engine settings, read from the component's variables on every request
+//! (components keep nothing between requests).
+//!
+//! Every setting is required here: the defaults live in one place, the
+//! `[variables]` of `spin.toml`, and a component that was not given a
+//! variable fails at the start of the request with a clear error instead of
+//! quietly using a second default written in code.
 
 use spindle_core::run::RunSettings;
 
 use crate::EngineError;
+
+/// The variables [`Config::from_vars`] reads. A component that builds an
+/// engine must be given every one of them in `spin.toml`.
+pub const VARIABLES: [&str; 8] = [
+    "workers",
+    "callback_url",
+    "callback_secret",
+    "worker_token",
+    "lease_ms",
+    "max_output_bytes",
+    "dispatch_timeout_ms",
+    "retention_days",
+];
 
 /// What the engine needs to know about its surroundings.
 #[derive(Clone)]
@@ -12,14 +30,16 @@ pub struct Config {
     pub workers: Vec<String>,
     /// Base URL under which workers reach the `jobs` component.
     pub callback_url: String,
-    /// Key for job tokens; absent in components that never dispatch.
-    pub secret: Option<String>,
+    /// Key for job tokens.
+    pub secret: String,
     /// Bearer token workers require on dispatch and cancel requests.
-    pub worker_token: Option<String>,
+    pub worker_token: String,
     /// Lease and output cap for new runs.
     pub settings: RunSettings,
     /// How long to wait for a worker to accept a job.
     pub dispatch_timeout_ms: u64,
+    /// How long finished runs are kept.
+    pub retention_ms: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -27,64 +47,120 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("workers", &self.workers)
             .field("callback_url", &self.callback_url)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field(
-                "worker_token",
-                &self.worker_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("secret", &"<redacted>")
+            .field("worker_token", &"<redacted>")
             .field("settings", &self.settings)
+            .field("dispatch_timeout_ms", &self.dispatch_timeout_ms)
+            .field("retention_ms", &self.retention_ms)
             .finish()
     }
 }
 
-async fn var(name: &str) -> Option<String> {
-    spin_sdk::variables::get(name)
-        .await
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-}
-
-async fn number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, EngineError> {
-    match var(name).await {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| {
-            EngineError::Config(format!("variable {name} must be a number, got {v:?}"))
-        }),
-    }
-}
-
 impl Config {
-    /// Reads the component's variables; only those it was granted are seen.
-    pub async fn load() -> Result<Self, EngineError> {
-        let workers = var("workers")
-            .await
-            .unwrap_or_default()
+    /// Reads every setting through `var` (the component's variables);
+    /// names the first one missing or malformed.
+    pub fn from_vars(mut var: impl FnMut(&str) -> Option<String>) -> Result<Self, EngineError> {
+        let mut required = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    EngineError::Config(format!(
+                        "variable {name} is not set (give the component `{name} = \"{{{{ {name} }}}}\"` in spin.toml)"
+                    ))
+                })
+        };
+        let workers: Vec<String> = required("workers")?
             .split(',')
             .map(|w| w.trim().trim_end_matches('/').to_owned())
             .filter(|w| !w.is_empty())
             .collect();
-        let defaults = RunSettings::default();
+        if workers.is_empty() {
+            return Err(EngineError::Config(
+                "variable workers lists no worker URL".into(),
+            ));
+        }
+        let callback_url = required("callback_url")?.trim_end_matches('/').to_owned();
+        let secret = required("callback_secret")?;
+        let worker_token = required("worker_token")?;
+        let lease_ms: u64 = number("lease_ms", &required("lease_ms")?)?;
+        let max_output_bytes: usize = number("max_output_bytes", &required("max_output_bytes")?)?;
+        let dispatch_timeout_ms = number("dispatch_timeout_ms", &required("dispatch_timeout_ms")?)?;
+        let retention_days: u64 = number("retention_days", &required("retention_days")?)?;
+        if lease_ms < 100 {
+            return Err(EngineError::Config(format!(
+                "variable lease_ms must be at least 100, got {lease_ms}"
+            )));
+        }
+        if retention_days == 0 {
+            return Err(EngineError::Config(
+                "variable retention_days must be at least 1".into(),
+            ));
+        }
         Ok(Self {
             workers,
-            callback_url: var("callback_url")
-                .await
-                .unwrap_or_else(|| "http://127.0.0.1:3000".into())
-                .trim_end_matches('/')
-                .to_owned(),
-            secret: var("callback_secret").await,
-            worker_token: var("worker_token").await,
+            callback_url,
+            secret,
+            worker_token,
             settings: RunSettings {
-                lease_ms: number("lease_ms", defaults.lease_ms).await?.max(100),
-                max_output_bytes: number("max_output_bytes", defaults.max_output_bytes).await?,
+                lease_ms,
+                max_output_bytes,
             },
-            dispatch_timeout_ms: number("dispatch_timeout_ms", 5_000).await?,
+            dispatch_timeout_ms,
+            retention_ms: retention_days.saturating_mul(86_400_000),
         })
     }
+}
 
-    /// The callback secret, required to dispatch or verify jobs.
-    pub fn secret(&self) -> Result<&str, EngineError> {
-        self.secret
-            .as_deref()
-            .ok_or_else(|| EngineError::Config("variable callback_secret is not set".into()))
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, EngineError> {
+    v.parse()
+        .map_err(|_| EngineError::Config(format!("variable {name} must be a number, got {v:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(skip: &str) -> impl FnMut(&str) -> Option<String> {
+        let skip = skip.to_owned();
+        move |name: &str| {
+            if name == skip {
+                return None;
+            }
+            Some(
+                match name {
+                    "workers" => "http://a:1/, http://b:2",
+                    "callback_url" => "http://app/",
+                    "lease_ms" => "3000",
+                    "max_output_bytes" => "1000",
+                    "dispatch_timeout_ms" => "500",
+                    "retention_days" => "30",
+                    _ => "s3cret",
+                }
+                .to_owned(),
+            )
+        }
+    }
+
+    #[test]
+    fn every_variable_is_required_and_named_when_missing() {
+        let c = Config::from_vars(vars("")).unwrap();
+        assert_eq!(c.workers, ["http://a:1", "http://b:2"]);
+        assert_eq!(c.callback_url, "http://app");
+        assert_eq!(c.retention_ms, 30 * 86_400_000);
+        assert!(!format!("{c:?}").contains("s3cret"), "secrets are redacted");
+        for name in VARIABLES {
+            let err = Config::from_vars(vars(name)).unwrap_err().to_string();
+            assert!(err.contains(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn malformed_numbers_are_refused() {
+        let err = Config::from_vars(|n: &str| {
+            Some(if n == "lease_ms" { "soon" } else { "1" }.to_owned())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("lease_ms"), "{err}");
     }
 }

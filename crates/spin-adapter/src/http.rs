@@ -2,6 +2,7 @@
 //! bounded request bodies, JSON answers.
 
 use spin_sdk::http::{FullBody, IntoResponse, Request, body::IncomingBodyExt};
+use spindle_core::problem::ProblemKind;
 use spindle_core::{FieldError, ValidationError};
 
 /// The response type every handler returns.
@@ -29,12 +30,13 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem of `kind` (a short slug, e.g. `validation`) with `status`.
-    pub fn new(status: u16, kind: &str, title: &str, detail: impl Into<String>) -> Self {
+    /// A problem of `kind`, from the one catalogue of kinds
+    /// ([`ProblemKind`]), with this occurrence's `detail`.
+    pub fn of(kind: ProblemKind, detail: impl Into<String>) -> Self {
         Self {
-            type_: format!("/docs/problems#{kind}"),
-            title: title.to_owned(),
-            status,
+            type_: kind.type_uri(),
+            title: kind.title().to_owned(),
+            status: kind.status(),
             detail: detail.into(),
             errors: Vec::new(),
         }
@@ -42,18 +44,30 @@ impl Problem {
 
     /// 400 for a document that failed validation, naming every field.
     pub fn validation(err: ValidationError) -> Self {
-        let mut p = Self::new(400, "validation", "Invalid request body", err.to_string());
+        let mut p = Self::of(ProblemKind::Validation, err.to_string());
         p.errors = err.errors;
         p
     }
 
     /// 400 for one field at fault (`pointer`, a JSON Pointer into the
     /// request; `/query/<name>` and `/headers/<name>` for those parts).
-    pub fn invalid(title: &str, pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+    /// `what` says which part of the request (e.g. `Invalid query`), as
+    /// the detail's prefix.
+    pub fn invalid(what: &str, pointer: impl Into<String>, detail: impl Into<String>) -> Self {
         let detail = detail.into();
-        let mut p = Self::new(400, "validation", title, detail.clone());
+        let mut p = Self::of(ProblemKind::Validation, format!("{what}: {detail}"));
         p.errors = vec![FieldError::new(pointer, detail)];
         p
+    }
+
+    /// 503 for a store failure: logged in full (the component's stderr),
+    /// answered without internals.
+    pub fn store(e: impl std::fmt::Display) -> Self {
+        eprintln!("store failure: {e}");
+        Self::of(
+            ProblemKind::Unavailable,
+            "the key-value store is unavailable; retry later",
+        )
     }
 
     /// 400 for a body that is not JSON.
@@ -63,26 +77,19 @@ impl Problem {
 
     /// 404 for a missing resource.
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::new(404, "not-found", "Not found", what)
+        Self::of(ProblemKind::NotFound, what)
     }
 
     /// 405 with the methods the route accepts.
     pub fn method_not_allowed(allowed: &str) -> Self {
-        Self::new(
-            405,
-            "method-not-allowed",
-            "Method not allowed",
-            format!("allowed: {allowed}"),
-        )
+        Self::of(ProblemKind::MethodNotAllowed, format!("allowed: {allowed}"))
     }
 
     /// 501 for a route reserved for a feature not built yet: a clear,
     /// machine-readable answer rather than a 404 or a hang.
     pub fn not_implemented(req: &Request, reserved_for: &str) -> Self {
-        Self::new(
-            501,
-            "not-implemented",
-            "Not implemented yet",
+        Self::of(
+            ProblemKind::NotImplemented,
             format!(
                 "{} {} is reserved for {reserved_for}",
                 req.method(),
@@ -94,12 +101,7 @@ impl Problem {
     /// 500 for a fault of ours; `detail` must not leak secrets or internals
     /// beyond a one-line cause.
     pub fn internal(detail: impl Into<String>) -> Self {
-        Self::new(500, "internal", "Internal error", detail)
-    }
-
-    /// 503 when a dependency (the store) is unavailable.
-    pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(503, "unavailable", "Service unavailable", detail)
+        Self::of(ProblemKind::Internal, detail)
     }
 
     /// The response.
@@ -165,7 +167,7 @@ pub async fn read_body(req: Request, max: usize) -> Result<bytes::Bytes, Problem
         .into_body()
         .bytes()
         .await
-        .map_err(|e| Problem::new(400, "body", "Unreadable request body", format!("{e:?}")))?;
+        .map_err(|e| Problem::of(ProblemKind::Body, format!("{e:?}")))?;
     if bytes.len() > max {
         return Err(too_large(max));
     }
@@ -173,12 +175,7 @@ pub async fn read_body(req: Request, max: usize) -> Result<bytes::Bytes, Problem
 }
 
 fn too_large(max: usize) -> Problem {
-    Problem::new(
-        413,
-        "too-large",
-        "Request body too large",
-        format!("the limit is {max} bytes"),
-    )
+    Problem::of(ProblemKind::TooLarge, format!("the limit is {max} bytes"))
 }
 
 /// Requires `content-type: application/json` (with any parameters).
@@ -195,10 +192,8 @@ pub fn require_json(req: &Request) -> Result<(), Problem> {
     {
         Ok(())
     } else {
-        Err(Problem::new(
-            415,
-            "media-type",
-            "Unsupported media type",
+        Err(Problem::of(
+            ProblemKind::MediaType,
             "send the body as application/json",
         ))
     }

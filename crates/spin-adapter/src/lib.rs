@@ -7,6 +7,7 @@
 //! domain logic; that lives in `spindle-core`.
 #![deny(missing_docs)]
 
+pub mod engine;
 pub mod http;
 pub mod store;
 

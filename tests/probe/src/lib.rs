@@ -5,7 +5,7 @@
 use spin_sdk::http::{EmptyBody, Request, body::IncomingBodyExt};
 use spin_sdk::http_service;
 use spindle_spin::http::{Response, json};
-use spindle_spin::store::{Kv, UpdateError};
+use spindle_spin::store::{Kv, Store, StoreExt, UpdateError};
 
 mod config_bindings {
     #![allow(missing_docs, clippy::all, unsafe_code)]
@@ -50,7 +50,7 @@ async fn handle(req: Request) -> Response {
             let kv = Kv::open("default").await.unwrap();
             json(
                 200,
-                &serde_json::json!({"value": kv.increment(key, 1).unwrap()}),
+                &serde_json::json!({"value": kv.increment(key, 1).await.unwrap()}),
             )
         }
         ["probe", "cas", key] => cas_increment(key).await,
@@ -176,7 +176,10 @@ async fn open(label: &str) -> Response {
 
 async fn cas_increment(key: &str) -> Response {
     let kv = Kv::open("default").await.unwrap();
-    match kv.update::<u64, std::convert::Infallible>(key, |n| Ok(Some(n.unwrap_or(0) + 1))) {
+    match kv
+        .update::<u64, std::convert::Infallible>(key, |n| Ok(Some(n.unwrap_or(0) + 1)))
+        .await
+    {
         Ok(v) => json(200, &serde_json::json!({"value": v})),
         Err(UpdateError::Store(e)) => json(503, &serde_json::json!({"error": e.to_string()})),
         Err(UpdateError::Rejected(never)) => match never {},

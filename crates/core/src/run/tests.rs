@@ -1,5 +1,6 @@
 use super::*;
 use crate::agent::AgentSpec;
+use crate::job::{ErrorKind, JobError};
 use crate::workflow::WorkflowSpec;
 use serde_json::json;
 
@@ -56,21 +57,40 @@ fn start(w: &Workflow, risky: &[&str]) -> (Run, Vec<Effect>) {
         kind: TriggerKind::Manual,
         payload: json!({"repo": "acme/app"}),
     };
-    let (run, timer) = Run::new("r-1".into(), w, &agents(risky), trigger, settings(), 0).unwrap();
-    assert_eq!((timer.kind, timer.at_ms), (TimerKind::Start, LEASE));
-    assert_eq!(run.status, RunStatus::Queued);
-    let t = run.apply(&Event::Start, 0).unwrap().unwrap();
-    (t.run, t.effects)
+    let queued = Run::new(
+        "r-1".into(),
+        w,
+        &agents(risky),
+        trigger.clone(),
+        settings(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(queued.status, RunStatus::Queued);
+    let t = Run::create("r-1".into(), w, &agents(risky), trigger, settings(), 0).unwrap();
+    let run = t.run.expect("a created run is stored");
+    assert_eq!(run.revision, 1, "creating and starting is one write");
+    assert_eq!(
+        t.effects.first(),
+        Some(&Effect::Audit(queued.events[0].clone())),
+        "the creation is audited first"
+    );
+    (run, t.effects)
+}
+
+/// Applies an event that must change nothing; returns its effects.
+fn unchanged(run: &Run, e: Event, now: u64) -> Vec<Effect> {
+    let t = run.apply(&e, now).unwrap();
+    assert!(!t.changed(), "{e:?} changed the run");
+    t.effects
 }
 
 /// Applies an event that must change the run.
 fn step(run: &Run, e: Event, now: u64) -> (Run, Vec<Effect>) {
-    let t = run
-        .apply(&e, now)
-        .unwrap()
-        .unwrap_or_else(|| panic!("{e:?} changed nothing"));
-    assert_eq!(t.run.revision, run.revision + 1);
-    (t.run, t.effects)
+    let t = run.apply(&e, now).unwrap();
+    let next = t.run.unwrap_or_else(|| panic!("{e:?} changed nothing"));
+    assert_eq!(next.revision, run.revision + 1);
+    (next, t.effects)
 }
 
 fn dispatched(fx: &[Effect]) -> Vec<String> {
@@ -123,10 +143,6 @@ fn a_single_step_run_goes_queued_running_succeeded() {
         step: Some("scan".into()),
         attempt: 1
     })));
-    assert!(fx.contains(&Effect::StatusChanged {
-        from: RunStatus::Queued,
-        to: RunStatus::Running
-    }));
 
     let (run, _) = step(
         &run,
@@ -174,19 +190,12 @@ fn a_single_step_run_goes_queued_running_succeeded() {
     assert_eq!(audited, ["step_succeeded", "run_succeeded"]);
     let trail: Vec<&str> = run.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(&trail[trail.len() - 2..], audited.as_slice());
-    assert_eq!(
-        fx.last(),
-        Some(&Effect::StatusChanged {
-            from: RunStatus::Running,
-            to: RunStatus::Succeeded,
-        })
-    );
     // Repeats change nothing, and say why.
     assert!(matches!(
         run.apply(&ok("r-1.scan.1"), 30),
         Err(Reject::JobNotActive { .. })
     ));
-    assert_eq!(run.apply(&Event::Start, 30).unwrap(), None);
+    assert!(unchanged(&run, Event::Start, 30).is_empty());
 }
 
 #[test]
@@ -248,11 +257,13 @@ fn duplicated_results_in_any_order_never_double_dispatch() {
             let job = pending[(seed >> 33) as usize % pending.len()].clone();
             for _ in 0..=((seed >> 20) % 3) {
                 now += 1;
-                if let Ok(Some(t)) = run.apply(&ok(&job), now) {
+                if let Ok(t) = run.apply(&ok(&job), now) {
                     let new = dispatched(&t.effects);
                     sent.extend(new.iter().cloned());
                     pending.extend(new);
-                    run = t.run;
+                    if let Some(next) = t.run {
+                        run = next;
+                    }
                 }
             }
             pending.retain(|j| j != &job);
@@ -289,13 +300,10 @@ fn failures_retry_with_backoff_then_fail_the_run_and_skip_the_rest() {
     assert_eq!(s.attempts[0].logs_tail, "stderr tail");
 
     // Too early: nothing. Due: attempt 2. Again: nothing.
-    assert_eq!(
-        run.apply(&Event::Timer(timer.clone()), at - 1).unwrap(),
-        None
-    );
+    assert!(unchanged(&run, Event::Timer(timer.clone()), at - 1).is_empty());
     let (run, fx) = step(&run, Event::Timer(timer.clone()), at);
     assert_eq!(dispatched(&fx), ["r-1.scan.2"]);
-    assert_eq!(run.apply(&Event::Timer(timer), at + 5).unwrap(), None);
+    assert!(unchanged(&run, Event::Timer(timer), at + 5).is_empty());
     // A late result of attempt 1 is refused.
     assert!(matches!(
         run.apply(&ok("r-1.scan.1"), at + 6),
@@ -313,10 +321,16 @@ fn failures_retry_with_backoff_then_fail_the_run_and_skip_the_rest() {
     for s in ["compliance", "review", "notify"] {
         assert_eq!(status_of(&run, s), StepStatus::Skipped);
     }
-    assert!(fx.contains(&Effect::StatusChanged {
-        from: RunStatus::Running,
-        to: RunStatus::Failed
-    }));
+    assert!(
+        fx.contains(&Effect::Unschedule(Timer {
+            at_ms: 60_000,
+            run_id: "r-1".into(),
+            kind: TimerKind::Deadline,
+            step: None,
+            attempt: 0,
+        })),
+        "a finished run forgets its deadline timer: {fx:?}"
+    );
 }
 
 #[test]
@@ -347,7 +361,8 @@ fn a_lapsed_lease_times_the_attempt_out_and_stops_the_job() {
         attempt: 1,
     };
 
-    // Renewed in time: the timer only re-arms at the new lease end.
+    // Renewed in time: the run does not change, but the timer re-arms at
+    // the new lease end; that effect must reach the caller.
     let (renewed, _) = step(
         &run,
         Event::Heartbeat {
@@ -356,10 +371,12 @@ fn a_lapsed_lease_times_the_attempt_out_and_stops_the_job() {
         },
         900,
     );
-    let t = renewed.apply(&Event::Timer(lease.clone()), LEASE).unwrap();
     assert_eq!(
-        t, None,
-        "a lease timer that finds the lease renewed changes nothing"
+        unchanged(&renewed, Event::Timer(lease.clone()), LEASE),
+        [Effect::Schedule(Timer {
+            at_ms: 900 + LEASE,
+            ..lease.clone()
+        })]
     );
 
     // Not renewed: timeout, cancel on the worker, retry.
@@ -375,34 +392,105 @@ fn a_lapsed_lease_times_the_attempt_out_and_stops_the_job() {
     assert!(err.message.contains("lease expired"), "{}", err.message);
 }
 
+/// A worker that heartbeats once and then dies: the lease timer re-arms
+/// through `apply` (never dropped) and, at the renewed lease's end, times
+/// the attempt out. Driven only through the public transition, with every
+/// Schedule effect fed back as the engine's tick would.
 #[test]
-fn the_lease_timer_reschedules_itself_when_renewed() {
-    let (run, _) = start(&diamond(), &[]);
-    let (run, _) = step(
-        &run,
-        Event::Heartbeat {
-            job_id: "r-1.scan.1".into(),
-            worker: "w1".into(),
-        },
-        900,
-    );
-    let mut fx = Vec::new();
-    let mut probe = run.clone();
-    let lease = Timer {
-        at_ms: LEASE,
-        run_id: "r-1".into(),
-        kind: TimerKind::Lease,
-        step: Some("scan".into()),
-        attempt: 1,
-    };
-    assert!(!probe.on_timer(&lease, LEASE, &mut fx).unwrap());
+fn a_worker_that_dies_after_renewing_is_timed_out_by_its_rearmed_lease() {
+    let w = workflow(json!({"name": "one", "steps": [{"id": "scan", "agent": "scanner"}]}));
+    let (mut run, fx) = start(&w, &[]);
+    let mut timers: Vec<Timer> = scheduled(&fx);
+    // The worker heartbeats at once, then a few more times, then dies.
+    for now in [1, 400, 800, 1_200] {
+        let (next, fx) = step(&run, hb("r-1.scan.1"), now);
+        timers.extend(scheduled(&fx));
+        run = next;
+    }
+    let mut now = 0;
+    while status_of(&run, "scan") == StepStatus::Running {
+        timers.sort();
+        let t = timers.remove(0);
+        now = now.max(t.at_ms);
+        let out = run.apply(&Event::Timer(t), now).unwrap();
+        timers.extend(scheduled(&out.effects));
+        if let Some(next) = out.run {
+            run = next;
+        }
+        assert!(now < 10 * LEASE, "the lease never lapsed");
+    }
     assert_eq!(
-        fx,
-        [Effect::Schedule(Timer {
-            at_ms: 900 + LEASE,
-            ..lease
-        })]
+        now,
+        1_200 + LEASE,
+        "lapses exactly at the last renewal's end"
     );
+    let s = run.step("scan").unwrap();
+    assert_eq!(s.status, StepStatus::RetryWait);
+    assert_eq!(
+        s.attempts[0].error.as_ref().unwrap().kind,
+        ErrorKind::Timeout
+    );
+}
+
+/// A worker that keeps heartbeating past the step's timeout is stopped by
+/// its lease timer at the attempt's hard end, without any heartbeat
+/// arriving after it.
+#[test]
+fn the_step_timeout_is_enforced_by_the_lease_timer() {
+    let w = workflow(
+        json!({"name": "one", "steps": [{"id": "scan", "agent": "scanner", "timeout_secs": 2}]}),
+    );
+    let (mut run, fx) = start(&w, &[]);
+    let hard_end = run.step("scan").unwrap().attempt_deadline_ms.unwrap();
+    let mut timers = scheduled(&fx);
+    let mut now = 0;
+    loop {
+        timers.sort();
+        let next_timer = timers.first().map_or(u64::MAX, |t| t.at_ms);
+        // Heartbeats every 300 ms, as long as the step is running.
+        let next_beat = now + 300;
+        if next_beat < next_timer && next_beat < hard_end {
+            now = next_beat;
+            let (next, fx) = step(&run, hb("r-1.scan.1"), now);
+            timers.extend(scheduled(&fx));
+            run = next;
+            continue;
+        }
+        let t = timers.remove(0);
+        now = now.max(t.at_ms);
+        let out = run.apply(&Event::Timer(t), now).unwrap();
+        timers.extend(scheduled(&out.effects));
+        if let Some(next) = out.run {
+            run = next;
+        }
+        if status_of(&run, "scan") != StepStatus::Running {
+            break;
+        }
+    }
+    assert_eq!(now, hard_end);
+    let err = run.step("scan").unwrap().attempts[0].error.clone().unwrap();
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!(
+        err.message.contains("timed out after 2 s"),
+        "{}",
+        err.message
+    );
+}
+
+fn hb(job: &str) -> Event {
+    Event::Heartbeat {
+        job_id: job.into(),
+        worker: "w1".into(),
+    }
+}
+
+fn scheduled(fx: &[Effect]) -> Vec<Timer> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Schedule(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -501,10 +589,7 @@ fn the_deadline_times_the_run_out() {
         attempt: 0,
     };
     assert!(fx.contains(&Effect::Schedule(deadline.clone())));
-    assert_eq!(
-        run.apply(&Event::Timer(deadline.clone()), 59_999).unwrap(),
-        None
-    );
+    assert!(unchanged(&run, Event::Timer(deadline.clone()), 59_999).is_empty());
     let (run, fx) = step(&run, Event::Timer(deadline), 60_000);
     assert_eq!(run.status, RunStatus::TimedOut);
     assert!(fx.iter().any(|e| matches!(e, Effect::CancelJob { .. })));

@@ -1,65 +1,16 @@
-//! Dispatch to workers and cancellation, over outbound HTTP.
+//! Dispatch to workers and cancellation.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::Value;
-use spin_sdk::http::FullBody;
-use spin_sdk::wasip3::http::types::{ErrorCode, RequestOptions};
-use spin_sdk::wasip3::http_compat::RequestOptionsExtension;
 use spindle_core::job::{ErrorKind, Job, JobAgent, JobError, SIGNATURE_HEADER};
 use spindle_core::retry::fnv1a;
 use spindle_core::run::{Event, Run};
 use spindle_core::{keys, schema, sign, template};
 
-use crate::Engine;
-
-/// How a POST to a worker went.
-enum Sent {
-    /// The worker answered with this status.
-    Answered(u16),
-    /// The request never reached the worker (refused, no route, denied).
-    NotReached(String),
-    /// It may have reached the worker, which did not answer in time.
-    Unknown(String),
-}
-
-async fn post(url: &str, body: Bytes, headers: &[(&str, String)], timeout_ms: u64) -> Sent {
-    let mut builder = http::Request::post(url).header("content-type", "application/json");
-    for (k, v) in headers {
-        builder = builder.header(*k, v);
-    }
-    let Ok(mut req) = builder.body(FullBody::new(body)) else {
-        return Sent::NotReached(format!("invalid worker URL {url:?}"));
-    };
-    let options = RequestOptions::new();
-    let ns = timeout_ms.saturating_mul(1_000_000);
-    // A host that does not support timeouts still sends the request.
-    let _ = options.set_connect_timeout(Some(ns));
-    let _ = options.set_first_byte_timeout(Some(ns));
-    req.extensions_mut()
-        .insert(RequestOptionsExtension(options));
-    match spin_sdk::http::send(req).await {
-        Ok(resp) => Sent::Answered(resp.status().as_u16()),
-        Err(code) => {
-            let text = format!("{code:?}");
-            match code {
-                ErrorCode::DnsTimeout
-                | ErrorCode::DnsError(_)
-                | ErrorCode::DestinationNotFound
-                | ErrorCode::DestinationUnavailable
-                | ErrorCode::DestinationIpProhibited
-                | ErrorCode::DestinationIpUnroutable
-                | ErrorCode::ConnectionRefused
-                | ErrorCode::ConnectionTimeout
-                | ErrorCode::ConnectionLimitReached
-                | ErrorCode::HttpRequestDenied
-                | ErrorCode::HttpRequestUriInvalid => Sent::NotReached(text),
-                _ => Sent::Unknown(text),
-            }
-        }
-    }
-}
+use crate::store::StoreExt;
+use crate::{Engine, Host, Sent, Store, Workers};
 
 fn not_dispatched(job_id: &str, kind: ErrorKind, message: String) -> Option<Event> {
     Some(Event::NotDispatched {
@@ -68,20 +19,25 @@ fn not_dispatched(job_id: &str, kind: ErrorKind, message: String) -> Option<Even
     })
 }
 
-impl Engine {
+impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     /// Sends one job, at most once (the claim counter decides), to the first
     /// worker of the pool that takes it, starting from a worker chosen by the
-    /// job id so jobs spread over the pool.
+    /// job id so jobs spread over the pool. Returns what the run must learn:
+    /// accepted, or not dispatched and why; nothing when the job may be in
+    /// flight (its lease timer decides then).
     pub(crate) async fn dispatch(&self, run: &Run, job_id: &str, step: &str) -> Option<Event> {
         match self
-            .kv
+            .store
             .increment(&keys::counter(&format!("dispatch:{job_id}")), 1)
+            .await
         {
             Ok(1) => {}
             Ok(_) => return None,
             Err(e) => {
-                // Unclaimed: the lease timer retries the step later.
-                eprintln!("job {job_id}: dispatch claim failed: {e}");
+                // Unclaimed and unsent: the lease lapses and the attempt is
+                // retried, counted against the budget.
+                self.host
+                    .log(&format!("job {job_id}: dispatch claim failed: {e}"));
                 return None;
             }
         }
@@ -89,16 +45,19 @@ impl Engine {
 
         let mut outputs = BTreeMap::new();
         for (ancestor, job) in run.readable_outputs(step) {
-            match self.kv.get::<Value>(&keys::output(&job)).await {
+            match self.store.get::<Value>(&keys::output(&job)).await {
                 Ok(Some(v)) => {
                     outputs.insert(ancestor, v);
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    self.host.log(&format!(
+                        "job {job_id}: reading the output of {ancestor}: {e}"
+                    ));
                     return not_dispatched(
                         job_id,
-                        ErrorKind::NoWorker,
-                        format!("reading output of {ancestor}: {e}"),
+                        ErrorKind::DispatchFailed,
+                        format!("reading the output of step {ancestor} failed: {e}"),
                     );
                 }
             }
@@ -124,13 +83,10 @@ impl Engine {
             );
         }
         // Kept for the run's read API; a failed write only loses that view.
-        if let Err(e) = self.kv.set(&keys::input(job_id), &input).await {
-            eprintln!("job {job_id}: storing its input failed: {e}");
+        if let Err(e) = self.store.set(&keys::input(job_id), &input).await {
+            self.host
+                .log(&format!("job {job_id}: storing its input failed: {e}"));
         }
-        let secret = match self.config.secret() {
-            Ok(s) => s,
-            Err(e) => return not_dispatched(job_id, ErrorKind::NoWorker, e.to_string()),
-        };
         let job = Job {
             job_id: job_id.to_owned(),
             run_id: run.id.clone(),
@@ -149,24 +105,21 @@ impl Engine {
             lease_ms: run.settings.lease_ms,
             max_output_bytes: run.settings.max_output_bytes,
             callback_url: format!("{}/jobs/{job_id}", self.config.callback_url),
-            token: sign::job_token(secret, job_id),
+            token: sign::job_token(&self.config.secret, job_id),
         };
         let body = Bytes::from(serde_json::to_vec(&job).unwrap_or_default());
         let workers = &self.config.workers;
-        if workers.is_empty() {
-            return not_dispatched(
-                job_id,
-                ErrorKind::NoWorker,
-                "no workers configured (variable workers)".into(),
-            );
-        }
         let auth = self.worker_auth();
-        let first = (fnv1a(job_id.as_bytes()) % workers.len() as u64) as usize;
+        let first = (fnv1a(job_id.as_bytes()) % workers.len().max(1) as u64) as usize;
         let mut refusals = Vec::new();
         for k in 0..workers.len() {
             let worker = &workers[(first + k) % workers.len()];
             let url = format!("{worker}/jobs");
-            match post(&url, body.clone(), &auth, self.config.dispatch_timeout_ms).await {
+            match self
+                .workers
+                .post(&url, body.clone(), &auth, self.config.dispatch_timeout_ms)
+                .await
+            {
                 // 409: the worker already holds this job (an earlier send that
                 // looked lost); it is running it.
                 Sent::Answered(200 | 201 | 202 | 409) => {
@@ -180,9 +133,9 @@ impl Engine {
                 Sent::Unknown(why) => {
                     // It may be running there: treat as in flight. Its
                     // heartbeats or its lease decide what happens next.
-                    eprintln!(
+                    self.host.log(&format!(
                         "job {job_id}: no answer from {worker} ({why}); treating as in flight"
-                    );
+                    ));
                     return None;
                 }
             }
@@ -195,21 +148,17 @@ impl Engine {
     }
 
     fn worker_auth(&self) -> Vec<(&'static str, String)> {
-        self.config
-            .worker_token
-            .as_ref()
-            .map(|t| vec![("authorization", format!("Bearer {t}"))])
-            .unwrap_or_default()
+        vec![(
+            "authorization",
+            format!("Bearer {}", self.config.worker_token),
+        )]
     }
 
     /// Asks the worker holding a job (or, if unknown, every worker) to stop
     /// it. Best effort: a worker that misses this learns it from its next
     /// heartbeat's answer.
     pub(crate) async fn cancel_job(&self, job_id: &str, worker: Option<&str>) {
-        let Ok(secret) = self.config.secret() else {
-            return;
-        };
-        let token = sign::job_token(secret, job_id);
+        let token = sign::job_token(&self.config.secret, job_id);
         let body = Bytes::from(
             serde_json::to_vec(&serde_json::json!({ "job_id": job_id })).unwrap_or_default(),
         );
@@ -224,15 +173,18 @@ impl Engine {
         headers.push((SIGNATURE_HEADER, sig));
         for w in targets {
             let url = format!("{w}/jobs/{job_id}/cancel");
-            if let Sent::NotReached(why) | Sent::Unknown(why) = post(
-                &url,
-                body.clone(),
-                &headers,
-                self.config.dispatch_timeout_ms,
-            )
-            .await
+            if let Sent::NotReached(why) | Sent::Unknown(why) = self
+                .workers
+                .post(
+                    &url,
+                    body.clone(),
+                    &headers,
+                    self.config.dispatch_timeout_ms,
+                )
+                .await
             {
-                eprintln!("job {job_id}: cancel at {w} failed: {why}");
+                self.host
+                    .log(&format!("job {job_id}: cancel at {w} failed: {why}"));
             }
         }
     }

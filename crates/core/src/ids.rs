@@ -1,0 +1,101 @@
+//! Identifiers: how run and job ids are built and taken apart, in one place.
+//!
+//! Run ids carry their creation time and a store-wide sequence number, so
+//! they never collide and listing can order them without reading the runs.
+//! A job id names one attempt of one step of one run, so every document
+//! about a job can be keyed by it and a callback names everything it needs.
+
+use crate::agent::check_name;
+
+/// A run id: creation time and a store-wide sequence number, so ids sort by
+/// creation and never collide.
+pub fn run_id(now_ms: u64, seq: u64) -> String {
+    format!("r{now_ms:013}-{seq:06}")
+}
+
+/// Whether `id` is a well-formed run id (a name without dots, so a job id
+/// splits unambiguously).
+pub fn valid_run_id(id: &str) -> bool {
+    check_name(id).is_ok()
+}
+
+/// The creation time a run id carries.
+pub fn run_created_ms(id: &str) -> Option<u64> {
+    id.strip_prefix('r')?.split('-').next()?.parse().ok()
+}
+
+/// The sequence number a run id carries: the order in which runs were
+/// created, store-wide.
+pub fn run_seq(id: &str) -> Option<u64> {
+    let rest = id.strip_prefix('r')?;
+    let (_, seq) = rest.split_once('-')?;
+    seq.parse().ok()
+}
+
+/// `<run>.<step>.<attempt>`.
+pub fn job_id(run_id: &str, step_id: &str, attempt: u32) -> String {
+    format!("{run_id}.{step_id}.{attempt}")
+}
+
+/// A job id taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobRef<'a> {
+    /// The run.
+    pub run: &'a str,
+    /// The step.
+    pub step: &'a str,
+    /// 1-based attempt number.
+    pub attempt: u32,
+}
+
+/// Splits a job id into run, step and attempt; `None` if malformed.
+pub fn parse_job_id(job_id: &str) -> Option<JobRef<'_>> {
+    let mut parts = job_id.rsplitn(3, '.');
+    let attempt = parts.next()?.parse().ok().filter(|a| *a > 0)?;
+    let step = parts.next()?;
+    let run = parts.next()?;
+    (check_name(step).is_ok() && valid_run_id(run)).then_some(JobRef { run, step, attempt })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_round_trip_and_junk_is_refused() {
+        let id = job_id("r-0001", "scan", 3);
+        assert_eq!(
+            parse_job_id(&id),
+            Some(JobRef {
+                run: "r-0001",
+                step: "scan",
+                attempt: 3
+            })
+        );
+        for bad in [
+            "",
+            "r.scan",
+            "r.scan.0",
+            "r.scan.x",
+            "r.Scan.1",
+            ".scan.1",
+            "r/x.scan.1",
+            "r.scan.99999999999",
+        ] {
+            assert_eq!(parse_job_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn run_ids_sort_by_creation_and_carry_time_and_sequence() {
+        let id = run_id(1_795_305_599_999, 7);
+        assert_eq!(id, "r1795305599999-000007");
+        assert!(valid_run_id(&id));
+        assert!(run_id(5, 1) < run_id(6, 0), "ids sort by creation time");
+        assert_eq!(run_created_ms(&id), Some(1_795_305_599_999));
+        assert_eq!(run_seq(&id), Some(7));
+        assert_eq!(run_seq(&run_id(1, 12_345_678)), Some(12_345_678));
+        assert_eq!(run_created_ms("x"), None);
+        assert_eq!(run_seq("r12"), None);
+    }
+}

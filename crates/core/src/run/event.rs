@@ -1,0 +1,116 @@
+//! What can happen to a run, and why an event may not apply.
+
+use serde::{Deserialize, Serialize};
+
+use super::{RunStatus, StepStatus, Timer};
+use crate::job::JobError;
+
+/// Something that happened to a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Start the run: dispatch the steps with no needs.
+    Start,
+    /// A worker accepted a job.
+    Accepted {
+        /// The job.
+        job_id: String,
+        /// The worker.
+        worker: String,
+    },
+    /// The job never reached a worker, or its input could not be built.
+    NotDispatched {
+        /// The job.
+        job_id: String,
+        /// Why.
+        error: JobError,
+    },
+    /// A worker renewed a job's lease.
+    Heartbeat {
+        /// The job.
+        job_id: String,
+        /// The worker.
+        worker: String,
+    },
+    /// A job succeeded; its output is already stored under its job id.
+    Succeeded {
+        /// The job.
+        job_id: String,
+        /// The worker.
+        worker: String,
+        /// Output size in bytes of JSON.
+        output_bytes: usize,
+        /// Exit status.
+        exit_code: Option<i32>,
+        /// When it started on the worker.
+        started_at_ms: u64,
+    },
+    /// A job failed.
+    Failed {
+        /// The job.
+        job_id: String,
+        /// The worker.
+        worker: String,
+        /// Why.
+        error: JobError,
+        /// Exit status.
+        exit_code: Option<i32>,
+        /// The end of stderr.
+        logs_tail: String,
+        /// When it started on the worker.
+        started_at_ms: u64,
+    },
+    /// A timer came due.
+    Timer(Timer),
+    /// A user cancelled the run.
+    Cancel {
+        /// Why, for the audit trail.
+        reason: String,
+    },
+    /// A human decided on a step waiting for approval.
+    Decide {
+        /// The step.
+        step: String,
+        /// Approved or not.
+        approved: bool,
+        /// Who decided.
+        by: String,
+    },
+}
+
+/// Why an event does not apply. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    /// No step with that id, or a job id naming another run.
+    #[error("run {run} has no job {job_id}")]
+    UnknownJob {
+        /// The run.
+        run: String,
+        /// The job.
+        job_id: String,
+    },
+    /// The job is not the step's current attempt, or is no longer active.
+    #[error("job {job_id} is not active (step is {status:?}, current attempt {current})")]
+    JobNotActive {
+        /// The job.
+        job_id: String,
+        /// The step's status.
+        status: StepStatus,
+        /// The step's current attempt.
+        current: u32,
+    },
+    /// The run is over.
+    #[error("run {run} is already {}", status.as_str())]
+    RunFinished {
+        /// The run.
+        run: String,
+        /// Its final status.
+        status: RunStatus,
+    },
+    /// An approval decision for a step that is not waiting for one.
+    #[error("step {step} is not waiting for approval")]
+    NotWaitingApproval {
+        /// The step.
+        step: String,
+    },
+}

@@ -1,0 +1,306 @@
+//! What a run is made of: its status, its steps and their attempts, its
+//! plan and settings. Plain data; transitions live in `transition.rs`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::agent::Agent;
+use crate::job::JobError;
+use crate::retry::RetryPolicy;
+
+/// Most audit events kept in a run document; older ones are dropped first.
+pub const MAX_EVENTS: usize = 256;
+
+/// A run's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Created; no step started yet.
+    Queued,
+    /// At least one step is dispatched, running or waiting to retry.
+    Running,
+    /// Nothing runs; a step waits for a human decision.
+    WaitingApproval,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed for good.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+    /// Passed its deadline.
+    TimedOut,
+}
+
+impl RunStatus {
+    /// Whether the run is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut
+        )
+    }
+
+    /// Every status, for index maintenance and filters.
+    pub const ALL: [RunStatus; 7] = [
+        Self::Queued,
+        Self::Running,
+        Self::WaitingApproval,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::TimedOut,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::WaitingApproval => "waiting_approval",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// A step's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Waiting for the steps it needs.
+    Pending,
+    /// Ready, but its agent needs a human approval first.
+    WaitingApproval,
+    /// Sent (or being sent) to a worker; no heartbeat yet.
+    Dispatched,
+    /// A worker holds it and renews its lease.
+    Running,
+    /// An attempt failed; the next starts after a backoff.
+    RetryWait,
+    /// Done, with output.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+    /// Never ran, because the run ended first.
+    Skipped,
+    /// Was running when the run was cancelled or timed out.
+    Cancelled,
+}
+
+impl StepStatus {
+    /// Whether a worker may hold a job for this step.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Dispatched | Self::Running)
+    }
+
+    /// Whether the step is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// `manual`, `webhook`, `schedule`.
+    pub kind: TriggerKind,
+    /// The event's payload, readable by templates as `trigger.payload`.
+    pub payload: Value,
+}
+
+/// Kinds of trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    /// The trigger API.
+    Manual,
+    /// A signed webhook.
+    Webhook,
+    /// A cron schedule.
+    Schedule,
+}
+
+/// One step of the plan: the workflow step with its agent version resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    /// Step id.
+    pub id: String,
+    /// The agent version this run uses.
+    pub agent: Agent,
+    /// Steps it needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Transitive needs: the steps whose outputs templates may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
+    /// The input template.
+    pub input: Value,
+    /// Effective retry policy.
+    pub retry: RetryPolicy,
+    /// Effective timeout.
+    pub timeout_secs: u32,
+}
+
+/// One attempt at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based.
+    pub number: u32,
+    /// `<run>.<step>.<attempt>`.
+    pub job_id: String,
+    /// The worker that accepted it, once one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// When it was dispatched.
+    pub dispatched_at_ms: u64,
+    /// When the worker first reported it running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// The agent's exit status, if reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// The end of the agent's stderr, as the worker reported it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub logs_tail: String,
+}
+
+/// A step's state within a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    /// Step id.
+    pub id: String,
+    /// Where it is.
+    pub status: StepStatus,
+    /// Every attempt so far, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// While active: when the lease lapses unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at_ms: Option<u64>,
+    /// While active: the attempt's hard end (timeout plus one lease of grace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_deadline_ms: Option<u64>,
+    /// While waiting to retry: when the next attempt starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    /// Size of the stored output, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<usize>,
+    /// The final error, once it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+impl StepState {
+    /// The current attempt, if any.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
+
+    pub(super) fn current_mut(&mut self) -> Option<&mut Attempt> {
+        self.attempts.last_mut()
+    }
+
+    /// The job id of the attempt that succeeded (its output's key).
+    pub fn output_job(&self) -> Option<&str> {
+        (self.status == StepStatus::Succeeded)
+            .then(|| self.current().map(|a| a.job_id.as_str()))
+            .flatten()
+    }
+}
+
+/// One entry of a run's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// When.
+    pub at_ms: u64,
+    /// What, e.g. `step_dispatched`.
+    pub kind: String,
+    /// The step, if it concerns one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Details for humans.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// Settings fixed at run creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// How long a worker's lease lasts between heartbeats.
+    pub lease_ms: u64,
+    /// Largest accepted output, in bytes of JSON.
+    pub max_output_bytes: usize,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            lease_ms: 30_000,
+            max_output_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One execution of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Run id.
+    pub id: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// The workflow version it runs.
+    pub workflow_version: u32,
+    /// Where it is.
+    pub status: RunStatus,
+    /// What started it.
+    pub trigger: Trigger,
+    /// When it was created, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When its first step was dispatched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// When it times out, if the workflow sets a deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at_ms: Option<u64>,
+    /// Why it ended badly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Settings fixed at creation.
+    pub settings: RunSettings,
+    /// Step states, in plan order.
+    pub steps: Vec<StepState>,
+    /// The workflow and agent versions it started with.
+    pub plan: Vec<PlannedStep>,
+    /// Audit trail, oldest first, at most [`MAX_EVENTS`].
+    pub events: Vec<RunEvent>,
+    /// Bumped by every change; lets readers tell versions apart.
+    pub revision: u64,
+    /// Its place among its workflow's runs (1-based), which names its
+    /// listing page; set by whoever stores the run.
+    #[serde(default)]
+    pub workflow_seq: u64,
+    /// The idempotency record that created it, if any, so it is removed
+    /// with the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<String>,
+}
