@@ -47,7 +47,7 @@ pub fn input(job_id: &str) -> String {
 /// How much time one timer bucket covers. Small buckets keep each write
 /// small (a bucket holds only the timers due within it); the tick reads the
 /// few buckets between its cursor and now.
-pub const TIMER_BUCKET_MS: u64 = 1_000;
+pub const TIMER_BUCKET_MS: u64 = 250;
 
 /// The bucket a timer due at `at_ms` belongs to.
 pub fn timer_bucket_of(at_ms: u64) -> u64 {
@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(output("r-1.scan.1"), "output:r-1.scan.1");
         assert_eq!(run_page(3), "runs:page:3");
         assert_eq!(workflow_run_page("pr", 0), "runs:workflow:pr:page:0");
-        assert_eq!(timer_bucket(timer_bucket_of(12_345)), "timers:12");
+        assert_eq!(timer_bucket(timer_bucket_of(12_345)), "timers:49");
     }
 
     #[test]

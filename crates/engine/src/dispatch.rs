@@ -112,6 +112,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         let auth = self.worker_auth();
         let first = (fnv1a(job_id.as_bytes()) % workers.len().max(1) as u64) as usize;
         let mut refusals = Vec::new();
+        // Every worker refusing the job itself (a 4xx other than "busy")
+        // is a problem of the job, not a saturated pool: it counts.
+        let mut job_refused = true;
         for k in 0..workers.len() {
             let worker = &workers[(first + k) % workers.len()];
             let url = format!("{worker}/jobs");
@@ -128,8 +131,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                         worker: worker.clone(),
                     });
                 }
-                Sent::Answered(status) => refusals.push(format!("{worker} answered {status}")),
-                Sent::NotReached(why) => refusals.push(format!("{worker}: {why}")),
+                Sent::Answered(status) => {
+                    job_refused &= (400..500).contains(&status) && status != 429;
+                    refusals.push(format!("{worker} answered {status}"));
+                }
+                Sent::NotReached(why) => {
+                    job_refused = false;
+                    refusals.push(format!("{worker}: {why}"));
+                }
                 Sent::Unknown(why) => {
                     // It may be running there: treat as in flight. Its
                     // heartbeats or its lease decide what happens next.
@@ -140,9 +149,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 }
             }
         }
+        let kind = if job_refused {
+            ErrorKind::DispatchFailed
+        } else {
+            ErrorKind::NoWorker
+        };
         not_dispatched(
             job_id,
-            ErrorKind::NoWorker,
+            kind,
             format!("no worker accepted the job: {}", refusals.join("; ")),
         )
     }

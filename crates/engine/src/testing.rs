@@ -53,7 +53,10 @@ struct Inner {
     map: BTreeMap<String, Vec<u8>>,
     faults: Vec<Fault>,
     writes: Writes,
-    yielding: bool,
+    reads: u64,
+    /// When set, the state of the generator that decides how many times
+    /// each operation yields (0 to 2).
+    yielding: Option<u64>,
 }
 
 /// An in-memory [`Store`] with Spin's semantics (counters are 8-byte
@@ -93,15 +96,33 @@ impl MemStore {
         });
     }
 
-    /// Makes every operation yield once to the executor first, so futures
-    /// joined on one thread interleave at every store call.
-    pub fn set_yielding(&self, on: bool) {
-        self.inner.lock().unwrap().yielding = on;
+    /// Makes every operation yield to the executor 0 to 2 times first, as
+    /// a generator seeded with `seed` decides, so futures joined on one
+    /// thread interleave at store calls; each seed is one interleaving.
+    pub fn interleave(&self, seed: u64) {
+        self.inner.lock().unwrap().yielding = Some(seed | 1);
     }
 
     /// Writes made so far.
     pub fn writes(&self) -> Writes {
         self.inner.lock().unwrap().writes
+    }
+
+    /// Reads made so far.
+    pub fn reads(&self) -> u64 {
+        self.inner.lock().unwrap().reads
+    }
+
+    /// The largest stored document, in bytes.
+    pub fn largest(&self) -> (String, usize) {
+        self.inner
+            .lock()
+            .unwrap()
+            .map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .max_by_key(|(_, n)| *n)
+            .unwrap_or_default()
     }
 
     /// Every key, sorted.
@@ -147,7 +168,19 @@ impl MemStore {
     }
 
     async fn pause(&self) {
-        if self.inner.lock().unwrap().yielding {
+        let times = {
+            let mut inner = self.inner.lock().unwrap();
+            match &mut inner.yielding {
+                None => 0,
+                Some(state) => {
+                    *state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (*state >> 33) % 3
+                }
+            }
+        };
+        for _ in 0..times {
             YieldOnce(false).await;
         }
     }
@@ -180,6 +213,7 @@ impl Store for MemStore {
     async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.pause().await;
         self.check(Op::Get, key)?;
+        self.inner.lock().unwrap().reads += 1;
         Ok(self.raw(key))
     }
 
@@ -222,6 +256,7 @@ impl Store for MemStore {
     async fn watch(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>)> {
         self.pause().await;
         self.check(Op::Get, key)?;
+        self.inner.lock().unwrap().reads += 1;
         let v = self.raw(key);
         Ok(((key.to_owned(), v.clone()), v))
     }

@@ -2,7 +2,7 @@
 //!
 //! A timer lives in the document of the bucket it falls due in
 //! (`timers:<bucket>`, one bucket per [`keys::TIMER_BUCKET_MS`]), so adding
-//! one rewrites only the few timers due in the same second, and the tick
+//! one rewrites only the few timers due in the same quarter second, and the tick
 //! reads only the buckets between its cursor (`timers:cursor`, the oldest
 //! bucket it has not finished) and now. Nothing here grows with the number
 //! of runs ever made.
@@ -22,13 +22,17 @@ use spindle_core::run::{Effect, Event, Timer};
 use crate::store::{StoreExt, UpdateError};
 use crate::{Engine, EngineError, Host, MAX_TIMERS_PER_TICK, Store, Workers};
 
-/// Buckets the tick keeps reading after their time has passed, for timers
-/// written a little late (a slow request, a clock slightly behind).
-pub const GRACE_BUCKETS: u64 = 5;
-/// Most buckets one tick walks (catching up after ticks stopped).
-pub const MAX_BUCKETS_PER_TICK: u64 = 300;
-/// How far behind the cursor empty bucket documents are deleted.
-pub const DELETE_LAG_BUCKETS: u64 = 600;
+/// Buckets the tick keeps reading after their time has passed (two
+/// seconds), for timers written a little late (a slow request, a clock
+/// slightly behind); a writer that finds the cursor past its bucket moves
+/// it back anyway.
+pub const GRACE_BUCKETS: u64 = 8;
+/// Most buckets one tick walks (five minutes, when catching up after ticks
+/// stopped).
+pub const MAX_BUCKETS_PER_TICK: u64 = 1_200;
+/// How far behind the cursor empty bucket documents are deleted (ten
+/// minutes: no writer is that late).
+pub const DELETE_LAG_BUCKETS: u64 = 2_400;
 
 /// What a tick did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
