@@ -2,8 +2,13 @@
 //! route through the local host, against a native axum server returning the
 //! same body, measured in the same run and reported as ratios.
 //!
+//! With `trigger`, it measures the trigger path instead (see `trigger.rs`).
+//!
 //! Usage: spindle-bench [--secs N] [--connections N]
+//!        spindle-bench trigger [--runs N] [--fill N] [--clients N]
 //! (run through `scripts/bench`, which builds everything in release mode).
+
+mod trigger;
 
 use std::time::{Duration, Instant};
 
@@ -76,7 +81,11 @@ async fn load(url: String, secs: u64, connections: usize) -> Figures {
 async fn main() -> anyhow::Result<()> {
     let mut secs = 5;
     let mut connections = 16;
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("trigger") {
+        args.next();
+        return trigger_main(args).await;
+    }
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => secs = args.next().unwrap_or_default().parse()?,
@@ -125,5 +134,42 @@ async fn main() -> anyhow::Result<()> {
         wasm.p99_ms / base.p99_ms
     );
     drop(host);
+    Ok(())
+}
+
+async fn trigger_main(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let (mut runs, mut fill, mut clients) = (1_000, 20_000, 8);
+    while let Some(a) = args.next() {
+        let mut value =
+            || -> anyhow::Result<usize> { Ok(args.next().unwrap_or_default().parse()?) };
+        match a.as_str() {
+            "--runs" => runs = value()?,
+            "--fill" => fill = value()?,
+            "--clients" => clients = value()?,
+            other => anyhow::bail!(
+                "unknown argument {other:?}; usage: spindle-bench trigger [--runs N] [--fill N] [--clients N]"
+            ),
+        }
+    }
+    let (first, last) = trigger::bench(runs, fill, clients).await?;
+    println!("| store | runs | runs/s | errors |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| empty | {} | {:.0} | {} |",
+        first.runs,
+        first.per_sec(),
+        first.errors
+    );
+    println!(
+        "| after {fill} runs | {} | {:.0} | {} |",
+        last.runs,
+        last.per_sec(),
+        last.errors
+    );
+    println!();
+    println!(
+        "ratio (after {fill} / empty): {:.2}x",
+        last.per_sec() / first.per_sec()
+    );
     Ok(())
 }
