@@ -207,7 +207,7 @@ fn a_run_held_back_by_retention_is_removed_once_it_finishes_and_ages() {
     let held: Vec<String> = block_on(e.store.get(keys::RETENTION_HELD))
         .unwrap()
         .unwrap();
-    assert_eq!(held, [waiting.clone()]);
+    assert_eq!(held, std::slice::from_ref(&waiting));
     block_on(e.cancel(&waiting, "too old")).unwrap();
     e.host.advance(31 * 86_400_000);
     let report = block_on(e.tick()).unwrap();
