@@ -43,7 +43,7 @@ apt_install() {
 
 # The wasm components spin.toml serves.
 COMPONENTS=(spindle-api spindle-metrics spindle-webhook spindle-trigger spindle-approve
-    spindle-jobs spindle-scheduler)
+    spindle-jobs spindle-scheduler spindle-docs)
 # Crates that only build for wasm32-wasip2 (they link spin-sdk).
 WASM_ONLY=("${COMPONENTS[@]}" spindle-probe spindle-spin)
 

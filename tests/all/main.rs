@@ -13,6 +13,7 @@ mod engine;
 mod manifests;
 mod openapi;
 mod platform;
+mod problems;
 mod registry;
 mod request_lifetime;
 mod worker;

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
 use spindle_core::job::{Job, SIGNATURE_HEADER};
+use spindle_core::problem::ProblemKind;
 use spindle_core::sign::secrets_equal;
 
 use crate::executor::{Executor, ExecutorKind};
@@ -73,13 +74,17 @@ struct AppState {
     token: Arc<str>,
 }
 
-fn problem(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
+/// A problem document of `kind`, from the one catalogue of kinds
+/// ([`ProblemKind`]: its slug, status and title), with this occurrence's
+/// `detail`.
+fn problem(kind: ProblemKind, detail: impl Into<String>) -> Response {
     let body = serde_json::json!({
-        "type": format!("/docs/problems#{kind}"),
-        "title": status.canonical_reason().unwrap_or(""),
-        "status": status.as_u16(),
+        "type": kind.type_uri(),
+        "title": kind.title(),
+        "status": kind.status(),
         "detail": detail.into(),
     });
+    let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
         [("content-type", "application/problem+json")],
@@ -99,8 +104,7 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
 
 fn unauthorized() -> Response {
     problem(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ProblemKind::Unauthorized,
         "send Authorization: Bearer <worker token>",
     )
 }
@@ -112,11 +116,7 @@ async fn take_job(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     let job: Job = match serde_json::from_slice(&body) {
         Ok(j) => j,
         Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "validation",
-                format!("not a job: {e}"),
-            );
+            return problem(ProblemKind::Validation, format!("not a job: {e}"));
         }
     };
     let job_id = job.job_id.clone();
@@ -126,12 +126,8 @@ async fn take_job(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             axum::Json(serde_json::json!({"job_id": job_id, "worker": state.worker.name})),
         )
             .into_response(),
-        Err(e @ Refusal::Duplicate(_)) => problem(StatusCode::CONFLICT, "duplicate", e.to_string()),
-        Err(e) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        ),
+        Err(e @ Refusal::Duplicate(_)) => problem(ProblemKind::Duplicate, e.to_string()),
+        Err(e) => problem(ProblemKind::Unavailable, e.to_string()),
     }
 }
 
@@ -150,12 +146,8 @@ async fn cancel_job(
         .unwrap_or("");
     match state.worker.cancel(&job_id, &body, sig) {
         Ok(true) => axum::Json(serde_json::json!({"cancelled": job_id})).into_response(),
-        Ok(false) => problem(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no job {job_id} here"),
-        ),
-        Err(()) => problem(StatusCode::UNAUTHORIZED, "signature", "bad job signature"),
+        Ok(false) => problem(ProblemKind::NotFound, format!("no job {job_id} here")),
+        Err(()) => problem(ProblemKind::Signature, "bad job signature"),
     }
 }
 
