@@ -92,7 +92,9 @@ impl Run {
             created_at_ms: now,
             started_at_ms: None,
             finished_at_ms: None,
-            deadline_at_ms: workflow.deadline_secs.map(|d| now + u64::from(d) * 1000),
+            deadline_at_ms: workflow
+                .deadline_secs
+                .map(|d| now.saturating_add(u64::from(d) * 1000)),
             error: None,
             settings,
             steps,

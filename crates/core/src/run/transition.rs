@@ -120,7 +120,7 @@ impl Run {
                     );
                     return Ok(true);
                 }
-                let lease = (now + self.settings.lease_ms).min(deadline);
+                let lease = now.saturating_add(self.settings.lease_ms).min(deadline);
                 let s = &mut self.steps[i];
                 let first = s.status == StepStatus::Dispatched;
                 s.status = StepStatus::Running;
@@ -344,8 +344,8 @@ impl Run {
         let job = job_id(&self.id, &s.id, number);
         s.status = StepStatus::Dispatched;
         s.retry_at_ms = None;
-        s.lease_expires_at_ms = Some(now + lease_ms);
-        s.attempt_deadline_ms = Some(now + timeout_ms + lease_ms);
+        s.lease_expires_at_ms = Some(now.saturating_add(lease_ms));
+        s.attempt_deadline_ms = Some(now.saturating_add(timeout_ms).saturating_add(lease_ms));
         s.attempts.push(Attempt {
             number,
             job_id: job.clone(),
@@ -359,7 +359,7 @@ impl Run {
         });
         let step = s.id.clone();
         fx.push(Effect::Schedule(Timer {
-            at_ms: now + lease_ms,
+            at_ms: now.saturating_add(lease_ms),
             run_id: self.id.clone(),
             kind: TimerKind::Lease,
             step: Some(step.clone()),
@@ -431,7 +431,7 @@ impl Run {
         if error.kind == ErrorKind::NoWorker
             || (error.kind.retryable() && policy.allows_retry_after(ran))
         {
-            let at = now + policy.backoff_ms(number, &job);
+            let at = now.saturating_add(policy.backoff_ms(number, &job));
             let s = &mut self.steps[i];
             s.status = StepStatus::RetryWait;
             s.retry_at_ms = Some(at);
