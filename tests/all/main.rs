@@ -10,6 +10,7 @@
 mod agents;
 mod conformance;
 mod engine;
+mod hostile;
 mod manifests;
 mod openapi;
 mod platform;

@@ -157,6 +157,13 @@ pub async fn cancel(id: &str, req: Request) -> Result<Response, Problem> {
         "cancelled through the API".to_owned()
     } else {
         let v: Value = serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?;
+        let Value::Object(v) = v else {
+            return Err(Problem::invalid(
+                "Invalid request body",
+                "",
+                "must be a JSON object, such as {\"reason\": \"...\"}",
+            ));
+        };
         match v.get("reason") {
             None => "cancelled through the API".to_owned(),
             Some(Value::String(s)) if s.len() <= 500 => s.clone(),

@@ -36,7 +36,11 @@ async fn route(req: Request) -> Result<Response, Problem> {
         .map(str::to_owned);
     require_json(&req)?;
     let engine = spindle_spin::engine::open().await?;
-    let max = engine.config.settings.max_output_bytes + ENVELOPE_BYTES;
+    let max = engine
+        .config
+        .settings
+        .max_output_bytes
+        .saturating_add(ENVELOPE_BYTES);
     let body = read_body(req, max).await?;
     if action == "result" {
         let outcome = engine

@@ -5,6 +5,7 @@
 
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
+use spindle_core::problem::ProblemKind;
 use spindle_core::run::{Trigger, TriggerKind};
 use spindle_spin::http::{
     DEFAULT_MAX_BODY, Problem, Response, json, path_info, read_body, require_json,
@@ -12,6 +13,12 @@ use spindle_spin::http::{
 
 /// Longest accepted Idempotency-Key.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Deepest nesting of a payload. The run document holds the payload a few
+/// levels down, and a step input may hold it again; the store's JSON reader
+/// stops at 128 levels, so a deeper payload would make its run unreadable
+/// (and every listing that meets it fail).
+const MAX_PAYLOAD_DEPTH: usize = 64;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
@@ -48,22 +55,7 @@ async fn route(req: Request) -> Result<Response, Problem> {
             Some(k.to_owned())
         }
     };
-    let has_body = req
-        .headers()
-        .get("content-length")
-        .is_some_and(|v| v.to_str().ok() != Some("0"))
-        || req.headers().contains_key("content-type");
-    let payload = if has_body {
-        require_json(&req)?;
-        let body = read_body(req, DEFAULT_MAX_BODY).await?;
-        if body.is_empty() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?
-        }
-    } else {
-        serde_json::Value::Object(Default::default())
-    };
+    let payload = payload(req).await?;
     let engine = spindle_spin::engine::open().await?;
     let trigger = Trigger {
         kind: TriggerKind::Manual,
@@ -86,4 +78,74 @@ async fn route(req: Request) -> Result<Response, Problem> {
         resp.headers_mut().insert("location", loc);
     }
     Ok(resp)
+}
+
+/// The trigger payload: the JSON body, or `{}` when there is none.
+///
+/// A body must be declared JSON. A request that declares a body by its
+/// `Content-Length` is checked before anything is read; a chunked body
+/// carries no header the component can see (the host strips
+/// `Transfer-Encoding`), so the body is read (bounded) and, when it turns
+/// out not to be empty, must have come with `Content-Type:
+/// application/json`. A body is never silently dropped.
+async fn payload(req: Request) -> Result<serde_json::Value, Problem> {
+    let declared_json = req.headers().contains_key("content-type");
+    if declared_json {
+        require_json(&req)?;
+    }
+    let announced = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0");
+    if announced && !declared_json {
+        return Err(undeclared_body());
+    }
+    let body = read_body(req, DEFAULT_MAX_BODY).await?;
+    if body.is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    if !declared_json {
+        return Err(undeclared_body());
+    }
+    let payload: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?;
+    if let Some(pointer) = too_deep(&payload, String::new(), MAX_PAYLOAD_DEPTH) {
+        return Err(Problem::invalid(
+            "Invalid request body",
+            pointer,
+            format!("the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
+        ));
+    }
+    Ok(payload)
+}
+
+/// The JSON Pointer of the first container in `v` nested more than `left`
+/// levels down, if any.
+fn too_deep(v: &serde_json::Value, at: String, left: usize) -> Option<String> {
+    let children: Vec<(String, &serde_json::Value)> = match v {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i.to_string(), c))
+            .collect(),
+        serde_json::Value::Object(members) => members
+            .iter()
+            .map(|(k, c)| (k.replace('~', "~0").replace('/', "~1"), c))
+            .collect(),
+        _ => return None,
+    };
+    if left == 0 {
+        return Some(at);
+    }
+    children
+        .into_iter()
+        .find_map(|(key, child)| too_deep(child, format!("{at}/{key}"), left - 1))
+}
+
+fn undeclared_body() -> Problem {
+    Problem::of(
+        ProblemKind::MediaType,
+        "a request body must be sent as application/json (or send no body)",
+    )
 }

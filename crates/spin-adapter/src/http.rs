@@ -1,7 +1,10 @@
 //! HTTP plumbing shared by every component: RFC 9457 problem documents,
 //! bounded request bodies, JSON answers.
 
-use spin_sdk::http::{FullBody, IntoResponse, Request, body::IncomingBodyExt};
+use spin_sdk::http::{FullBody, IntoResponse, Request};
+use spin_sdk::wasip3::http::types;
+use spin_sdk::wasip3::wit_future;
+use spin_sdk::wit_bindgen::StreamResult;
 use spindle_core::problem::ProblemKind;
 use spindle_core::{FieldError, ValidationError};
 
@@ -153,26 +156,65 @@ pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
 }
 
 /// Reads the whole body, refusing more than `max` bytes with a 413 problem.
+///
+/// A body announced longer than `max` by its `Content-Length` is refused
+/// before any of it is read. A body without one (chunked) is streamed, and
+/// refused as soon as `max + 1` bytes have arrived: at most that much is ever
+/// held in memory, however long the client keeps sending.
 pub async fn read_body(req: Request, max: usize) -> Result<bytes::Bytes, Problem> {
     if let Some(len) = req
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > max
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        && len > u64::try_from(max).unwrap_or(u64::MAX)
     {
         return Err(too_large(max));
     }
-    let bytes = req
-        .into_body()
-        .bytes()
+    let mut body = req.into_body();
+    let Some(msg) = body.take_unstarted() else {
+        return Err(Problem::of(
+            ProblemKind::Body,
+            "the request body was already read",
+        ));
+    };
+    // What `IncomingBody` does inside, with a bound: consume the body as a
+    // stream and read it in pieces no larger than what is left of the limit.
+    let (_result, reader) = wit_future::new(|| Ok(()));
+    let (mut stream, trailers) = types::Request::consume_body(msg, reader);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let room = max.saturating_add(1).saturating_sub(out.len());
+        let (status, chunk) = stream
+            .read(Vec::with_capacity(room.clamp(1, READ_CHUNK)))
+            .await;
+        match status {
+            StreamResult::Complete(_) => {
+                out.extend_from_slice(&chunk);
+                if out.len() > max {
+                    // Dropping the stream tells the host to stop reading.
+                    return Err(too_large(max));
+                }
+            }
+            StreamResult::Dropped => break,
+            StreamResult::Cancelled => {
+                return Err(Problem::of(
+                    ProblemKind::Body,
+                    "reading the request body was cancelled",
+                ));
+            }
+        }
+    }
+    drop(stream);
+    // The transfer's own outcome (a client that broke off mid-body).
+    trailers
         .await
         .map_err(|e| Problem::of(ProblemKind::Body, format!("{e:?}")))?;
-    if bytes.len() > max {
-        return Err(too_large(max));
-    }
-    Ok(bytes)
+    Ok(bytes::Bytes::from(out))
 }
+
+/// The most read from a body stream at once (what spin-sdk reads).
+const READ_CHUNK: usize = 16 << 10;
 
 fn too_large(max: usize) -> Problem {
     Problem::of(ProblemKind::TooLarge, format!("the limit is {max} bytes"))
