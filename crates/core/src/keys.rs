@@ -44,9 +44,8 @@ pub fn input(job_id: &str) -> String {
     format!("input:{job_id}")
 }
 
-/// How much time one timer bucket covers. Small buckets keep each write
-/// small (a bucket holds only the timers due within it); the tick reads the
-/// few buckets between its cursor and now.
+/// How much time one timer bucket covers. The tick reads the buckets
+/// between its cursor and now.
 pub const TIMER_BUCKET_MS: u64 = 250;
 
 /// The bucket a timer due at `at_ms` belongs to.
@@ -54,27 +53,31 @@ pub fn timer_bucket_of(at_ms: u64) -> u64 {
     at_ms / TIMER_BUCKET_MS
 }
 
-/// The timers due within bucket `bucket`, sorted.
-pub fn timer_bucket(bucket: u64) -> String {
-    format!("timers:{bucket}")
+/// The counter of timers ever written into bucket `bucket`: each timer
+/// takes the next slot, so adding one is an increment and a plain write,
+/// never a compare-and-swap on a document that may not exist yet.
+pub fn timer_slots(bucket: u64) -> String {
+    counter(&format!("timers:{bucket}"))
+}
+
+/// Slot `slot` (1-based) of bucket `bucket`: one timer, deleted once fired.
+pub fn timer(bucket: u64, slot: i64) -> String {
+    format!("timers:{bucket}:{slot}")
 }
 
 /// The oldest timer bucket the tick has not finished with.
 pub const TIMER_CURSOR: &str = "timers:cursor";
 
-/// How many run ids one listing page holds. A page is rewritten when a run
-/// is added to it, so this bounds what one write rewrites.
-pub const RUN_PAGE: u64 = 256;
-
-/// Page `page` of every run, by creation sequence (a run's page is its
-/// sequence number divided by [`RUN_PAGE`]).
-pub fn run_page(page: u64) -> String {
-    format!("runs:page:{page}")
+/// The run with sequence number `seq` (its id), written once when the run
+/// is created: the listing of all runs, newest first, walks these down
+/// from the run counter.
+pub fn run_at(seq: u64) -> String {
+    format!("runs:seq:{seq}")
 }
 
-/// Page `page` of one workflow's runs, by the workflow's own run count.
-pub fn workflow_run_page(workflow: &str, page: u64) -> String {
-    format!("runs:workflow:{workflow}:page:{page}")
+/// The `n`-th run (1-based) of `workflow` (its id).
+pub fn workflow_run_at(workflow: &str, n: u64) -> String {
+    format!("runs:workflow:{workflow}:{n}")
 }
 
 /// The counter of runs ever created (each run's sequence number).
@@ -87,12 +90,19 @@ pub fn workflow_run_counter(workflow: &str) -> String {
     counter(&format!("runs:workflow:{workflow}"))
 }
 
-/// The next page of runs that retention has not cleared.
+/// The next run sequence number retention looks at.
 pub const RETENTION_CURSOR: &str = "retention:cursor";
 
-/// Runs retention passed over because they were still going; checked again
-/// on every pass. Bounded by the runs in flight, not by the runs ever made.
-pub const RETENTION_HELD: &str = "retention:held";
+/// The counter of runs retention passed over because they were still
+/// going; each is kept in a slot ([`retention_held`]) until it is removed.
+pub fn retention_held_slots() -> String {
+    counter("retention:held")
+}
+
+/// Slot `slot` of the runs retention passed over (a run id).
+pub fn retention_held(slot: i64) -> String {
+    format!("retention:held:{slot}")
+}
 
 /// The run an idempotency key created (`hash` names workflow and key).
 pub fn idempotency(hash: &str) -> String {
@@ -131,9 +141,10 @@ mod tests {
         assert_eq!(counter("probe"), "counter:probe");
         assert_eq!(run("r-1"), "run:r-1");
         assert_eq!(output("r-1.scan.1"), "output:r-1.scan.1");
-        assert_eq!(run_page(3), "runs:page:3");
-        assert_eq!(workflow_run_page("pr", 0), "runs:workflow:pr:page:0");
-        assert_eq!(timer_bucket(timer_bucket_of(12_345)), "timers:49");
+        assert_eq!(run_at(3), "runs:seq:3");
+        assert_eq!(workflow_run_at("pr", 1), "runs:workflow:pr:1");
+        assert_eq!(timer(timer_bucket_of(12_345), 2), "timers:49:2");
+        assert_eq!(timer_slots(49), "counter:timers:49");
     }
 
     #[test]

@@ -176,13 +176,6 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         for e in effects {
             match e {
                 Effect::Schedule(_) => {}
-                Effect::Unschedule(t) => {
-                    if let Err(e) = self.unschedule(&t).await {
-                        // It fires later and finds nothing to do.
-                        self.host
-                            .log(&format!("run {}: forgetting a timer failed: {e}", run.id));
-                    }
-                }
                 Effect::Audit(event) => self.host.audit(
                     &serde_json::json!({
                         "audit": event,

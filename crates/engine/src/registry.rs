@@ -3,15 +3,17 @@
 //!
 //! Each agent has a users document (`agent-users:<agent>`): the workflows
 //! that may use it (a superset: an update that stops using an agent does not
-//! have to remove itself) and the claims of updates in flight. A workflow
-//! write first claims every agent its new version uses (refused if the agent
-//! is being deleted), then writes the workflow, then turns its claims into
-//! entries. Deleting an agent checks every listed workflow's current version
-//! and refuses while any uses the agent or any claim is in flight; the check
-//! and the `deleting` mark are one compare-and-swap of the users document,
-//! which is also what every claim swaps, so the two cannot interleave. A
-//! claim whose writer died expires after [`CLAIM_TTL_MS`], longer than any
-//! request may run, so nothing leaks for good.
+//! have to remove itself) and the claims of writes in flight. A workflow
+//! write first claims every agent its new version uses, which also lists the
+//! workflow (refused if the agent is being deleted), then writes the
+//! workflow, then drops its claims. Deleting an agent first marks it
+//! deleting (refused while a claim is in flight; from then on no claim is
+//! taken), then reads the current version of every listed workflow and
+//! clears the mark again if one uses the agent. A write either claimed
+//! before the mark (and the delete sees its claim, or its workflow) or is
+//! refused after it. A claim whose writer died expires after
+//! [`CLAIM_TTL_MS`], longer than any request may run, so nothing leaks for
+//! good.
 
 use std::collections::BTreeSet;
 
@@ -183,9 +185,10 @@ impl<S: Store> Registry<'_, S> {
                 .and_then(|w| w.ok_or_else(|| missing(name))),
             Err(e) => Err(e),
         };
-        // Settle even after a failure, so no claim outlives this request.
+        // Settle even after a failure, so no claim outlives this request
+        // (one that does expires).
         for agent in claimed {
-            self.settle(agent, name, token, written.is_ok()).await?;
+            self.settle(agent, token).await?;
         }
         let wf = written?;
         self.store
@@ -203,6 +206,7 @@ impl<S: Store> Registry<'_, S> {
                     return Err(RegistryError::AgentDeleted(agent.to_owned()));
                 }
                 users.claims.retain(|c| c.until_ms > now);
+                set_member(&mut users.workflows, workflow, true);
                 users.claims.push(Claim {
                     workflow: workflow.to_owned(),
                     token,
@@ -214,24 +218,15 @@ impl<S: Store> Registry<'_, S> {
         Ok(())
     }
 
-    async fn settle(
-        &self,
-        agent: &str,
-        workflow: &str,
-        token: u64,
-        written: bool,
-    ) -> Result<(), RegistryError> {
+    async fn settle(&self, agent: &str, token: u64) -> Result<(), RegistryError> {
         self.store
             .update::<AgentUsers, std::convert::Infallible>(&keys::agent_users(agent), |current| {
                 let Some(mut users) = current else {
                     return Ok(None);
                 };
-                let before = users.clone();
+                let before = users.claims.len();
                 users.claims.retain(|c| c.token != token);
-                if written {
-                    set_member(&mut users.workflows, workflow, true);
-                }
-                Ok((users != before).then_some(users))
+                Ok((users.claims.len() != before).then_some(users))
             })
             .await?;
         Ok(())
@@ -265,50 +260,46 @@ impl<S: Store> Registry<'_, S> {
         }
         let users_key = keys::agent_users(name.as_str());
         let now = self.now_ms;
-        loop {
-            let users: AgentUsers = self.store.get(&users_key).await?.unwrap_or_default();
-            // Which listed workflows really use it now.
-            let mut using = Vec::new();
-            for w in &users.workflows {
-                if let Some(wf) = self.store.get::<Workflow>(&keys::workflow(w)).await?
-                    && wf.agents().contains(name.as_str())
-                {
-                    using.push(w.clone());
+        // Mark it first: from here on no workflow write can claim it.
+        let users = self
+            .store
+            .update::<AgentUsers, RegistryError>(&users_key, |current| {
+                let mut users = current.unwrap_or_default();
+                if users.claims.iter().any(|c| c.until_ms > now) {
+                    return Err(RegistryError::AgentInUse(format!(
+                        "a workflow that uses agent {:?} is being written; retry",
+                        name.as_str()
+                    )));
                 }
+                users.claims.clear();
+                users.deleting = true;
+                Ok(Some(users))
+            })
+            .await?
+            .unwrap_or_default();
+        // Which listed workflows really use it now.
+        let mut using = Vec::new();
+        for w in &users.workflows {
+            if let Some(wf) = self.store.get::<Workflow>(&keys::workflow(w)).await?
+                && wf.agents().contains(name.as_str())
+            {
+                using.push(w.clone());
             }
-            if !using.is_empty() {
-                return Err(RegistryError::AgentInUse(format!(
-                    "agent {:?} is used by workflow(s) {}; change or delete them first",
-                    name.as_str(),
-                    using.join(", ")
-                )));
-            }
-            let checked = users.workflows.clone();
-            let mut changed_under_us = false;
+        }
+        if !using.is_empty() {
             self.store
-                .update::<AgentUsers, RegistryError>(&users_key, |current| {
-                    let mut now_users = current.unwrap_or_default();
-                    changed_under_us = false;
-                    if now_users.claims.iter().any(|c| c.until_ms > now) {
-                        return Err(RegistryError::AgentInUse(format!(
-                            "a workflow that uses agent {:?} is being written; retry",
-                            name.as_str()
-                        )));
-                    }
-                    if now_users.workflows.iter().any(|w| !checked.contains(w)) {
-                        // A workflow started using it since we checked.
-                        changed_under_us = true;
-                        return Ok(None);
-                    }
-                    now_users.workflows.clear();
-                    now_users.claims.clear();
-                    now_users.deleting = true;
-                    Ok(Some(now_users))
+                .update::<AgentUsers, std::convert::Infallible>(&users_key, |current| {
+                    Ok(current.map(|mut u| {
+                        u.deleting = false;
+                        u
+                    }))
                 })
                 .await?;
-            if !changed_under_us {
-                break;
-            }
+            return Err(RegistryError::AgentInUse(format!(
+                "agent {:?} is used by workflow(s) {}; change or delete them first",
+                name.as_str(),
+                using.join(", ")
+            )));
         }
         self.store.delete(&keys::agent(name)).await?;
         self.store

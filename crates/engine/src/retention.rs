@@ -1,85 +1,71 @@
 //! Retention: finished runs older than the retention period are removed by
 //! the tick, a bounded batch at a time, with everything kept about them
 //! (their jobs' inputs, outputs and counters, their idempotency record,
-//! their listing entries).
+//! their listing pointers).
 //!
-//! Runs are visited in creation order through the pages of all runs, from a
-//! cursor (`retention:cursor`, the oldest page not yet cleared). A run still
-//! going when its page is cleared is remembered in `retention:held` and
-//! looked at again on later passes, so one long-lived run does not stop
-//! retention; that list holds only runs in flight.
+//! Runs are visited in creation order by sequence number from a cursor
+//! (`retention:cursor`). A run still going when the cursor reaches it keeps
+//! its pointers (so it is still listed) and is remembered in a slot of its
+//! own (`retention:held:<n>`); each tick looks at a few of those slots in
+//! turn, so the cost of a tick does not grow with them either.
 
 use std::convert::Infallible;
 
 use spindle_core::ids::{job_id, run_created_ms};
-use spindle_core::keys::{self, RUN_PAGE};
+use spindle_core::keys;
 use spindle_core::run::Run;
 
 use crate::store::{StoreExt, UpdateError};
 use crate::{Engine, EngineError, Host, Store, Workers};
 
-/// Most runs one tick removes.
+/// Most runs one tick looks at.
 pub const MAX_PURGE_PER_TICK: usize = 20;
+/// Most held runs one tick looks at again.
+pub const MAX_HELD_PER_TICK: i64 = 5;
 
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
-    /// Removes up to [`MAX_PURGE_PER_TICK`] finished runs older than the
-    /// retention period; returns how many.
+    /// Removes finished runs older than the retention period, looking at
+    /// no more than [`MAX_PURGE_PER_TICK`] new runs and
+    /// [`MAX_HELD_PER_TICK`] held ones; returns how many it removed.
     pub(crate) async fn purge_old_runs(&self, now: u64) -> Result<usize, EngineError> {
         let cutoff = now.saturating_sub(self.config.retention_ms);
-        let mut purged = 0;
+        let mut purged = self.purge_held(cutoff).await?;
 
-        let held: Vec<String> = self
+        let top = self.store.counter(&keys::run_counter()).await? as u64;
+        let start: u64 = self
             .store
-            .get(keys::RETENTION_HELD)
+            .get(keys::RETENTION_CURSOR)
             .await?
-            .unwrap_or_default();
-        for id in held {
-            if purged == MAX_PURGE_PER_TICK {
-                return Ok(purged);
+            .unwrap_or(1)
+            .max(1);
+        // The cursor only moves past a run that was looked at; pointers not
+        // written yet (a run being created) are not passed over.
+        let mut next = start;
+        let mut seq = start;
+        let mut looked = 0;
+        while seq <= top && looked < MAX_PURGE_PER_TICK {
+            looked += 1;
+            let Some(id) = self.store.get::<String>(&keys::run_at(seq)).await? else {
+                // Removed already, or never created (its creator died), or
+                // being created right now: passed over only once a later
+                // run is old enough.
+                seq += 1;
+                continue;
+            };
+            if run_created_ms(&id).is_none_or(|c| c >= cutoff) {
+                break;
             }
-            if self.purge_if_done(&id, cutoff).await? {
-                purged += 1;
-                self.store
-                    .edit_index(keys::RETENTION_HELD, &id, false)
-                    .await?;
+            match self.purge_if_done(&id, cutoff).await? {
+                true => purged += 1,
+                false => self.hold(&id).await?,
             }
+            seq += 1;
+            next = seq;
         }
-
-        // The page runs are being added to is never cleared.
-        let top = self.store.counter(&keys::run_counter()).await? as u64 / RUN_PAGE;
-        let mut page: u64 = self.store.get(keys::RETENTION_CURSOR).await?.unwrap_or(0);
-        while page < top && purged < MAX_PURGE_PER_TICK {
-            let ids: Vec<String> = self
-                .store
-                .get(&keys::run_page(page))
-                .await?
-                .unwrap_or_default();
-            for id in &ids {
-                if run_created_ms(id).is_some_and(|c| c >= cutoff) {
-                    // Pages are in creation order: nothing later is old
-                    // enough yet.
-                    return Ok(purged);
-                }
-                if purged == MAX_PURGE_PER_TICK {
-                    return Ok(purged);
-                }
-                if self.purge_if_done(id, cutoff).await? {
-                    purged += 1;
-                } else {
-                    self.store
-                        .edit_index(keys::RETENTION_HELD, id, true)
-                        .await?;
-                }
-                self.store
-                    .edit_index(&keys::run_page(page), id, false)
-                    .await?;
-            }
-            // Nobody adds to a page below the top: once empty it can go.
-            self.store.delete(&keys::run_page(page)).await?;
-            page += 1;
+        if next > start {
             self.store
                 .update::<u64, Infallible>(keys::RETENTION_CURSOR, |c| {
-                    Ok(c.is_none_or(|c| c < page).then_some(page))
+                    Ok(c.is_none_or(|c| c < next).then_some(next))
                 })
                 .await
                 .map_err(UpdateError::into_store)?;
@@ -87,17 +73,54 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         Ok(purged)
     }
 
+    async fn hold(&self, id: &str) -> Result<(), EngineError> {
+        let slot = self
+            .store
+            .increment(&keys::retention_held_slots(), 1)
+            .await?;
+        self.store.set(&keys::retention_held(slot), &id).await?;
+        Ok(())
+    }
+
+    /// Looks again at a few held runs, in turn.
+    async fn purge_held(&self, cutoff: u64) -> Result<usize, EngineError> {
+        let slots = self.store.counter(&keys::retention_held_slots()).await?;
+        if slots == 0 {
+            return Ok(0);
+        }
+        let mut purged = 0;
+        for _ in 0..MAX_HELD_PER_TICK.min(slots) {
+            let turn = self
+                .store
+                .increment(&keys::counter("retention:held-turn"), 1)
+                .await?;
+            let slot = (turn - 1).rem_euclid(slots) + 1;
+            let key = keys::retention_held(slot);
+            let Some(id) = self.store.get::<String>(&key).await? else {
+                continue;
+            };
+            if self.purge_if_done(&id, cutoff).await? {
+                purged += 1;
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(purged)
+    }
+
     /// Removes run `id` and everything kept about it if it finished before
     /// `cutoff` (or is already gone); `false` if it must be kept.
     async fn purge_if_done(&self, id: &str, cutoff: u64) -> Result<bool, EngineError> {
+        let seq = spindle_core::ids::run_seq(id).unwrap_or(0);
         let Some(run) = self.store.get::<Run>(&keys::run(id)).await? else {
+            self.store.delete(&keys::run_at(seq)).await?;
             return Ok(true);
         };
         if !run.status.is_terminal() || run.finished_at_ms.is_none_or(|f| f >= cutoff) {
             return Ok(false);
         }
         for step in &run.steps {
-            for a in 1..=step.attempts.len() as u32 {
+            let attempts = step.attempts.last().map_or(0, |a| a.number);
+            for a in 1..=attempts {
                 let job = job_id(&run.id, &step.id, a);
                 for key in [
                     keys::input(&job),
@@ -115,31 +138,17 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 keys::idempotency(hash),
                 keys::counter(&format!("idempotency:{hash}")),
                 keys::counter(&format!("idempotency-takeover:{hash}")),
+                keys::counter(&format!("start:{id}")),
             ] {
                 self.store.delete(&key).await?;
             }
         }
-        let wf_page = keys::workflow_run_page(&run.workflow, run.workflow_seq / RUN_PAGE);
-        let left = self
-            .store
-            .update::<Vec<String>, Infallible>(&wf_page, |current| {
-                let Some(mut ids) = current else {
-                    return Ok(None);
-                };
-                Ok(crate::store::set_member(&mut ids, id, false).then_some(ids))
-            })
-            .await
-            .map_err(UpdateError::into_store)?;
-        let wf_top = self
-            .store
-            .counter(&keys::workflow_run_counter(&run.workflow))
-            .await? as u64
-            / RUN_PAGE;
-        if left.is_some_and(|ids| ids.is_empty()) && run.workflow_seq / RUN_PAGE < wf_top {
-            self.store.delete(&wf_page).await?;
-        }
-        // Last, so a pass that dies part-way finds the run again.
         self.store.delete(&keys::run(id)).await?;
+        // Pointers last: a pass that dies part-way finds the run again.
+        self.store
+            .delete(&keys::workflow_run_at(&run.workflow, run.workflow_seq))
+            .await?;
+        self.store.delete(&keys::run_at(seq)).await?;
         Ok(true)
     }
 }

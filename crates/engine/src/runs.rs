@@ -1,33 +1,38 @@
 //! Creating runs (with idempotency keys) and listing them.
 //!
-//! Listing without scans: every run id is added to a page of all runs
-//! (`runs:page:<seq / RUN_PAGE>`) and to a page of its workflow's runs
-//! (`runs:workflow:<name>:page:<n>`, numbered by the workflow's own run
-//! counter). A page holds at most [`keys::RUN_PAGE`] ids, so adding a run
-//! rewrites a bounded document however many runs exist, and a listing walks
-//! pages newest first.
+//! Listing without scans: every run has a pointer document by its
+//! store-wide sequence number (`runs:seq:<seq>`, its id) and one by its
+//! place among its workflow's runs (`runs:workflow:<name>:<n>`), each written
+//! once with a plain write. A listing walks the pointers down from the
+//! counter, newest first, and reads a bounded number per request; nothing
+//! written when a run is created grows with the number of runs.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use spindle_core::agent::{Agent, AgentName};
-use spindle_core::ids::{run_created_ms, run_seq, valid_run_id};
-use spindle_core::keys::{self, RUN_PAGE};
+use spindle_core::ids::{run_created_ms, run_seq};
+use spindle_core::keys;
 use spindle_core::run::{Run, RunStatus, Trigger};
 use spindle_core::workflow::Workflow;
 use spindle_core::{ids, sign};
 
-use crate::store::{StoreExt, UpdateError};
+use crate::store::StoreExt;
 use crate::{Engine, EngineError, Host, Store, Workers};
 
 /// How long a request that lost the race for an idempotency key waits for
 /// the winner to record its run, in 20 ms steps.
 const IDEMPOTENCY_WAIT_STEPS: u32 = 150;
 
-/// Most runs one listing reads before it answers with what it found and a
-/// cursor to continue from: a filter that matches few runs costs bounded
+/// Most runs one listing looks at before it answers with what it found and
+/// a cursor to continue from: a filter that matches few runs costs bounded
 /// work per request.
 pub const MAX_SCAN: usize = 500;
+
+/// How far a run's creation time may run ahead of a later run's (clocks of
+/// several instances, a slow request): a `since` listing stops only at runs
+/// older than `since` by more than this.
+const CLOCK_SLACK_MS: u64 = 60_000;
 
 /// What an idempotency key created.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,15 +72,10 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
-/// A listing cursor: the index page to go on in and the last run id seen.
-pub fn parse_cursor(cursor: &str) -> Option<(u64, &str)> {
-    let (page, id) = cursor.split_once(':')?;
-    let page = page.parse().ok()?;
-    valid_run_id(id).then_some((page, id))
-}
-
-fn cursor(page: u64, id: &str) -> String {
-    format!("{page}:{id}")
+/// A listing cursor: the position (sequence number, or a workflow's run
+/// number) of the last run looked at.
+pub fn parse_cursor(cursor: &str) -> Option<u64> {
+    cursor.parse().ok().filter(|n| *n > 0)
 }
 
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
@@ -116,13 +116,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         // a refused request does not burn the key.
         let hash = sign::digest(format!("{workflow}\n{key}").as_bytes());
         let request = sign::digest(&serde_json::to_vec(&trigger.payload).unwrap_or_default());
-        let claim = self
-            .store
-            .increment(&keys::counter(&format!("idempotency:{hash}")), 1)
-            .await?;
-        if claim == 1 {
+        let claim_key = keys::counter(&format!("idempotency:{hash}"));
+        if self.store.increment(&claim_key, 1).await? == 1 {
             return self
-                .start_keyed(&wf, &agents, trigger, &hash, &request)
+                .start_keyed(&wf, &agents, trigger, &hash, &request, &claim_key)
                 .await;
         }
         if let Some(rec) = self.await_record(&hash).await? {
@@ -131,14 +128,12 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 .await;
         }
         // The owner claimed the key and recorded nothing: it died between
-        // the two, or its store write failed. One waiter takes over.
-        let takeover = self
-            .store
-            .increment(&keys::counter(&format!("idempotency-takeover:{hash}")), 1)
-            .await?;
-        if takeover == 1 {
+        // the two. (An owner whose store write failed released the claim,
+        // and a retry owns the key anew.) One waiter takes over.
+        let takeover_key = keys::counter(&format!("idempotency-takeover:{hash}"));
+        if self.store.increment(&takeover_key, 1).await? == 1 {
             return self
-                .start_keyed(&wf, &agents, trigger, &hash, &request)
+                .start_keyed(&wf, &agents, trigger, &hash, &request, &takeover_key)
                 .await;
         }
         match self.await_record(&hash).await? {
@@ -157,7 +152,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         Ok(ids::run_id(self.host.now_ms(), seq as u64))
     }
 
-    /// Records the key's run id (first writer wins), then starts the run.
+    /// Records the key's run id, then starts the run. The caller owns the
+    /// key through the counter `claim`; if this fails before the record is
+    /// written, the claim is released so a retry can own the key.
     async fn start_keyed(
         &self,
         wf: &Workflow,
@@ -165,25 +162,30 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         trigger: Trigger,
         hash: &str,
         request: &str,
+        claim: &str,
     ) -> Result<(Run, bool), EngineError> {
-        let id = self.next_run_id().await?;
-        let mine = IdempotencyRecord {
-            run_id: id.clone(),
-            request: request.to_owned(),
-            at_ms: self.host.now_ms(),
-        };
-        let rec = self
-            .store
-            .update::<IdempotencyRecord, std::convert::Infallible>(
-                &keys::idempotency(hash),
-                |current| Ok(current.is_none().then(|| mine.clone())),
-            )
-            .await
-            .map_err(UpdateError::into_store)?
-            .unwrap_or(mine);
-        if rec.run_id != id {
-            return self.resume(rec, wf, agents, trigger, hash, request).await;
+        let recorded = async {
+            let id = self.next_run_id().await?;
+            let rec = IdempotencyRecord {
+                run_id: id.clone(),
+                request: request.to_owned(),
+                at_ms: self.host.now_ms(),
+            };
+            self.store.set(&keys::idempotency(hash), &rec).await?;
+            Ok::<_, EngineError>(id)
         }
+        .await;
+        let id = match recorded {
+            Ok(id) => id,
+            Err(e) => {
+                if let Err(release) = self.store.delete(claim).await {
+                    self.host.log(&format!(
+                        "idempotency key {hash}: releasing the claim failed: {release}"
+                    ));
+                }
+                return Err(e);
+            }
+        };
         self.start(&id, wf, agents, trigger, Some(hash)).await
     }
 
@@ -234,10 +236,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     }
 
     /// Creates run `id` already started and stores it: its timers first,
-    /// then its listing entries, then the run (only if no run has that id),
-    /// then its effects. A request that dies part-way leaves at most timers
-    /// and listing entries that point at nothing, which the tick and the
-    /// listings skip.
+    /// then its listing pointers, then the run, then its effects. A request
+    /// that dies part-way leaves at most timers and pointers to a run that
+    /// does not exist (skipped by the tick and the listings, removed by
+    /// retention), or a stored run whose first dispatch never happened,
+    /// which its lease timer retries. A keyed run may be started by more
+    /// than one request (its creator died, or is slow); an increment
+    /// decides which one stores it.
     async fn start(
         &self,
         id: &str,
@@ -246,20 +251,35 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         trigger: Trigger,
         idempotency: Option<&str>,
     ) -> Result<(Run, bool), EngineError> {
+        if idempotency.is_some() {
+            let starts = self
+                .store
+                .increment(&keys::counter(&format!("start:{id}")), 1)
+                .await?;
+            if starts > 1 {
+                match self.await_run(id).await {
+                    Ok(run) => return Ok((run, false)),
+                    // The request that began storing it is gone: store it
+                    // here (at worst over a run that only just started,
+                    // whose first job's lease then retries it).
+                    Err(EngineError::Conflict(_)) => self.host.log(&format!(
+                        "run {id}: its creator never stored it; starting it here"
+                    )),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let wf_seq = self
             .store
             .increment(&keys::workflow_run_counter(&wf.name), 1)
             .await? as u64;
-        // The id carries the creation time listings filter on; the run
-        // says the same.
-        let now = run_created_ms(id).unwrap_or_else(|| self.host.now_ms());
         let t = Run::create(
             id.to_owned(),
             wf,
             agents,
             trigger,
             self.config.settings,
-            now,
+            self.host.now_ms(),
         )
         .map_err(EngineError::Conflict)?;
         let Some(mut run) = t.run else {
@@ -267,101 +287,91 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 "the new run could not be started".into(),
             ));
         };
+        // The id carries the creation time listings filter on; the run says
+        // the same (a recorded run started late keeps its first moment).
+        if let Some(created) = run_created_ms(id) {
+            run.created_at_ms = created;
+        }
         run.workflow_seq = wf_seq;
         run.idempotency = idempotency.map(str::to_owned);
         self.schedule(&t.effects).await?;
         let seq = run_seq(id).unwrap_or(0);
+        self.store.set(&keys::run_at(seq), &id).await?;
         self.store
-            .edit_index(&keys::run_page(seq / RUN_PAGE), id, true)
+            .set(&keys::workflow_run_at(&wf.name, wf_seq), &id)
             .await?;
-        self.store
-            .edit_index(
-                &keys::workflow_run_page(&wf.name, wf_seq / RUN_PAGE),
-                id,
-                true,
-            )
-            .await?;
-        let mut inserted = false;
-        let stored = self
-            .store
-            .update::<Run, std::convert::Infallible>(&keys::run(id), |current| {
-                inserted = current.is_none();
-                Ok(inserted.then(|| run.clone()))
-            })
-            .await
-            .map_err(UpdateError::into_store)?;
-        match stored {
-            Some(existing) if !inserted => Ok((existing, false)),
-            _ => Ok((self.settle(run, t.effects).await, true)),
-        }
+        self.store.set(&keys::run(id), &run).await?;
+        Ok((self.settle(run, t.effects).await, true))
     }
 
-    /// Lists runs newest first, per `filter`. Reads at most [`MAX_SCAN`]
-    /// runs; when it stops early, `next_cursor` says where to go on.
+    /// Waits for another request to store run `id`.
+    async fn await_run(&self, id: &str) -> Result<Run, EngineError> {
+        for _ in 0..IDEMPOTENCY_WAIT_STEPS {
+            if let Some(run) = self.store.get::<Run>(&keys::run(id)).await? {
+                return Ok(run);
+            }
+            self.host.sleep_ms(20).await;
+        }
+        Err(EngineError::Conflict(
+            "a request with this Idempotency-Key is still being processed; retry later".into(),
+        ))
+    }
+
+    /// Lists runs newest first, per `filter`. Looks at most at
+    /// [`MAX_SCAN`] runs; when it stops early, `next_cursor` says where to
+    /// go on.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage, EngineError> {
-        let (top, page_key): (u64, Box<dyn Fn(u64) -> String>) = match &filter.workflow {
-            Some(w) => {
-                let count = self.store.counter(&keys::workflow_run_counter(w)).await? as u64;
-                let w = w.clone();
-                (
-                    count / RUN_PAGE,
-                    Box::new(move |p| keys::workflow_run_page(&w, p)),
-                )
-            }
-            None => {
-                let count = self.store.counter(&keys::run_counter()).await? as u64;
-                (count / RUN_PAGE, Box::new(keys::run_page))
-            }
-        };
-        let (start_page, after) = match filter.cursor.as_deref().and_then(parse_cursor) {
-            Some((p, id)) => (p.min(top), Some(id.to_owned())),
-            None => (top, None),
+        let top = match &filter.workflow {
+            Some(w) => self.store.counter(&keys::workflow_run_counter(w)).await?,
+            None => self.store.counter(&keys::run_counter()).await?,
+        } as u64;
+        let start = match filter.cursor.as_deref().and_then(parse_cursor) {
+            Some(after) => after.saturating_sub(1).min(top),
+            None => top,
         };
         let mut runs = Vec::new();
-        let mut scanned = 0;
-        let mut last_seen: Option<(u64, String)> = None;
-        for page in (0..=start_page).rev() {
-            let mut ids: Vec<String> = self.store.get(&page_key(page)).await?.unwrap_or_default();
-            ids.sort_unstable_by(|a, b| b.cmp(a));
-            let mut older_than_since = !ids.is_empty();
-            for id in ids {
-                if after
-                    .as_deref()
-                    .is_some_and(|c| page == start_page && id.as_str() >= c)
-                {
-                    continue;
-                }
-                let created = run_created_ms(&id).unwrap_or(0);
-                if filter.since.is_none_or(|s| created >= s) {
-                    older_than_since = false;
-                }
-                if filter.since.is_some_and(|s| created < s)
-                    || filter.until.is_some_and(|u| created > u)
-                {
-                    continue;
-                }
-                if runs.len() == filter.limit || scanned == MAX_SCAN {
-                    let (p, id) = last_seen.unwrap_or((page, id));
-                    return Ok(RunPage {
-                        runs,
-                        next_cursor: Some(cursor(p, &id)),
-                    });
-                }
-                scanned += 1;
-                last_seen = Some((page, id.clone()));
-                let Some(run) = self.store.get::<Run>(&keys::run(&id)).await? else {
-                    continue;
-                };
-                if filter.status.is_some_and(|s| run.status != s)
-                    || filter.workflow.as_ref().is_some_and(|w| &run.workflow != w)
-                {
-                    continue;
-                }
-                runs.push(run);
+        let mut looked = 0;
+        let mut n = start;
+        // Pointers retention removed count against the budget too, so a
+        // request's work stays bounded however old the store is.
+        while n > 0 {
+            if runs.len() == filter.limit || looked == MAX_SCAN {
+                return Ok(RunPage {
+                    runs,
+                    next_cursor: Some((n + 1).to_string()),
+                });
             }
-            if older_than_since {
-                break;
+            looked += 1;
+            let pointer = match &filter.workflow {
+                Some(w) => keys::workflow_run_at(w, n),
+                None => keys::run_at(n),
+            };
+            n -= 1;
+            let Some(id) = self.store.get::<String>(&pointer).await? else {
+                continue;
+            };
+            let created = run_created_ms(&id).unwrap_or(0);
+            if filter.until.is_some_and(|u| created > u) {
+                continue;
             }
+            if filter.since.is_some_and(|s| created < s) {
+                if filter
+                    .since
+                    .is_some_and(|s| created.saturating_add(CLOCK_SLACK_MS) < s)
+                {
+                    break;
+                }
+                continue;
+            }
+            let Some(run) = self.store.get::<Run>(&keys::run(&id)).await? else {
+                continue;
+            };
+            if filter.status.is_some_and(|s| run.status != s)
+                || filter.workflow.as_ref().is_some_and(|w| &run.workflow != w)
+            {
+                continue;
+            }
+            runs.push(run);
         }
         Ok(RunPage {
             runs,

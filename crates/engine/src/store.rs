@@ -56,6 +56,8 @@ pub trait Store {
     /// Atomically adds `delta` to the counter under `key`; returns the new
     /// value. An absent key counts from 0.
     async fn increment(&self, key: &str, delta: i64) -> Result<i64>;
+    /// The counter under `key` (0 when absent), read without writing.
+    async fn counter(&self, key: &str) -> Result<i64>;
     /// Reads `key` for a compare-and-swap.
     async fn watch(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>)>;
     /// Writes `value` if `key` still holds what `cas` read; `Ok(false)` when
@@ -92,6 +94,22 @@ pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// Decodes a counter as the stores keep it: Spin's SQLite store (and
+/// Spindle's host) as 8 bytes little-endian, Redis as decimal text.
+pub fn decode_counter(key: &str, bytes: &[u8]) -> Result<i64> {
+    let text = bytes.iter().all(u8::is_ascii_digit) || bytes.first() == Some(&b'-');
+    if bytes.len() == 8 && !text {
+        return Ok(i64::from_le_bytes(bytes.try_into().expect("8 bytes")));
+    }
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            key: key.to_owned(),
+            message: "not a counter".into(),
+        })
+}
+
 /// Encodes a document as JSON.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StoreError::Store(e.to_string()))
@@ -111,11 +129,6 @@ pub trait StoreExt: Store {
     /// Writes `value` as JSON under `key`, unconditionally.
     async fn set<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
         self.set_raw(key, &encode(value)?).await
-    }
-
-    /// The counter under `key` (0 when absent), without changing it.
-    async fn counter(&self, key: &str) -> Result<i64> {
-        self.increment(key, 0).await
     }
 
     /// Read-modify-write of the JSON document under `key` by compare-and-swap.

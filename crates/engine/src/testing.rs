@@ -253,6 +253,13 @@ impl Store for MemStore {
         Ok(next)
     }
 
+    async fn counter(&self, key: &str) -> Result<i64> {
+        match self.get_raw(key).await? {
+            None => Ok(0),
+            Some(bytes) => crate::store::decode_counter(key, &bytes),
+        }
+    }
+
     async fn watch(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>)> {
         self.pause().await;
         self.check(Op::Get, key)?;

@@ -82,7 +82,7 @@ fn the_step_timeout_is_enforced_while_the_worker_keeps_heartbeating() {
 fn a_failed_timer_write_sends_no_job_and_stores_no_run() {
     let e = engine();
     one_step(&e);
-    e.store.fail(Op::Swap, "timers:", 0, 1);
+    e.store.fail(Op::Set, "timers:", 0, 1);
     let err = block_on(e.create_run("one", manual(json!({})), None)).unwrap_err();
     assert!(matches!(err, EngineError::Store(_)), "{err}");
     assert!(
@@ -104,7 +104,7 @@ fn a_failed_timer_write_sends_no_job_and_stores_no_run() {
     .unwrap();
     assert_eq!(step_status(&e, &id, "scan"), StepStatus::RetryWait);
     e.host.advance(1_000);
-    e.store.fail(Op::Swap, "timers:", 0, 1);
+    e.store.fail(Op::Set, "timers:", 0, 1);
     let report = block_on(e.tick()).unwrap();
     assert_eq!(report.errors.len(), 1, "{report:?}");
     assert_eq!(step_status(&e, &id, "scan"), StepStatus::RetryWait);
@@ -162,7 +162,7 @@ fn a_result_whose_run_update_failed_is_applied_by_its_retry() {
 fn an_idempotency_key_claimed_by_a_failed_request_is_taken_over() {
     let e = engine();
     one_step(&e);
-    e.store.fail(Op::Swap, "idempotency:", 0, 1);
+    e.store.fail(Op::Set, "idempotency:", 0, 1);
     let first = block_on(e.create_run("one", manual(json!({"n": 1})), Some("k1")));
     assert!(first.is_err());
     let (run, created) =
@@ -185,8 +185,8 @@ fn an_idempotency_key_claimed_by_a_failed_request_is_taken_over() {
 fn an_idempotency_key_whose_run_was_never_stored_starts_it_on_retry() {
     let e = engine();
     one_step(&e);
-    // The run document's insert fails after the record is written.
-    e.store.fail(Op::Swap, "run:", 0, 1);
+    // The run document's write fails after the record is written.
+    e.store.fail(Op::Set, "run:", 0, 1);
     assert!(block_on(e.create_run("one", manual(json!({})), Some("k2"))).is_err());
     let (run, created) = block_on(e.create_run("one", manual(json!({})), Some("k2"))).unwrap();
     assert!(created);

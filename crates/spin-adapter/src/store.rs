@@ -56,6 +56,13 @@ impl Store for Kv {
         atomics::increment(&self.bucket, key, delta).map_err(wasi_err)
     }
 
+    async fn counter(&self, key: &str) -> Result<i64> {
+        match self.get_raw(key).await? {
+            None => Ok(0),
+            Some(bytes) => spindle_engine::store::decode_counter(key, &bytes),
+        }
+    }
+
     async fn watch(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>)> {
         let cas = atomics::Cas::new(&self.bucket, key).map_err(wasi_err)?;
         let current = cas.current().map_err(wasi_err)?;

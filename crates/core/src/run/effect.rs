@@ -57,9 +57,6 @@ pub enum Effect {
     /// Keep a timer. Stored before the run change that asked for it, so a
     /// stored run always has its timers.
     Schedule(Timer),
-    /// Forget a timer that can no longer do anything (a finished run's
-    /// deadline), so it does not wait in the store until it is due.
-    Unschedule(Timer),
     /// Record an entry of the audit trail outside the run (it is already in
     /// the run's own trail).
     Audit(RunEvent),

@@ -498,9 +498,6 @@ impl Run {
                 | StepStatus::Cancelled => {}
             }
         }
-        if let Some(at) = self.deadline_at_ms.filter(|d| now < *d) {
-            fx.push(Effect::Unschedule(self.deadline_timer(at)));
-        }
         self.status = status;
         self.finished_at_ms = Some(now);
         if status != RunStatus::Succeeded {
