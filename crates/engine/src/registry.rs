@@ -311,15 +311,19 @@ impl<S: Store> Registry<'_, S> {
         Ok(())
     }
 
-    /// Clears the deleting mark of a (re)created agent.
+    /// Gives a (re)created agent an empty users document, before it is
+    /// listed and so before any workflow can claim it: claims then always
+    /// swap a document that exists (Spin's stores get a compare-and-swap on
+    /// an absent key wrong), and a deleting mark left by an earlier agent of
+    /// that name is cleared.
     pub async fn agent_created(&self, name: &AgentName) -> Result<(), RegistryError> {
         self.store
             .update::<AgentUsers, std::convert::Infallible>(
                 &keys::agent_users(name.as_str()),
-                |current| {
-                    Ok(current
-                        .filter(|u| u.deleting)
-                        .map(|_| AgentUsers::default()))
+                |current| match current {
+                    None => Ok(Some(AgentUsers::default())),
+                    Some(u) if u.deleting => Ok(Some(AgentUsers::default())),
+                    Some(_) => Ok(None),
                 },
             )
             .await?;

@@ -57,6 +57,9 @@ struct Inner {
     /// When set, the state of the generator that decides how many times
     /// each operation yields (0 to 2).
     yielding: Option<u64>,
+    /// Spin's stores: a compare-and-swap of a key read as absent always
+    /// writes, whatever was written meanwhile.
+    blind_inserts: bool,
 }
 
 /// An in-memory [`Store`] with Spin's semantics (counters are 8-byte
@@ -101,6 +104,13 @@ impl MemStore {
     /// thread interleave at store calls; each seed is one interleaving.
     pub fn interleave(&self, seed: u64) {
         self.inner.lock().unwrap().yielding = Some(seed | 1);
+    }
+
+    /// Behaves like Spin's key-value stores, whose compare-and-swap of a
+    /// key that was absent writes unconditionally: code that must be exact
+    /// on them may not create documents by compare-and-swap.
+    pub fn blind_inserts(&self) {
+        self.inner.lock().unwrap().blind_inserts = true;
     }
 
     /// Writes made so far.
@@ -274,7 +284,8 @@ impl Store for MemStore {
             return Ok(false);
         }
         let mut inner = self.inner.lock().unwrap();
-        if inner.map.get(&key) != seen.as_ref() {
+        let blind = inner.blind_inserts && seen.is_none();
+        if !blind && inner.map.get(&key) != seen.as_ref() {
             return Ok(false);
         }
         inner.map.insert(key, value.to_vec());

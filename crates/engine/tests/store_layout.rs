@@ -321,3 +321,44 @@ fn a_job_every_worker_refuses_counts_against_the_budget() {
     assert!(!is_terminal(&e, &id));
     assert!(dispatched(&e).len() > 4);
 }
+
+/// Many runs created at once, interleaved at every store call, on a store
+/// that gets compare-and-swap of absent keys wrong (as Spin's do): every
+/// run is stored, listed and has its lease timer, and every one is
+/// recovered when its worker never reports.
+#[test]
+fn concurrent_creations_lose_nothing_on_a_store_with_blind_inserts() {
+    for seed in 0..20 {
+        let e = engine();
+        one_step(&e);
+        e.store.blind_inserts();
+        e.store.interleave(seed);
+        e.workers
+            .answer_with(|_, _| spindle_engine::Sent::Unknown("never answers".into()));
+        let creations: Vec<_> = (0..12)
+            .map(|_| e.create_run("one", manual(json!({})), None))
+            .collect();
+        let ids: Vec<String> = block_on(futures::future::join_all(creations))
+            .into_iter()
+            .map(|r| r.unwrap().0.id)
+            .collect();
+        let listed = block_on(e.list_runs(&RunFilter {
+            limit: 100,
+            ..RunFilter::default()
+        }))
+        .unwrap();
+        assert_eq!(listed.runs.len(), 12, "seed {seed}");
+        let timers = e
+            .store
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("timers:") && k != keys::TIMER_CURSOR)
+            .count();
+        assert_eq!(timers, 12, "seed {seed}: a lease timer was lost");
+        // Every first attempt times out and is sent again: none hangs.
+        tick_until(&e, 250, 20_000, |e| {
+            ids.iter()
+                .all(|id| run(e, id).step("scan").unwrap().attempts.len() >= 2)
+        });
+    }
+}

@@ -45,6 +45,7 @@ pub fn agent_from(e: &TestEngine, doc: Value) {
     let a = spec.into_agent(now(e)).unwrap();
     block_on(async {
         e.store.set(&keys::agent(&a.name), &a).await.unwrap();
+        registry(e).agent_created(&a.name).await.unwrap();
         e.store
             .edit_index(keys::AGENT_INDEX, a.name.as_str(), true)
             .await
