@@ -17,4 +17,5 @@ mod platform;
 mod problems;
 mod registry;
 mod request_lifetime;
+mod soak;
 mod worker;

@@ -245,6 +245,7 @@ pub struct Worker {
     /// `http://127.0.0.1:PORT`
     pub base: String,
     stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
 }
 
 impl Worker {
@@ -257,6 +258,23 @@ impl Worker {
 
     /// Like [`Worker::start`], with `dir` first on the worker's PATH.
     pub fn start_with_path(extra: &[&str], dir: Option<&Path>) -> Worker {
+        Self::spawn("127.0.0.1:0", extra, dir)
+            .unwrap_or_else(|e| panic!("worker did not start: {e}"))
+    }
+
+    /// Starts a worker listening on `port` (to restart one at the address
+    /// Spindle's pool names); `Err` carries its stderr if it exits first,
+    /// e.g. because the port is taken.
+    pub fn try_start_on(port: u16, extra: &[&str]) -> Result<Worker, String> {
+        Self::spawn(&format!("127.0.0.1:{port}"), extra, None)
+    }
+
+    /// The worker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(listen: &str, extra: &[&str], dir: Option<&Path>) -> Result<Worker, String> {
         let mut cmd = Command::new(target_dir().join("debug/spindle-worker"));
         let mut path = format!(
             "{}:{}",
@@ -266,7 +284,7 @@ impl Worker {
         if let Some(dir) = dir {
             path = format!("{}:{path}", dir.display());
         }
-        cmd.args(["--listen", "127.0.0.1:0", "--slots", "2"])
+        cmd.args(["--listen", listen, "--slots", "2"])
             .env("PATH", path)
             .env("CONTAINERS_CONF", root().join("scripts/containers.conf"))
             .args(extra)
@@ -274,18 +292,23 @@ impl Worker {
             .env_remove("SPINDLE_WORKER_LISTEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let (child, base, _out, err) = spawn_ready(cmd, "Worker listening on ")
-            .unwrap_or_else(|e| panic!("worker did not start: {e}"));
-        Worker {
+        let (child, base, out, err) = spawn_ready(cmd, "Worker listening on ")?;
+        Ok(Worker {
             child: Some(child),
             base,
             stderr: err,
-        }
+            stdout: out,
+        })
     }
 
     /// Everything the worker logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything the worker wrote to stdout so far (its tracing log lines).
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Kills the worker at once (SIGKILL), as a crash would.
