@@ -37,7 +37,7 @@ fn already_applied(run: &Run, job: &JobRef<'_>, event: &Event) -> bool {
     let Some(s) = run.step(job.step) else {
         return false;
     };
-    let Some(a) = s.attempts.get(job.attempt as usize - 1) else {
+    let Some(a) = s.attempt(job.attempt) else {
         return false;
     };
     match event {
@@ -230,7 +230,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                     return Err(EngineError::Rejected(Reject::JobNotActive {
                         job_id: job_id.to_owned(),
                         status: run.step(job.step).map_or(StepStatus::Pending, |s| s.status),
-                        current: run.step(job.step).map_or(0, |s| s.attempts.len() as u32),
+                        current: run.step(job.step).map_or(0, |s| s.attempt_number()),
                     }));
                 }
                 run
@@ -270,7 +270,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         let Some(s) = run.step(job.step) else {
             return Ok(stop);
         };
-        if s.status.is_active() && s.attempts.len() as u32 == job.attempt {
+        if s.status.is_active() && s.attempt_number() == job.attempt {
             Ok(HeartbeatReply {
                 keep_running: true,
                 lease_expires_at_ms: s.lease_expires_at_ms,

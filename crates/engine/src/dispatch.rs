@@ -91,7 +91,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             job_id: job_id.to_owned(),
             run_id: run.id.clone(),
             step_id: step.to_owned(),
-            attempt: run.step(step).map_or(1, |s| s.attempts.len() as u32),
+            attempt: run.step(step).map_or(1, |s| s.attempt_number()),
             agent: JobAgent {
                 name: planned.agent.name.to_string(),
                 version: planned.agent.version,

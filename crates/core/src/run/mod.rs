@@ -33,8 +33,8 @@ use crate::workflow::{Workflow, ancestors};
 pub use effect::{Effect, Timer, TimerKind, Transition};
 pub use event::{Event, Reject};
 pub use state::{
-    Attempt, MAX_EVENTS, PlannedStep, Run, RunEvent, RunSettings, RunStatus, StepState, StepStatus,
-    Trigger, TriggerKind,
+    Attempt, MAX_EVENTS, MAX_NO_WORKER_ATTEMPTS, PlannedStep, Run, RunEvent, RunSettings,
+    RunStatus, StepState, StepStatus, Trigger, TriggerKind,
 };
 
 pub use crate::ids::valid_run_id;

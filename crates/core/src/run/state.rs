@@ -11,6 +11,11 @@ use crate::retry::RetryPolicy;
 /// Most audit events kept in a run document; older ones are dropped first.
 pub const MAX_EVENTS: usize = 256;
 
+/// Most attempts no worker took that a step keeps on record: while the pool
+/// is down a step retries without end (such attempts never ran), so older
+/// ones are dropped from the run document to keep it from growing.
+pub const MAX_NO_WORKER_ATTEMPTS: usize = 5;
+
 /// A run's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -211,6 +216,17 @@ impl StepState {
     /// The current attempt, if any.
     pub fn current(&self) -> Option<&Attempt> {
         self.attempts.last()
+    }
+
+    /// The current attempt's number (0 before the first). Not the length
+    /// of `attempts`: a long run of attempts no worker took is compacted.
+    pub fn attempt_number(&self) -> u32 {
+        self.current().map_or(0, |a| a.number)
+    }
+
+    /// The attempt with this number, if it is still recorded.
+    pub fn attempt(&self, number: u32) -> Option<&Attempt> {
+        self.attempts.iter().find(|a| a.number == number)
     }
 
     pub(super) fn current_mut(&mut self) -> Option<&mut Attempt> {

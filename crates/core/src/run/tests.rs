@@ -321,7 +321,10 @@ fn failures_retry_with_backoff_then_fail_the_run_and_skip_the_rest() {
     for s in ["compliance", "review", "notify"] {
         assert_eq!(status_of(&run, s), StepStatus::Skipped);
     }
-    assert!(dispatched(&fx).is_empty(), "a failed run sends nothing more");
+    assert!(
+        dispatched(&fx).is_empty(),
+        "a failed run sends nothing more"
+    );
     assert!(
         fx.iter()
             .any(|e| matches!(e, Effect::Audit(ev) if ev.kind == "run_failed")),
@@ -749,4 +752,54 @@ fn attempts_no_worker_took_do_not_use_up_the_retry_budget() {
     run = step(&run, Event::Timer(timer), at).0;
     run = step(&run, failed("r-1.scan.7", ErrorKind::AgentFailed), at + 1).0;
     assert_eq!(run.status, RunStatus::Failed);
+}
+
+/// While no worker takes a step, it retries without end (those attempts
+/// never ran), but the run document keeps only the last few of them, and
+/// attempt numbers keep counting.
+#[test]
+fn attempts_no_worker_took_are_compacted() {
+    let w = workflow(json!({"name": "one", "steps": [{"id": "scan", "agent": "scanner"}]}));
+    let (mut run, _) = start(&w, &[]);
+    let mut now = 0;
+    for attempt in 1..=40u32 {
+        let refused = Event::NotDispatched {
+            job_id: format!("r-1.scan.{attempt}"),
+            error: JobError {
+                kind: ErrorKind::NoWorker,
+                message: "pool down".into(),
+            },
+        };
+        now += 10;
+        run = step(&run, refused, now).0;
+        let s = run.step("scan").unwrap();
+        assert!(
+            s.attempts.len() <= MAX_NO_WORKER_ATTEMPTS,
+            "{}",
+            s.attempts.len()
+        );
+        assert_eq!(s.attempt_number(), attempt);
+        let timer = Timer {
+            at_ms: s.retry_at_ms.unwrap(),
+            run_id: "r-1".into(),
+            kind: TimerKind::Retry,
+            step: Some("scan".into()),
+            attempt,
+        };
+        now = timer.at_ms;
+        let (next, fx) = step(&run, Event::Timer(timer), now);
+        assert_eq!(dispatched(&fx), [format!("r-1.scan.{}", attempt + 1)]);
+        run = next;
+    }
+    // The attempt that finally reaches a worker succeeds as usual.
+    let (run, _) = step(&run, ok("r-1.scan.41"), now + 1);
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let numbers: Vec<u32> = run
+        .step("scan")
+        .unwrap()
+        .attempts
+        .iter()
+        .map(|a| a.number)
+        .collect();
+    assert_eq!(numbers, [36, 37, 38, 39, 40, 41]);
 }

@@ -1,8 +1,8 @@
 //! Every transition of a run: [`Run::apply`] and the steps it is made of.
 
 use super::{
-    Attempt, Effect, Event, MAX_EVENTS, Reject, Run, RunEvent, RunStatus, StepStatus, Timer,
-    TimerKind, Transition,
+    Attempt, Effect, Event, MAX_EVENTS, MAX_NO_WORKER_ATTEMPTS, Reject, Run, RunEvent, RunStatus,
+    StepStatus, Timer, TimerKind, Transition,
 };
 use crate::agent::RiskLevel;
 use crate::ids::{JobRef, job_id, parse_job_id};
@@ -207,8 +207,7 @@ impl Run {
                 };
                 let s = &self.steps[i];
                 let due = s.retry_at_ms.is_some_and(|at| now >= at);
-                if s.status != StepStatus::RetryWait || s.attempts.len() as u32 != t.attempt || !due
-                {
+                if s.status != StepStatus::RetryWait || s.attempt_number() != t.attempt || !due {
                     return Ok(false);
                 }
                 self.dispatch(i, now, fx);
@@ -220,7 +219,7 @@ impl Run {
                     return Ok(false);
                 };
                 let s = &self.steps[i];
-                if !s.status.is_active() || s.attempts.len() as u32 != t.attempt {
+                if !s.status.is_active() || s.attempt_number() != t.attempt {
                     return Ok(false);
                 }
                 let lease = s.lease_expires_at_ms.unwrap_or(0);
@@ -298,7 +297,7 @@ impl Run {
         }
         let i = self.index(step).ok_or_else(unknown)?;
         let s = &self.steps[i];
-        let current = s.attempts.len() as u32;
+        let current = s.attempt_number();
         if attempt > current {
             return Err(unknown());
         }
@@ -340,7 +339,7 @@ impl Run {
         let lease_ms = self.settings.lease_ms;
         let timeout_ms = u64::from(self.plan[i].timeout_secs) * 1000;
         let s = &mut self.steps[i];
-        let number = s.attempts.len() as u32 + 1;
+        let number = s.attempt_number() + 1;
         let job = job_id(&self.id, &s.id, number);
         s.status = StepStatus::Dispatched;
         s.retry_at_ms = None;
@@ -433,6 +432,16 @@ impl Run {
         {
             let at = now.saturating_add(policy.backoff_ms(number, &job));
             let s = &mut self.steps[i];
+            let no_worker = |a: &Attempt| {
+                a.error
+                    .as_ref()
+                    .is_some_and(|e| e.kind == ErrorKind::NoWorker)
+            };
+            while s.attempts.iter().filter(|a| no_worker(a)).count() > MAX_NO_WORKER_ATTEMPTS {
+                if let Some(oldest) = s.attempts.iter().position(no_worker) {
+                    s.attempts.remove(oldest);
+                }
+            }
             s.status = StepStatus::RetryWait;
             s.retry_at_ms = Some(at);
             fx.push(Effect::Schedule(Timer {
