@@ -7,18 +7,13 @@ use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
 use spindle_core::problem::ProblemKind;
 use spindle_core::run::{Trigger, TriggerKind};
+use spindle_core::template;
 use spindle_spin::http::{
     DEFAULT_MAX_BODY, Problem, Response, json, path_info, read_body, require_json,
 };
 
 /// Longest accepted Idempotency-Key.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
-
-/// Deepest nesting of a payload. The run document holds the payload a few
-/// levels down, and a step input may hold it again; the store's JSON reader
-/// stops at 128 levels, so a deeper payload would make its run unreadable
-/// (and every listing that meets it fail).
-const MAX_PAYLOAD_DEPTH: usize = 64;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
@@ -110,37 +105,17 @@ async fn payload(req: Request) -> Result<serde_json::Value, Problem> {
     }
     let payload: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?;
-    if let Some(pointer) = too_deep(&payload, String::new(), MAX_PAYLOAD_DEPTH) {
+    if let Some(pointer) = template::too_deep(&payload, template::MAX_VALUE_DEPTH) {
         return Err(Problem::invalid(
             "Invalid request body",
             pointer,
-            format!("the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
+            format!(
+                "the payload nests deeper than {} levels",
+                template::MAX_VALUE_DEPTH
+            ),
         ));
     }
     Ok(payload)
-}
-
-/// The JSON Pointer of the first container in `v` nested more than `left`
-/// levels down, if any.
-fn too_deep(v: &serde_json::Value, at: String, left: usize) -> Option<String> {
-    let children: Vec<(String, &serde_json::Value)> = match v {
-        serde_json::Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (i.to_string(), c))
-            .collect(),
-        serde_json::Value::Object(members) => members
-            .iter()
-            .map(|(k, c)| (k.replace('~', "~0").replace('/', "~1"), c))
-            .collect(),
-        _ => return None,
-    };
-    if left == 0 {
-        return Some(at);
-    }
-    children
-        .into_iter()
-        .find_map(|(key, child)| too_deep(child, format!("{at}/{key}"), left - 1))
 }
 
 fn undeclared_body() -> Problem {

@@ -28,6 +28,39 @@ pub const MAX_INPUT_DEPTH: usize = 32;
 /// body Spindle accepts is a fair bound.
 pub const MAX_RENDERED_BYTES: usize = 1 << 20;
 
+/// Deepest nesting of a value Spindle takes in from outside (a trigger
+/// payload, an agent's output). Stored documents hold such values a few
+/// levels down, and a step's input may wrap one in its template (at most
+/// [`MAX_INPUT_DEPTH`] more); the store's JSON reader stops at 128 levels,
+/// so a deeper value would make its run unreadable.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// The JSON Pointer of the first container in `value` nested more than
+/// `max` levels down, if any.
+pub fn too_deep(value: &Value, max: usize) -> Option<String> {
+    fn walk(v: &Value, at: String, left: usize) -> Option<String> {
+        let children: Vec<(String, &Value)> = match v {
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i.to_string(), c))
+                .collect(),
+            Value::Object(members) => members
+                .iter()
+                .map(|(k, c)| (escape_pointer(k), c))
+                .collect(),
+            _ => return None,
+        };
+        if left == 0 {
+            return Some(at);
+        }
+        children
+            .into_iter()
+            .find_map(|(key, child)| walk(child, format!("{at}/{key}"), left - 1))
+    }
+    walk(value, String::new(), max)
+}
+
 /// A parse error in one template string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
@@ -355,6 +388,23 @@ fn lookup<'a>(e: &Expr, context: &'a Value, at: &str) -> Result<&'a Value, Rende
         })?;
     }
     Ok(cur)
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn too_deep_points_at_the_first_container_past_the_limit() {
+        let mut v = json!(1);
+        for _ in 0..3 {
+            v = json!({"a/b": [v]});
+        }
+        assert_eq!(too_deep(&v, 6), None);
+        assert_eq!(too_deep(&v, 5).as_deref(), Some("/a~1b/0/a~1b/0/a~1b"));
+        assert_eq!(too_deep(&json!("flat"), 0), None);
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use serde_json::Value;
 use spindle_core::ids::{JobRef, parse_job_id};
 use spindle_core::job::{ErrorKind, Heartbeat, HeartbeatReply, JobError, JobResult, JobStatus};
 use spindle_core::run::{Event, Reject, Run, RunStatus, StepStatus};
-use spindle_core::{keys, schema, sign};
+use spindle_core::{keys, schema, sign, template};
 
 use crate::store::StoreExt;
 use crate::{Engine, EngineError, Host, Store, Workers};
@@ -113,7 +113,16 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             JobStatus::Succeeded => {
                 let out = result.output.unwrap_or(Value::Null);
                 let size = serde_json::to_vec(&out).map_or(usize::MAX, |b| b.len());
-                let problem = if size > run.settings.max_output_bytes {
+                let problem = if let Some(at) = template::too_deep(&out, template::MAX_VALUE_DEPTH)
+                {
+                    Some((
+                        ErrorKind::InvalidOutput,
+                        format!(
+                            "output nests deeper than {} levels (at {at})",
+                            template::MAX_VALUE_DEPTH
+                        ),
+                    ))
+                } else if size > run.settings.max_output_bytes {
                     Some((
                         ErrorKind::OutputTooLarge,
                         format!(

@@ -243,3 +243,30 @@ fn a_worker_that_never_answers_cannot_hang_a_run() {
     assert_eq!(status(&e, &id), RunStatus::Failed);
     assert_eq!(dispatched(&e).len(), 2);
 }
+
+/// An agent output nested deeper than a stored document may be is refused
+/// as invalid output, instead of making its run unreadable for good.
+#[test]
+fn an_output_nested_too_deep_is_refused_not_stored() {
+    let e = engine();
+    one_step(&e);
+    let id = start(&e, "one").id;
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let outcome = deliver(&e, &success(&format!("{id}.scan.1"), deep)).unwrap();
+    assert!(
+        outcome
+            .rejected_output
+            .as_deref()
+            .is_some_and(|m| m.contains("nests deeper")),
+        "{outcome:?}"
+    );
+    let err = run(&e, &id).step("scan").unwrap().attempts[0]
+        .error
+        .clone()
+        .unwrap();
+    assert_eq!(err.kind, ErrorKind::InvalidOutput);
+    assert!(block_on(e.run(&id)).is_ok(), "the run stays readable");
+}
