@@ -815,6 +815,31 @@ async fn every_problem_the_worker_answers_is_a_catalogue_kind() {
             .unwrap();
         cases.push((what, Answer::of(resp).await, kind));
     }
+    // The framework's own answers are problem documents too.
+    cases.push((
+        "an unknown worker path",
+        Answer::of(c.get(url("/nope")).send().await.unwrap()).await,
+        K::NotFound,
+    ));
+    cases.push((
+        "a method the route does not take",
+        Answer::of(c.delete(url("/jobs")).send().await.unwrap()).await,
+        K::MethodNotAllowed,
+    ));
+    cases.push((
+        "a job body over the limit",
+        Answer::of(
+            c.post(url("/jobs"))
+                .bearer_auth(TEST_WORKER_TOKEN)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 17 << 20])
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+        K::TooLarge,
+    ));
     for (what, answer, expected) in &cases {
         assert_eq!(kind_of(what, answer), *expected, "{what}");
     }

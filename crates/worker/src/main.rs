@@ -109,10 +109,29 @@ fn unauthorized() -> Response {
     )
 }
 
-async fn take_job(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// Largest job body the worker takes: well above what Spindle sends (an
+/// input is at most a few MiB), small enough that a bad caller cannot make
+/// the worker buffer much.
+const MAX_JOB_BYTES: usize = 16 << 20;
+
+async fn take_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return problem(
+                ProblemKind::TooLarge,
+                format!("the limit is {MAX_JOB_BYTES} bytes"),
+            );
+        }
+        Err(e) => return problem(ProblemKind::Body, e.body_text()),
+    };
     let job: Job = match serde_json::from_slice(&body) {
         Ok(j) => j,
         Err(e) => {
@@ -248,6 +267,20 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .route("/jobs", post(take_job))
         .route("/jobs/{job_id}/cancel", post(cancel_job))
         .route("/health", get(health))
+        // The framework's own answers are problem documents too.
+        .fallback(|uri: axum::http::Uri| async move {
+            problem(
+                ProblemKind::NotFound,
+                format!("no worker endpoint at {}", uri.path()),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            problem(
+                ProblemKind::MethodNotAllowed,
+                "POST /jobs, POST /jobs/{job_id}/cancel, GET /health",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JOB_BYTES))
         .with_state(state);
 
     tracing::info!(%name, executor = ?args.executor, slots = args.slots, "worker ready");
