@@ -22,6 +22,9 @@ use crate::{Engine, EngineError, Host, Store, Workers};
 pub const MAX_PURGE_PER_TICK: usize = 20;
 /// Most held runs one tick looks at again.
 pub const MAX_HELD_PER_TICK: i64 = 5;
+/// How far behind the newest run a missing listing pointer is taken for a
+/// run that will never be stored.
+const IN_FLIGHT_MARGIN: u64 = 1_000;
 
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     /// Removes finished runs older than the retention period, looking at
@@ -47,9 +50,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             looked += 1;
             let Some(id) = self.store.get::<String>(&keys::run_at(seq)).await? else {
                 // Removed already, or never created (its creator died), or
-                // being created right now: passed over only once a later
-                // run is old enough.
+                // being created right now: passed over once a later run is
+                // old enough, or once far behind the newest runs (creations
+                // in flight hold the newest numbers).
                 seq += 1;
+                if seq + IN_FLIGHT_MARGIN <= top {
+                    next = seq;
+                }
                 continue;
             };
             if run_created_ms(&id).is_none_or(|c| c >= cutoff) {

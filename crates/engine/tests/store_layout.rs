@@ -362,3 +362,29 @@ fn concurrent_creations_lose_nothing_on_a_store_with_blind_inserts() {
         });
     }
 }
+
+/// Runs that were never stored (their creation failed) leave holes in the
+/// sequence; retention passes them instead of stalling on them.
+#[test]
+fn retention_passes_runs_that_were_never_stored() {
+    let e = engine();
+    one_step(&e);
+    e.store
+        .fail(spindle_engine::testing::Op::Set, "runs:seq:", 0, 30);
+    for _ in 0..30 {
+        assert!(block_on(e.create_run("one", manual(json!({})), None)).is_err());
+    }
+    let old: Vec<String> = (0..10).map(|_| run_to_success(&e, "one")).collect();
+    e.host.advance(31 * 86_400_000);
+    for _ in 0..1_000 {
+        run_to_success(&e, "one");
+    }
+    let mut purged = 0;
+    for _ in 0..10 {
+        purged += block_on(e.tick()).unwrap().purged;
+    }
+    assert_eq!(purged, 10);
+    for id in &old {
+        assert!(block_on(e.run(id)).is_err(), "{id} was kept");
+    }
+}
