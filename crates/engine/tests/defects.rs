@@ -270,3 +270,35 @@ fn an_output_nested_too_deep_is_refused_not_stored() {
     assert_eq!(err.kind, ErrorKind::InvalidOutput);
     assert!(block_on(e.run(&id)).is_ok(), "the run stays readable");
 }
+
+/// A compare-and-swap of the run document that loses races is retried; the
+/// effects of the attempts that lost are not carried out (no audit line or
+/// dispatch twice).
+#[test]
+fn lost_races_on_the_run_document_do_not_double_effects() {
+    let e = engine();
+    agent(&e, "scanner", 2);
+    agent(&e, "notifier", 2);
+    workflow(
+        &e,
+        json!({"name": "two", "steps": [
+            {"id": "scan", "agent": "scanner"},
+            {"id": "notify", "agent": "notifier", "needs": ["scan"]}
+        ]}),
+    );
+    let id = start(&e, "two").id;
+    e.store.lose_swaps("run:", 3);
+    deliver(&e, &success(&format!("{id}.scan.1"), json!({}))).unwrap();
+    assert_eq!(
+        dispatched(&e),
+        [format!("{id}.scan.1"), format!("{id}.notify.1")]
+    );
+    let succeeded = e
+        .host
+        .audit_lines()
+        .iter()
+        .filter(|l| l.contains("step_succeeded"))
+        .count();
+    assert_eq!(succeeded, 1);
+    assert_eq!(step_status(&e, &id, "notify"), StepStatus::Dispatched);
+}
