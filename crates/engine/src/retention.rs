@@ -22,6 +22,9 @@ use crate::{Engine, EngineError, Host, Store, Workers};
 pub const MAX_PURGE_PER_TICK: usize = 20;
 /// Most held runs one tick looks at again.
 pub const MAX_HELD_PER_TICK: i64 = 5;
+/// How many attempt numbers before a step's oldest recorded attempt (those
+/// compacted away) retention cleans up after.
+const MAX_COMPACTED_PURGED: u32 = 50;
 /// How far behind the newest run a missing listing pointer is taken for a
 /// run that will never be stored.
 const IN_FLIGHT_MARGIN: u64 = 1_000;
@@ -62,9 +65,16 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             if run_created_ms(&id).is_none_or(|c| c >= cutoff) {
                 break;
             }
-            match self.purge_if_done(&id, cutoff).await? {
-                true => purged += 1,
-                false => self.hold(&id).await?,
+            match self.purge_if_done(&id, cutoff).await {
+                Ok(true) => purged += 1,
+                Ok(false) => self.hold(&id).await?,
+                // A run that no longer decodes is kept (and logged), never
+                // a reason to stop retention here for good.
+                Err(EngineError::Store(e @ crate::StoreError::Corrupt { .. })) => {
+                    self.host.log(&format!("retention: keeping run {id}: {e}"));
+                    self.hold(&id).await?;
+                }
+                Err(e) => return Err(e),
             }
             seq += 1;
             next = seq;
@@ -106,9 +116,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             let Some(id) = self.store.get::<String>(&key).await? else {
                 continue;
             };
-            if self.purge_if_done(&id, cutoff).await? {
-                purged += 1;
-                self.store.delete(&key).await?;
+            match self.purge_if_done(&id, cutoff).await {
+                Ok(true) => {
+                    purged += 1;
+                    self.store.delete(&key).await?;
+                }
+                Ok(false) | Err(EngineError::Store(crate::StoreError::Corrupt { .. })) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(purged)
@@ -126,8 +140,15 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             return Ok(false);
         }
         for step in &run.steps {
-            let attempts = step.attempts.last().map_or(0, |a| a.number);
-            for a in 1..=attempts {
+            // Attempts no worker took may have been compacted out of the
+            // run; their documents go too, up to a bound, so one run's
+            // purge stays a bounded amount of work.
+            let last = step.attempts.last().map_or(0, |a| a.number);
+            let first = step
+                .attempts
+                .first()
+                .map_or(1, |a| a.number.saturating_sub(MAX_COMPACTED_PURGED).max(1));
+            for a in first..=last {
                 let job = job_id(&run.id, &step.id, a);
                 for key in [
                     keys::input(&job),
@@ -150,11 +171,12 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 self.store.delete(&key).await?;
             }
         }
-        self.store.delete(&keys::run(id)).await?;
-        // Pointers last: a pass that dies part-way finds the run again.
         self.store
             .delete(&keys::workflow_run_at(&run.workflow, run.workflow_seq))
             .await?;
+        self.store.delete(&keys::run(id)).await?;
+        // The sequence pointer last: a pass that dies part-way finds the
+        // run (or its absence) there again.
         self.store.delete(&keys::run_at(seq)).await?;
         Ok(true)
     }

@@ -21,8 +21,9 @@ use crate::store::StoreExt;
 use crate::{Engine, EngineError, Host, Store, Workers};
 
 /// How long a request that lost the race for an idempotency key waits for
-/// the winner to record its run, in 20 ms steps.
-const IDEMPOTENCY_WAIT_STEPS: u32 = 150;
+/// the winner to record its run, in 20 ms steps (10 s: the owner records
+/// right after claiming, so only a dead owner takes this long).
+const IDEMPOTENCY_WAIT_STEPS: u32 = 500;
 
 /// Most runs one listing looks at before it answers with what it found and
 /// a cursor to continue from: a filter that matches few runs costs bounded
@@ -128,8 +129,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 .await;
         }
         // The owner claimed the key and recorded nothing: it died between
-        // the two. (An owner whose store write failed released the claim,
-        // and a retry owns the key anew.) One waiter takes over.
+        // the two, or its store write failed. One waiter takes over (if
+        // that one fails too, the key answers 409 from then on: send
+        // another key).
         let takeover_key = keys::counter(&format!("idempotency-takeover:{hash}"));
         if self.store.increment(&takeover_key, 1).await? == 1 {
             return self
@@ -153,8 +155,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     }
 
     /// Records the key's run id, then starts the run. The caller owns the
-    /// key through the counter `claim`; if this fails before the record is
-    /// written, the claim is released so a retry can own the key.
+    /// key (through `_claim`, the counter it won). A failure here leaves
+    /// the key claimed and unrecorded: a later request takes it over after
+    /// a wait. Releasing the claim instead would let a request that is
+    /// already waiting take over while a retry owns the key anew: two runs.
     async fn start_keyed(
         &self,
         wf: &Workflow,
@@ -162,30 +166,15 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         trigger: Trigger,
         hash: &str,
         request: &str,
-        claim: &str,
+        _claim: &str,
     ) -> Result<(Run, bool), EngineError> {
-        let recorded = async {
-            let id = self.next_run_id().await?;
-            let rec = IdempotencyRecord {
-                run_id: id.clone(),
-                request: request.to_owned(),
-                at_ms: self.host.now_ms(),
-            };
-            self.store.set(&keys::idempotency(hash), &rec).await?;
-            Ok::<_, EngineError>(id)
-        }
-        .await;
-        let id = match recorded {
-            Ok(id) => id,
-            Err(e) => {
-                if let Err(release) = self.store.delete(claim).await {
-                    self.host.log(&format!(
-                        "idempotency key {hash}: releasing the claim failed: {release}"
-                    ));
-                }
-                return Err(e);
-            }
+        let id = self.next_run_id().await?;
+        let rec = IdempotencyRecord {
+            run_id: id.clone(),
+            request: request.to_owned(),
+            at_ms: self.host.now_ms(),
         };
+        self.store.set(&keys::idempotency(hash), &rec).await?;
         self.start(&id, wf, agents, trigger, Some(hash)).await
     }
 
@@ -300,6 +289,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         self.store
             .set(&keys::workflow_run_at(&wf.name, wf_seq), &id)
             .await?;
+        if idempotency.is_some()
+            && let Some(existing) = self.store.get::<Run>(&keys::run(id)).await?
+        {
+            // Stored meanwhile by the request we took over from: never
+            // write over a run that may have moved on.
+            return Ok((existing, false));
+        }
         self.store.set(&keys::run(id), &run).await?;
         Ok((self.settle(run, t.effects).await, true))
     }

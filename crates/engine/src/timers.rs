@@ -24,9 +24,10 @@ use spindle_core::run::{Effect, Event, Timer};
 use crate::store::{StoreExt, UpdateError};
 use crate::{Engine, EngineError, Host, MAX_TIMERS_PER_TICK, Store, Workers};
 
-/// Buckets the tick keeps reading after their time has passed (two
-/// seconds), for timers being written right then.
-pub const GRACE_BUCKETS: u64 = 8;
+/// Buckets the tick keeps reading after their time has passed (five
+/// seconds, well over the clock skew between instances and a write's
+/// latency), for timers being written right then.
+pub const GRACE_BUCKETS: u64 = 20;
 /// Most buckets one tick walks (five minutes, when catching up after ticks
 /// stopped).
 pub const MAX_BUCKETS_PER_TICK: u64 = 1_200;
@@ -87,8 +88,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     }
 
     async fn cursor_at_most(&self, bucket: u64) -> Result<(), EngineError> {
-        let cursor: Option<u64> = self.store.get(keys::TIMER_CURSOR).await?;
-        if cursor.is_none_or(|c| c > bucket) {
+        // Read again after writing: the very first write is a swap of an
+        // absent key, which Spin's stores do blindly, so a racing first
+        // writer may have put a later bucket over ours.
+        for _ in 0..crate::store::MAX_CAS_ATTEMPTS {
+            let cursor: Option<u64> = self.store.get(keys::TIMER_CURSOR).await?;
+            if cursor.is_some_and(|c| c <= bucket) {
+                return Ok(());
+            }
             self.store
                 .update::<u64, Infallible>(keys::TIMER_CURSOR, |c| {
                     Ok(c.is_none_or(|c| c > bucket).then_some(bucket))
@@ -96,7 +103,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 .await
                 .map_err(UpdateError::into_store)?;
         }
-        Ok(())
+        Err(crate::StoreError::Contention(keys::TIMER_CURSOR.into()).into())
     }
 
     /// Delivers every due timer (at most [`MAX_TIMERS_PER_TICK`]), deletes
@@ -124,8 +131,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         let mut budget = MAX_TIMERS_PER_TICK;
         let mut next_cursor = cursor;
         let mut finished = true;
-        // Slot counts of the buckets this tick passes, to check afterwards.
+        // Slot counts of the buckets this tick passes, and the slots it
+        // found empty in them, to check again once the cursor has moved.
         let mut passed: Vec<(u64, i64)> = Vec::new();
+        let mut empty_slots: Vec<(u64, i64)> = Vec::new();
         for b in cursor..=last {
             let slots = self.store.counter(&timer_slots(b)).await?;
             let settled = b.saturating_add(GRACE_BUCKETS) < now_bucket;
@@ -134,9 +143,21 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 let key = timer(b, slot);
                 // Absent: fired and deleted, or (in a bucket still within
                 // its grace) being written right now.
-                let Some(t) = self.store.get::<Timer>(&key).await? else {
-                    left += usize::from(!settled);
-                    continue;
+                let t = match self.store.get::<Timer>(&key).await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => {
+                        left += usize::from(!settled);
+                        empty_slots.push((b, slot));
+                        continue;
+                    }
+                    // A timer that no longer decodes can never fire: say
+                    // so and drop it, rather than stop every timer behind it.
+                    Err(e @ crate::StoreError::Corrupt { .. }) => {
+                        report.errors.push(format!("dropped {key}: {e}"));
+                        self.store.delete(&key).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
                 };
                 if t.at_ms > now || budget == 0 {
                     left += 1;
@@ -184,9 +205,16 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         if moved != Some(next_cursor) {
             return Ok(());
         }
+        // A writer counted before we read the counter but wrote its timer
+        // after we read the slot, or counted after: either way it shows
+        // now, and the cursor goes back to read it.
+        for (b, slot) in empty_slots {
+            if b < next_cursor && self.store.get_raw(&timer(b, slot)).await?.is_some() {
+                return self.cursor_at_most(b).await;
+            }
+        }
         for (b, slots) in passed {
             if self.store.counter(&timer_slots(b)).await? != slots {
-                // Written to while we passed it: read it again.
                 return self.cursor_at_most(b).await;
             }
             if let Some(old) = b.checked_sub(DELETE_LAG_BUCKETS) {

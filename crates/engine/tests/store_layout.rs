@@ -9,7 +9,7 @@ use futures::executor::block_on;
 use serde_json::json;
 use spindle_core::keys;
 use spindle_core::run::RunStatus;
-use spindle_engine::{RunFilter, StoreExt};
+use spindle_engine::{RunFilter, Store, StoreExt};
 
 /// Creates a one-step run and delivers its success; returns its id.
 fn run_to_success(e: &TestEngine, wf: &str) -> String {
@@ -387,4 +387,35 @@ fn retention_passes_runs_that_were_never_stored() {
     for id in &old {
         assert!(block_on(e.run(id)).is_err(), "{id} was kept");
     }
+}
+
+/// A timer document that no longer decodes is dropped (and reported)
+/// instead of holding the cursor, and with it every later timer, back.
+#[test]
+fn a_corrupt_timer_does_not_stop_the_others() {
+    let e = engine();
+    one_step(&e);
+    let bucket = keys::timer_bucket_of(now(&e));
+    block_on(e.store.increment(&keys::timer_slots(bucket), 1)).unwrap();
+    e.store.put(&keys::timer(bucket, 1), b"{not a timer");
+    block_on(e.store.set(keys::TIMER_CURSOR, &bucket)).unwrap();
+    let id = start(&e, "one").id;
+    let mut dropped = false;
+    // The first attempt's worker never reports: its lease timer, behind
+    // the corrupt one, still fires.
+    tick_until_any_error(&e, &mut dropped, |e| dispatched(e).len() == 2);
+    assert!(dropped, "the corrupt timer was reported");
+    assert_eq!(run(&e, &id).step("scan").unwrap().attempts.len(), 2);
+}
+
+fn tick_until_any_error(e: &TestEngine, seen: &mut bool, until: impl Fn(&TestEngine) -> bool) {
+    for _ in 0..200 {
+        if until(e) {
+            return;
+        }
+        e.host.advance(250);
+        let report = block_on(e.tick()).unwrap();
+        *seen |= report.errors.iter().any(|m| m.contains("dropped"));
+    }
+    panic!("never reached");
 }
