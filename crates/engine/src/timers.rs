@@ -48,7 +48,7 @@ pub struct TickReport {
     /// budget, or their delivery failed and they were put back).
     pub pending: usize,
     /// How far the oldest unfinished bucket is behind now, in
-    /// milliseconds: two or three seconds normally; growing means nothing
+    /// milliseconds: five or six seconds normally; growing means nothing
     /// ticks, or the tick cannot keep up.
     pub lag_ms: u64,
     /// Timers that could not be delivered, tried again later.
