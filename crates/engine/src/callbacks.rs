@@ -207,14 +207,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         if claim == 1 {
             self.store.set(&result_record(job_id), &digest).await?;
         } else {
-            let mut first: Option<String> = None;
-            for _ in 0..RESULT_WAIT_STEPS {
-                first = self.store.get(&result_record(job_id)).await?;
-                if first.is_some() {
-                    break;
-                }
-                self.host.sleep_ms(20).await;
-            }
+            let first: Option<String> = self
+                .await_doc(&result_record(job_id), RESULT_WAIT_STEPS)
+                .await?;
             match first {
                 Some(d) if d == digest => {}
                 Some(_) => {
@@ -291,7 +286,6 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
 
     /// Cancels a run; its running jobs are told to stop.
     pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<Run, EngineError> {
-        self.run(run_id).await?;
         let ev = Event::Cancel {
             reason: reason.to_owned(),
         };

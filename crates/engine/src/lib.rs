@@ -108,6 +108,22 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             .ok_or_else(|| EngineError::NotFound(format!("no run {id:?}")))
     }
 
+    /// Waits (20 ms at a time, `steps` times) for a document another
+    /// request is about to write; `None` if it never comes.
+    async fn await_doc<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        steps: u32,
+    ) -> Result<Option<T>, EngineError> {
+        for _ in 0..steps {
+            if let Some(doc) = self.store.get(key).await? {
+                return Ok(Some(doc));
+            }
+            self.host.sleep_ms(20).await;
+        }
+        Ok(None)
+    }
+
     /// Applies `event` to run `run_id` and everything that follows from it.
     /// Returns the run as it stands afterwards (changed or not).
     pub async fn apply(&self, run_id: &str, event: Event) -> Result<Run, EngineError> {

@@ -143,9 +143,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 self.resume(rec, &wf, &agents, trigger, &hash, &request)
                     .await
             }
-            None => Err(EngineError::Conflict(
-                "a request with this Idempotency-Key is still being processed; retry later".into(),
-            )),
+            None => Err(still_processing()),
         }
     }
 
@@ -200,8 +198,8 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             }
             if self.host.now_ms().saturating_sub(rec.at_ms) > 2_000 {
                 // Recorded long ago and never stored: its creator is gone.
-                // Starting it under the recorded id is safe: the run
-                // document is inserted only if absent, and its jobs are
+                // Starting it under the recorded id is safe: which request
+                // stores it is decided by increment, and its jobs are
                 // claimed by id.
                 return self
                     .start(&rec.run_id, wf, agents, trigger, Some(hash))
@@ -209,19 +207,12 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             }
             self.host.sleep_ms(20).await;
         }
-        Err(EngineError::Conflict(
-            "a request with this Idempotency-Key is still being processed; retry later".into(),
-        ))
+        Err(still_processing())
     }
 
     async fn await_record(&self, hash: &str) -> Result<Option<IdempotencyRecord>, EngineError> {
-        for _ in 0..IDEMPOTENCY_WAIT_STEPS {
-            if let Some(rec) = self.store.get(&keys::idempotency(hash)).await? {
-                return Ok(Some(rec));
-            }
-            self.host.sleep_ms(20).await;
-        }
-        Ok(None)
+        self.await_doc(&keys::idempotency(hash), IDEMPOTENCY_WAIT_STEPS)
+            .await
     }
 
     /// Creates run `id` already started and stores it: its timers first,
@@ -302,15 +293,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
 
     /// Waits for another request to store run `id`.
     async fn await_run(&self, id: &str) -> Result<Run, EngineError> {
-        for _ in 0..IDEMPOTENCY_WAIT_STEPS {
-            if let Some(run) = self.store.get::<Run>(&keys::run(id)).await? {
-                return Ok(run);
-            }
-            self.host.sleep_ms(20).await;
-        }
-        Err(EngineError::Conflict(
-            "a request with this Idempotency-Key is still being processed; retry later".into(),
-        ))
+        self.await_doc(&keys::run(id), IDEMPOTENCY_WAIT_STEPS)
+            .await?
+            .ok_or_else(still_processing)
     }
 
     /// Lists runs newest first, per `filter`. Looks at most at
@@ -374,4 +359,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             next_cursor: None,
         })
     }
+}
+
+fn still_processing() -> EngineError {
+    EngineError::Conflict(
+        "a request with this Idempotency-Key is still being processed; retry later".into(),
+    )
 }
