@@ -1,0 +1,12 @@
+//! Who may do what: API keys, JWT bearer tokens, roles, rate limits and the
+//! strength of configured secrets.
+//!
+//! The rules here are pure (time passed in) and tested natively; the parts
+//! that touch the store are generic over the engine's [`spindle_engine::Store`],
+//! so components run them on Spin's store and tests on the in-memory one.
+#![deny(missing_docs)]
+
+pub mod jwt;
+pub mod role;
+
+pub use role::Role;
