@@ -90,6 +90,15 @@ impl HostBuilder {
         .env("SPIN_VARIABLE_CALLBACK_SECRET", TEST_CALLBACK_SECRET)
         .env("SPIN_VARIABLE_WORKER_TOKEN", TEST_WORKER_TOKEN)
         .env("SPIN_VARIABLE_TICK_SECRET", TEST_TICK_SECRET)
+        .env("SPIN_VARIABLE_ADMIN_KEY", TEST_ADMIN_KEY)
+        .env("SPIN_VARIABLE_JWT_SECRET", TEST_JWT_SECRET)
+        // Tests register agents running `sh`, `cat`, `sleep`...
+        .env("SPIN_VARIABLE_ALLOWED_COMMANDS", "*")
+        // Limits high enough that no test but the rate-limit ones meets
+        // them; those set their own.
+        .env("SPIN_VARIABLE_RATE_LIMIT_WRITE", "1000000")
+        .env("SPIN_VARIABLE_RATE_LIMIT_TRIGGER", "1000000")
+        .env("SPIN_VARIABLE_RATE_LIMIT_READ", "1000000")
     }
 
     /// Listens on `port` (for apps that must know their own URL up front,
@@ -223,11 +232,16 @@ fn spawn_ready(
 }
 
 /// The callback secret test hosts run with.
-pub const TEST_CALLBACK_SECRET: &str = "test-callback-secret";
+pub const TEST_CALLBACK_SECRET: &str = "test-callback-secret-0123456789abcdef";
 /// The worker token test hosts and workers share.
-pub const TEST_WORKER_TOKEN: &str = "test-worker-token";
+pub const TEST_WORKER_TOKEN: &str = "test-worker-token-0123456789abcdefgh";
 /// The tick secret test hosts run with.
-pub const TEST_TICK_SECRET: &str = "test-tick-secret";
+pub const TEST_TICK_SECRET: &str = "test-tick-secret-0123456789abcdefghij";
+/// The bootstrap admin key every test host is given (`admin_key`); the
+/// default [`client`] sends it.
+pub const TEST_ADMIN_KEY: &str = "test-admin-key-0123456789abcdefghijkl";
+/// The HS256 secret test hosts accept tokens under (`jwt_secret`).
+pub const TEST_JWT_SECRET: &str = "test-jwt-secret-0123456789abcdefghijk";
 
 /// A free loopback port (there is a small window in which another process
 /// could take it; tests use it at once).
@@ -417,10 +431,29 @@ pub fn expand(text: &str) -> String {
     text
 }
 
-/// An HTTP client with short timeouts.
+/// An HTTP client with short timeouts that authenticates as the test
+/// host's bootstrap admin ([`TEST_ADMIN_KEY`]).
 pub fn client() -> reqwest::Client {
+    client_with(Some(TEST_ADMIN_KEY))
+}
+
+/// An HTTP client that sends no credentials.
+pub fn anon_client() -> reqwest::Client {
+    client_with(None)
+}
+
+/// An HTTP client sending `Authorization: Bearer <credential>`, if any.
+pub fn client_with(credential: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(c) = credential {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {c}").parse().unwrap(),
+        );
+    }
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .unwrap()
 }
