@@ -1527,6 +1527,7 @@ fn a_huge_lease_saturates_instead_of_overflowing() {
     let trigger = Trigger {
         kind: TriggerKind::Manual,
         payload: json!({}),
+        actor: None,
     };
     for (lease_ms, now) in [
         (u64::MAX, 1_795_305_600_000u64),

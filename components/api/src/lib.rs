@@ -1,16 +1,18 @@
-//! The registry API: agents, workflows and runs.
+//! The registry API: agents, workflows, runs and API keys.
 //!
-//! Thin by design: parse, call the core or the engine, answer. Validation
-//! and the shape of every document live in `spindle-core`; the rules that
-//! span documents (who uses an agent) and every run change live in
-//! `spindle-engine`.
+//! Thin by design: authenticate, parse, call the core or the engine, answer.
+//! Validation and the shape of every document live in `spindle-core`; the
+//! rules that span documents (who uses an agent) and every run change live
+//! in `spindle-engine`; who may do what in `spindle-auth`.
 
 mod agents;
+mod keys;
 mod runs;
 mod workflows;
 
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
+use spindle_auth::{Class, Role};
 use spindle_core::problem::ProblemKind;
 use spindle_engine::registry::{Registry, RegistryError};
 use spindle_spin::http::{Problem, Response};
@@ -18,14 +20,63 @@ use spindle_spin::store::{Kv, StoreExt};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::http::answer(route(req).await)
+    spindle_spin::serve(req, route).await
+}
+
+/// The role and rate-limit class an operation needs. One table, so the
+/// rule for a route cannot drift from its handler; `docs/openapi.json`
+/// states the same per operation and a test walks every one.
+fn required(method: &Method, segs: &[&str]) -> (Role, Class) {
+    match (method, segs) {
+        (&Method::GET, ["keys", ..]) => (Role::Admin, Class::Read),
+        (&Method::GET, _) => (Role::Viewer, Class::Read),
+        (_, ["runs", _, "cancel"]) => (Role::Operator, Class::Write),
+        _ => (Role::Admin, Class::Write),
+    }
 }
 
 async fn route(req: Request) -> Result<Response, Problem> {
     let path = spindle_spin::http::path_info(&req);
     let segs = spindle_spin::http::segments(&path);
     let method = req.method().clone();
-    match (method, segs.as_slice()) {
+    // Authenticate before anything else, even a 404: an unauthenticated
+    // caller learns nothing about what exists.
+    let (need, class) = required(&method, &segs);
+    let kv = store().await?;
+    let caller = spindle_spin::auth::authorize(&req, &kv, need, class).await?;
+    let writes = method != Method::GET;
+    let result = dispatch(req, method.clone(), &segs, &path, &caller).await;
+    if writes {
+        audit(&method, &path, &result);
+    }
+    result
+}
+
+async fn dispatch(
+    req: Request,
+    method: Method,
+    segs: &[&str],
+    path: &str,
+    caller: &spindle_auth::Caller,
+) -> Result<Response, Problem> {
+    match (method, segs) {
+        (Method::GET, ["whoami"]) => Ok(spindle_spin::http::json(
+            200,
+            &serde_json::json!({
+                "actor": caller.actor(),
+                "name": caller.name,
+                "role": caller.role,
+            }),
+        )),
+        (_, ["whoami"]) => Err(Problem::method_not_allowed("GET")),
+
+        (Method::POST, ["keys"]) => keys::create(req).await,
+        (Method::GET, ["keys"]) => keys::list().await,
+        (_, ["keys"]) => Err(Problem::method_not_allowed("GET, POST")),
+        (Method::GET, ["keys", id]) => keys::get(id).await,
+        (Method::DELETE, ["keys", id]) => keys::revoke(id).await,
+        (_, ["keys", _]) => Err(Problem::method_not_allowed("GET, DELETE")),
+
         (Method::POST, ["agents"]) => agents::create(req).await,
         (Method::GET, ["agents"]) => agents::list().await,
         (_, ["agents"]) => Err(Problem::method_not_allowed("GET, POST")),
@@ -50,6 +101,33 @@ async fn route(req: Request) -> Result<Response, Problem> {
         (_, ["runs", _, "cancel"]) => Err(Problem::method_not_allowed("POST")),
         _ => Err(Problem::not_found(format!("no API resource at {path}"))),
     }
+}
+
+/// One audit line (stdout, the component's audit log) per change made
+/// through the API: who, what, when, and how it ended. Run changes also
+/// land in the run's own trail.
+fn audit(method: &Method, path: &str, result: &Result<Response, Problem>) {
+    let status = match result {
+        Ok(r) => r.status().as_u16(),
+        Err(p) => p.status,
+    };
+    if !(200..300).contains(&status) {
+        return;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "audit": {
+                "kind": "api_change",
+                "at_ms": spindle_spin::now_ms(),
+                "method": method.as_str(),
+                "path": format!("/api{path}"),
+                "status": status,
+                "actor": spindle_spin::context::actor(),
+            },
+            "request_id": spindle_spin::context::request_id(),
+        })
+    );
 }
 
 /// The `default` store.

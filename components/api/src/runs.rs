@@ -179,6 +179,7 @@ pub async fn cancel(id: &str, req: Request) -> Result<Response, Problem> {
         }
     };
     let engine = spindle_spin::engine::open().await?;
-    let run = engine.cancel(id, &reason).await?;
+    let actor = spindle_spin::context::actor();
+    let run = engine.cancel(id, &reason, actor.as_deref()).await?;
     Ok(json(200, &summary(&run)))
 }

@@ -18,6 +18,10 @@ const ALLOWED: &str = "GET, HEAD";
 
 #[http_service]
 async fn handle(req: Request) -> Response {
+    spindle_spin::serve(req, |req| async move { Ok(page(&req)) }).await
+}
+
+fn page(req: &Request) -> Response {
     let path = req.uri().path();
     let page = match path {
         "/docs/problems" => PROBLEMS,
@@ -33,6 +37,8 @@ async fn handle(req: Request) -> Response {
     http::Response::builder()
         .status(200)
         .header("content-type", "text/markdown; charset=utf-8")
+        // Public and the same for every caller until the app is upgraded.
+        .header("cache-control", "public, max-age=300")
         .body(FullBody::new(bytes::Bytes::from_static(page.as_bytes())))
         .expect("valid response")
 }

@@ -11,6 +11,10 @@ use spindle_spin::store::{Kv, Store};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
+    spindle_spin::serve(req, |req| async move { Ok(health(req).await) }).await
+}
+
+async fn health(req: Request) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Problem::method_not_allowed("GET, HEAD").response();
     }

@@ -5,6 +5,7 @@
 
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
+use spindle_auth::{Class, Role};
 use spindle_core::problem::ProblemKind;
 use spindle_core::run::{Trigger, TriggerKind};
 use spindle_core::template;
@@ -17,10 +18,17 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::http::answer(route(req).await)
+    spindle_spin::serve(req, route).await
 }
 
 async fn route(req: Request) -> Result<Response, Problem> {
+    // Authenticate before anything else: an unauthenticated caller learns
+    // nothing about which workflows exist.
+    let kv = spindle_spin::store::Kv::open("default")
+        .await
+        .map_err(Problem::store)?;
+    let caller = spindle_spin::auth::authorize(&req, &kv, Role::Operator, Class::Trigger).await?;
+    drop(kv);
     let path = path_info(&req);
     let workflow = path.trim_matches('/').to_owned();
     if workflow.is_empty() || workflow.contains('/') {
@@ -55,6 +63,7 @@ async fn route(req: Request) -> Result<Response, Problem> {
     let trigger = Trigger {
         kind: TriggerKind::Manual,
         payload,
+        actor: Some(caller.actor()),
     };
     let (run, created) = engine
         .create_run(&workflow, trigger, key.as_deref())

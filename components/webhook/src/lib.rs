@@ -10,5 +10,11 @@ use spindle_spin::http::{Problem, Response};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    Problem::not_implemented(&req, "signed webhooks from GitHub and Builder.io").response()
+    spindle_spin::serve(req, |req| async move {
+        Err(Problem::not_implemented(
+            &req,
+            "signed webhooks from GitHub and Builder.io",
+        ))
+    })
+    .await
 }

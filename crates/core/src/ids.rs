@@ -13,6 +13,20 @@ pub fn run_id(now_ms: u64, seq: u64) -> String {
     format!("r{now_ms:013}-{seq:06}")
 }
 
+/// Longest incoming `X-Request-Id` honoured.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Whether `id` is an acceptable incoming request id: 1 to 128 of
+/// `A-Z a-z 0-9 - _ . :` (what tracing systems send), nothing that could
+/// forge a log line or a header.
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
 /// Whether `id` is a well-formed run id (a name without dots, so a job id
 /// splits unambiguously).
 pub fn valid_run_id(id: &str) -> bool {
@@ -60,6 +74,14 @@ pub fn parse_job_id(job_id: &str) -> Option<JobRef<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_plain() {
+        assert!(valid_request_id("abc-123_x.y:z"));
+        for bad in ["", "a b", "a\r\nb", "ü", &"a".repeat(129)] {
+            assert!(!valid_request_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn job_ids_round_trip_and_junk_is_refused() {

@@ -20,6 +20,7 @@ pub mod problem;
 pub mod retry;
 pub mod run;
 pub mod schema;
+pub mod secret;
 pub mod sign;
 pub mod template;
 pub mod workflow;

@@ -18,6 +18,10 @@ pub enum ProblemKind {
     Unauthorized,
     /// A callback's signature is missing or wrong.
     Signature,
+    /// The caller is authenticated but its role does not allow the request.
+    Forbidden,
+    /// The caller sent more requests than its limit allows; retry later.
+    RateLimited,
     /// Nothing at that path, or no such resource.
     NotFound,
     /// The route does not take that method.
@@ -51,13 +55,15 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, in the order `docs/problems.md` lists them.
-    pub const ALL: [ProblemKind; 20] = [
+    pub const ALL: [ProblemKind; 22] = [
         Self::Validation,
         Self::Body,
         Self::TooLarge,
         Self::MediaType,
         Self::Unauthorized,
         Self::Signature,
+        Self::Forbidden,
+        Self::RateLimited,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Conflict,
@@ -103,6 +109,8 @@ impl ProblemKind {
             Self::MediaType => ("media-type", 415, "Unsupported media type"),
             Self::Unauthorized => ("unauthorized", 401, "Unauthorized"),
             Self::Signature => ("signature", 401, "Bad signature"),
+            Self::Forbidden => ("forbidden", 403, "Forbidden"),
+            Self::RateLimited => ("rate-limited", 429, "Too many requests"),
             Self::NotFound => ("not-found", 404, "Not found"),
             Self::MethodNotAllowed => ("method-not-allowed", 405, "Method not allowed"),
             Self::Conflict => ("conflict", 409, "Conflict"),

@@ -284,10 +284,17 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         }
     }
 
-    /// Cancels a run; its running jobs are told to stop.
-    pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<Run, EngineError> {
+    /// Cancels a run on behalf of `by` (an actor, if a caller asked); its
+    /// running jobs are told to stop.
+    pub async fn cancel(
+        &self,
+        run_id: &str,
+        reason: &str,
+        by: Option<&str>,
+    ) -> Result<Run, EngineError> {
         let ev = Event::Cancel {
             reason: reason.to_owned(),
+            by: by.map(str::to_owned),
         };
         self.apply(run_id, ev).await
     }

@@ -83,6 +83,13 @@ impl Config {
         let callback_url = required("callback_url")?.trim_end_matches('/').to_owned();
         let secret = required("callback_secret")?;
         let worker_token = required("worker_token")?;
+        for (name, value) in [
+            ("callback_secret", &secret),
+            ("worker_token", &worker_token),
+        ] {
+            spindle_core::secret::check_secret(value)
+                .map_err(|e| EngineError::Config(format!("variable {name} {e}")))?;
+        }
         let lease_ms: u64 = number("lease_ms", &required("lease_ms")?)?;
         let max_output_bytes: usize = number("max_output_bytes", &required("max_output_bytes")?)?;
         let dispatch_timeout_ms = number("dispatch_timeout_ms", &required("dispatch_timeout_ms")?)?;
@@ -135,7 +142,7 @@ mod tests {
                     "max_output_bytes" => "1000",
                     "dispatch_timeout_ms" => "500",
                     "retention_days" => "30",
-                    _ => "s3cret",
+                    _ => "s3cret-0123456789abcdefghijklmnopqrstuv",
                 }
                 .to_owned(),
             )
@@ -156,9 +163,27 @@ mod tests {
     }
 
     #[test]
+    fn weak_secrets_are_refused_by_name_never_shown() {
+        for name in ["callback_secret", "worker_token"] {
+            let err = Config::from_vars(|n: &str| {
+                if n == name {
+                    return Some("changeme".into());
+                }
+                vars("")(n)
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(name) && !err.contains("changeme"), "{err}");
+        }
+    }
+
+    #[test]
     fn malformed_numbers_are_refused() {
         let err = Config::from_vars(|n: &str| {
-            Some(if n == "lease_ms" { "soon" } else { "1" }.to_owned())
+            if n == "lease_ms" {
+                return Some("soon".into());
+            }
+            vars("")(n)
         })
         .unwrap_err();
         assert!(err.to_string().contains("lease_ms"), "{err}");

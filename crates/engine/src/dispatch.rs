@@ -162,10 +162,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     }
 
     fn worker_auth(&self) -> Vec<(&'static str, String)> {
-        vec![(
+        let mut headers = vec![(
             "authorization",
             format!("Bearer {}", self.config.worker_token),
-        )]
+        )];
+        if let Some(id) = self.host.request_id() {
+            headers.push(("x-request-id", id));
+        }
+        headers
     }
 
     /// Asks the worker holding a job (or, if unknown, every worker) to stop

@@ -42,4 +42,10 @@ pub trait Host {
     /// One line for operators: a fault the engine recovered from or
     /// passed on.
     fn log(&self, line: &str);
+    /// The id of the request being served, if any: it goes into audit
+    /// lines and onto every job sent to a worker (`X-Request-Id`), so one
+    /// request can be followed from the API to the container.
+    fn request_id(&self) -> Option<String> {
+        None
+    }
 }

@@ -197,6 +197,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                         "audit": event,
                         "run": run.id,
                         "workflow": run.workflow,
+                        "request_id": self.host.request_id(),
                     })
                     .to_string(),
                 ),

@@ -432,7 +432,7 @@ pub fn config() -> Config {
                 "max_output_bytes" => "4096",
                 "dispatch_timeout_ms" => "100",
                 "retention_days" => "30",
-                _ => "test-secret",
+                _ => "test-secret-0123456789abcdefghijklmnop",
             }
             .to_owned(),
         )

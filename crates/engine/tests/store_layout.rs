@@ -84,7 +84,7 @@ fn listings_page_through_every_run_once_newest_first() {
     // Fail every tenth run of "one".
     for (i, (wf, id)) in ids.iter().enumerate() {
         if *wf == "one" && i % 10 == 1 {
-            block_on(e.cancel(id, "test")).unwrap();
+            block_on(e.cancel(id, "test", None)).unwrap();
         }
     }
     let list = |filter: RunFilter| {
@@ -221,7 +221,7 @@ fn a_run_held_back_by_retention_is_removed_once_it_finishes_and_ages() {
     }))
     .unwrap();
     assert_eq!(page.runs.len(), 1);
-    block_on(e.cancel(&waiting, "too old")).unwrap();
+    block_on(e.cancel(&waiting, "too old", None)).unwrap();
     e.host.advance(31 * 86_400_000);
     let report = block_on(e.tick()).unwrap();
     assert!(report.purged >= 1);

@@ -1,5 +1,7 @@
 //! `spindle`: the command line of Spindle's local host.
 
+mod access;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +33,11 @@ enum Command {
         #[arg(short = 'f', long = "from", default_value = "spin.toml")]
         manifest: PathBuf,
     },
+    /// Create, list and revoke API keys of a running app.
+    #[command(subcommand)]
+    Keys(access::KeysCommand),
+    /// Mint a JWT bearer token (HS256, under the app's jwt_secret) for local use.
+    Token(access::TokenArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,6 +135,11 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keys(cmd) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(access::keys(cmd)),
+        Command::Token(args) => access::token(args),
         Command::Up(args) => {
             init_logging(args.log_format);
             tokio::runtime::Builder::new_multi_thread()

@@ -105,7 +105,11 @@ impl Host for SpinHost {
     }
 
     fn log(&self, line: &str) {
-        eprintln!("{line}");
+        crate::context::log(line);
+    }
+
+    fn request_id(&self) -> Option<String> {
+        Some(crate::context::request_id()).filter(|id| !id.is_empty())
     }
 }
 
@@ -115,7 +119,7 @@ impl From<EngineError> for Problem {
         match e {
             EngineError::Store(e) => Problem::store(e),
             EngineError::Config(m) => {
-                eprintln!("configuration: {m}");
+                crate::context::log(&format!("configuration: {m}"));
                 Problem::of(K::Configuration, m)
             }
             EngineError::NotFound(m) => Problem::of(K::NotFound, m),

@@ -30,6 +30,9 @@ pub struct Problem {
     /// Every field at fault, as JSON Pointers into the request body.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// The request's id (set when the answer is sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Problem {
@@ -42,6 +45,7 @@ impl Problem {
             status: kind.status(),
             detail: detail.into(),
             errors: Vec::new(),
+            request_id: None,
         }
     }
 
@@ -66,7 +70,7 @@ impl Problem {
     /// 503 for a store failure: logged in full (the component's stderr),
     /// answered without internals.
     pub fn store(e: impl std::fmt::Display) -> Self {
-        eprintln!("store failure: {e}");
+        crate::context::log(&format!("store failure: {e}"));
         Self::of(
             ProblemKind::Unavailable,
             "the key-value store is unavailable; retry later",
@@ -125,11 +129,6 @@ impl IntoResponse for Problem {
     {
         self.response().into_response()
     }
-}
-
-/// The answer for a handler's result: the response, or the problem.
-pub fn answer(result: Result<Response, Problem>) -> Response {
-    result.unwrap_or_else(|problem| problem.response())
 }
 
 /// `204 No Content`.

@@ -66,6 +66,8 @@ pub enum Event {
     Cancel {
         /// Why, for the audit trail.
         reason: String,
+        /// Who, when a caller did.
+        by: Option<String>,
     },
     /// A human decided on a step waiting for approval.
     Decide {

@@ -51,6 +51,7 @@ impl Run {
         settings: RunSettings,
         now: u64,
     ) -> Result<Run, String> {
+        let created_by = trigger.actor.clone();
         let anc = ancestors(&workflow.steps);
         let mut plan = Vec::with_capacity(workflow.steps.len());
         for s in &workflow.steps {
@@ -104,6 +105,7 @@ impl Run {
                 kind: "run_created".into(),
                 step: None,
                 detail: format!("workflow {} v{}", workflow.name, workflow.version),
+                actor: created_by,
             }],
             revision: 1,
             workflow_seq: 0,

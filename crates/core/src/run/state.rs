@@ -121,6 +121,9 @@ pub struct Trigger {
     pub kind: TriggerKind,
     /// The event's payload, readable by templates as `trigger.payload`.
     pub payload: Value,
+    /// Who started the run (`key:ci`, `token:alice`), when a caller did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// Kinds of trigger.
@@ -254,6 +257,9 @@ pub struct RunEvent {
     /// Details for humans.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// Who caused it, when a caller did (`key:ci`, `token:alice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// Settings fixed at run creation.

@@ -56,6 +56,7 @@ fn start(w: &Workflow, risky: &[&str]) -> (Run, Vec<Effect>) {
     let trigger = Trigger {
         kind: TriggerKind::Manual,
         payload: json!({"repo": "acme/app"}),
+        actor: Some("key:ci".into()),
     };
     let queued = Run::new(
         "r-1".into(),
@@ -536,11 +537,24 @@ fn cancellation_stops_running_jobs_and_is_final() {
     let (run, fx) = step(
         &run,
         Event::Cancel {
-            reason: "by alice".into(),
+            reason: "no longer needed".into(),
+            by: Some("token:alice".into()),
         },
         20,
     );
     assert_eq!(run.status, RunStatus::Cancelled);
+    // The caller who cancelled is in the run's trail and in the audit
+    // effect, as is the one who started it.
+    let cancel = run
+        .events
+        .iter()
+        .find(|e| e.kind == "cancel_requested")
+        .unwrap();
+    assert_eq!(cancel.actor.as_deref(), Some("token:alice"));
+    assert_eq!(cancel.detail, "no longer needed");
+    assert!(fx.iter().any(|e| matches!(e, Effect::Audit(ev) if ev.kind == "cancel_requested" && ev.actor.as_deref() == Some("token:alice"))));
+    assert_eq!(run.events[0].kind, "run_created");
+    assert_eq!(run.events[0].actor.as_deref(), Some("key:ci"));
     assert_eq!(
         fx.iter()
             .filter(|e| matches!(e, Effect::CancelJob { .. }))
@@ -562,7 +576,8 @@ fn cancellation_stops_running_jobs_and_is_final() {
     assert!(matches!(
         run.apply(
             &Event::Cancel {
-                reason: "again".into()
+                reason: "again".into(),
+                by: None,
             },
             30
         ),

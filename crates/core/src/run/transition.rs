@@ -41,8 +41,16 @@ impl Run {
                 Ok(true)
             }
             Event::Timer(t) => self.on_timer(t, now, fx),
-            Event::Cancel { reason } => {
+            Event::Cancel { reason, by } => {
                 self.refuse_if_finished()?;
+                self.log_by(
+                    fx,
+                    now,
+                    "cancel_requested",
+                    None,
+                    reason.clone(),
+                    by.clone(),
+                );
                 self.finish(
                     RunStatus::Cancelled,
                     format!("cancelled: {reason}"),
@@ -58,7 +66,15 @@ impl Run {
                     .filter(|i| self.steps[*i].status == StepStatus::WaitingApproval)
                     .ok_or_else(|| Reject::NotWaitingApproval { step: step.clone() })?;
                 if *approved {
-                    self.log(fx, now, "step_approved", Some(step), format!("by {by}"));
+                    let actor = Some(by.clone());
+                    self.log_by(
+                        fx,
+                        now,
+                        "step_approved",
+                        Some(step),
+                        format!("by {by}"),
+                        actor,
+                    );
                     self.dispatch(i, now, fx);
                     self.refresh_status();
                 } else {
@@ -68,7 +84,15 @@ impl Run {
                     };
                     self.steps[i].status = StepStatus::Failed;
                     self.steps[i].error = Some(error.clone());
-                    self.log(fx, now, "step_rejected", Some(step), format!("by {by}"));
+                    let actor = Some(by.clone());
+                    self.log_by(
+                        fx,
+                        now,
+                        "step_rejected",
+                        Some(step),
+                        format!("by {by}"),
+                        actor,
+                    );
                     self.finish(
                         RunStatus::Failed,
                         format!("step {step} {}", error.message),
@@ -321,6 +345,19 @@ impl Run {
         step: Option<&str>,
         detail: String,
     ) {
+        self.log_by(fx, at_ms, kind, step, detail, None);
+    }
+
+    /// [`Self::log`] for an entry a caller caused.
+    fn log_by(
+        &mut self,
+        fx: &mut Vec<Effect>,
+        at_ms: u64,
+        kind: &str,
+        step: Option<&str>,
+        detail: String,
+        actor: Option<String>,
+    ) {
         if self.events.len() >= MAX_EVENTS {
             self.events.remove(0);
         }
@@ -329,6 +366,7 @@ impl Run {
             kind: kind.to_owned(),
             step: step.map(str::to_owned),
             detail,
+            actor,
         };
         fx.push(Effect::Audit(event.clone()));
         self.events.push(event);

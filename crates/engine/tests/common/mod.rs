@@ -79,6 +79,7 @@ pub fn manual(payload: Value) -> Trigger {
     Trigger {
         kind: TriggerKind::Manual,
         payload,
+        actor: None,
     }
 }
 
@@ -99,7 +100,7 @@ pub fn step_status(e: &TestEngine, id: &str, step: &str) -> StepStatus {
 /// A result body and its signature, as a worker makes them.
 pub fn signed(job_id: &str, result: &JobResult) -> (Vec<u8>, String) {
     let body = serde_json::to_vec(result).unwrap();
-    let token = sign::job_token("test-secret", job_id);
+    let token = sign::job_token("test-secret-0123456789abcdefghijklmnop", job_id);
     let sig = sign::sign(&token, &body);
     (body, sig)
 }
@@ -145,7 +146,10 @@ pub fn deliver(
 
 pub fn heartbeat(e: &TestEngine, job_id: &str) -> spindle_core::job::HeartbeatReply {
     let body = serde_json::to_vec(&json!({"job_id": job_id, "worker": "http://w1"})).unwrap();
-    let sig = sign::sign(&sign::job_token("test-secret", job_id), &body);
+    let sig = sign::sign(
+        &sign::job_token("test-secret-0123456789abcdefghijklmnop", job_id),
+        &body,
+    );
     block_on(e.heartbeat(job_id, &body, Some(&sig))).unwrap()
 }
 

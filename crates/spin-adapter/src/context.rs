@@ -1,0 +1,178 @@
+//! The request a component is serving: its id, its caller, its rate-limit
+//! budget; and the headers every answer carries.
+//!
+//! Spin runs one request per component instance, so the context is kept in
+//! a thread-local that [`serve`] resets at the start of each request. That
+//! lets the engine's audit lines and every log line carry the request id and
+//! the actor without threading them through every call.
+
+use std::cell::RefCell;
+use std::future::Future;
+
+use spin_sdk::http::Request;
+use spindle_auth::Decision;
+
+use crate::http::{Problem, Response};
+
+#[derive(Default)]
+struct Context {
+    request_id: String,
+    actor: Option<String>,
+    rate: Option<Decision>,
+    https: bool,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Context> = RefCell::new(Context::default());
+}
+
+/// The current request's id.
+pub fn request_id() -> String {
+    CURRENT.with(|c| c.borrow().request_id.clone())
+}
+
+/// The current request's authenticated actor (`key:ci`, `token:alice`), if
+/// it has one.
+pub fn actor() -> Option<String> {
+    CURRENT.with(|c| c.borrow().actor.clone())
+}
+
+pub(crate) fn set_actor(actor: String) {
+    CURRENT.with(|c| c.borrow_mut().actor = Some(actor));
+}
+
+pub(crate) fn set_rate(d: Decision) {
+    CURRENT.with(|c| c.borrow_mut().rate = Some(d));
+}
+
+/// Writes a line to the component's log (stderr) tagged with the request
+/// id, so an operator can find every line about one request.
+pub fn log(line: &str) {
+    eprintln!("request_id={} {line}", request_id());
+}
+
+/// A new request id: 16 random bytes, hex (the time, if the host has no
+/// random source: an id only has to tell requests apart in the logs).
+pub fn new_request_id() -> String {
+    match crate::random::<16>() {
+        Ok(bytes) => hex::encode(bytes),
+        Err(_) => format!("t{:x}", crate::now_ms()),
+    }
+}
+
+/// Serves one request: sets up its context, answers CORS preflights, runs
+/// `route`, and gives the answer (or the problem) the headers every answer
+/// carries.
+pub async fn serve<F, Fut>(req: Request, route: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Result<Response, Problem>>,
+{
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let id = header("x-request-id")
+        .filter(|id| spindle_core::ids::valid_request_id(id))
+        .unwrap_or_else(new_request_id);
+    let https = header("spin-full-url").is_some_and(|u| u.starts_with("https://"))
+        || header("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let origin = header("origin");
+    CURRENT.with(|c| {
+        *c.borrow_mut() = Context {
+            request_id: id,
+            actor: None,
+            rate: None,
+            https,
+        }
+    });
+    let allowed_origin = match origin {
+        Some(o) => cors_allowed(&o).await.then_some(o),
+        None => None,
+    };
+    if req.method() == spin_sdk::http::Method::OPTIONS
+        && allowed_origin.is_some()
+        && req.headers().contains_key("access-control-request-method")
+    {
+        let mut resp = crate::http::no_content();
+        let h = resp.headers_mut();
+        h.insert(
+            "access-control-allow-methods",
+            hv("GET, POST, PUT, DELETE, OPTIONS"),
+        );
+        h.insert(
+            "access-control-allow-headers",
+            hv("authorization, x-api-key, content-type, idempotency-key, x-request-id"),
+        );
+        h.insert("access-control-max-age", hv("600"));
+        return finish(resp, allowed_origin.as_deref());
+    }
+    let resp = match route(req).await {
+        Ok(resp) => resp,
+        Err(mut problem) => {
+            problem.request_id = Some(request_id());
+            problem.response()
+        }
+    };
+    finish(resp, allowed_origin.as_deref())
+}
+
+/// Whether browsers from `origin` may call this component: it is on the
+/// `cors_origins` allow-list (a component without the variable allows none).
+async fn cors_allowed(origin: &str) -> bool {
+    let Ok(list) = spin_sdk::variables::get("cors_origins").await else {
+        return false;
+    };
+    list.split(',')
+        .map(str::trim)
+        .any(|o| !o.is_empty() && o == origin)
+}
+
+fn hv(s: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(s).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// Adds the headers every answer carries.
+fn finish(mut resp: Response, cors_origin: Option<&str>) -> Response {
+    let (request_id, rate, https) = CURRENT.with(|c| {
+        let c = c.borrow();
+        (c.request_id.clone(), c.rate, c.https)
+    });
+    let status = resp.status().as_u16();
+    let h = resp.headers_mut();
+    h.insert("x-request-id", hv(&request_id));
+    h.insert("x-content-type-options", hv("nosniff"));
+    h.insert("x-frame-options", hv("DENY"));
+    h.insert("referrer-policy", hv("no-referrer"));
+    if !h.contains_key("cache-control") {
+        h.insert("cache-control", hv("no-store"));
+    }
+    if https {
+        h.insert(
+            "strict-transport-security",
+            hv("max-age=31536000; includeSubDomains"),
+        );
+    }
+    if let Some(d) = rate {
+        h.insert("ratelimit-limit", hv(&d.limit.to_string()));
+        h.insert("ratelimit-remaining", hv(&d.remaining.to_string()));
+        h.insert("ratelimit-reset", hv(&d.reset_s.to_string()));
+        if status == 429 {
+            h.insert("retry-after", hv(&d.retry_after_s().to_string()));
+        }
+    }
+    if status == 401 && !h.contains_key("www-authenticate") {
+        h.insert("www-authenticate", hv(spindle_auth::caller::CHALLENGE));
+    }
+    if let Some(origin) = cors_origin {
+        h.insert("access-control-allow-origin", hv(origin));
+        h.insert("vary", hv("origin"));
+        h.insert(
+            "access-control-expose-headers",
+            hv("x-request-id, location, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset"),
+        );
+    }
+    resp
+}
