@@ -1,13 +1,35 @@
 //! `docs/openapi.json` and the running application agree: every documented
 //! operation is driven against the real host, and each answer must carry a
-//! documented status and match the documented schema.
+//! documented status and match the documented schema. Every protected
+//! operation states the role it needs; `access.rs` proves the application
+//! enforces exactly that role.
 
 use serde_json::Value;
 use spindle_core::job::SIGNATURE_HEADER;
 use spindle_core::sign;
-use spindle_tests::{HostBuilder, TEST_CALLBACK_SECRET, TEST_TICK_SECRET, client, root};
+use spindle_tests::{
+    HostBuilder, TEST_ADMIN_KEY, TEST_CALLBACK_SECRET, TEST_TICK_SECRET, client, root,
+};
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// The answers every protected operation may give before it does anything:
+/// no valid credential, too low a role, no budget left.
+const GUARD_STATUSES: [&str; 3] = ["401", "403", "429"];
+
+/// The roles, lowest first, as `x-required-role` names them.
+const ROLES: [&str; 4] = ["viewer", "operator", "approver", "admin"];
+
+/// Whether `op` is reserved: apart from the guard's refusals, it only
+/// answers 501 (its feature is not built yet).
+fn is_reserved(op: &Value) -> bool {
+    op["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| !GUARD_STATUSES.contains(&k.as_str()))
+        .all(|k| k == "501")
+}
 
 fn spec() -> Value {
     let text = std::fs::read_to_string(root().join("docs/openapi.json")).unwrap();
@@ -84,9 +106,13 @@ fn example_path(
     (out, values)
 }
 
-/// Headers an operation needs: the tick secret, or a worker's signature.
+/// Headers an operation needs: the tick secret, a worker's signature, or
+/// (for the raw requests that bypass [`client`]) the admin credential.
 fn auth_headers(op: &Value, params: &[(String, String)], body: &[u8]) -> Vec<(String, String)> {
     let mut h = Vec::new();
+    if op.get("x-required-role").is_some() {
+        h.push(("authorization".into(), format!("Bearer {TEST_ADMIN_KEY}")));
+    }
     if op["x-auth"] == "tick" {
         h.push(("authorization".into(), format!("Bearer {TEST_TICK_SECRET}")));
     }
@@ -224,11 +250,7 @@ async fn every_documented_operation_answers_as_documented() {
             body.clone().map(|b| ("application/json", b)),
         )
         .await;
-        let reserved = op["responses"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .all(|k| k == "501");
+        let reserved = is_reserved(op);
         match op["x-example-status"].as_u64() {
             Some(expected) => assert_eq!(u64::from(status), expected, "{method} {path}"),
             None => assert!(
@@ -300,14 +322,7 @@ async fn undocumented_methods_are_refused() {
             .into_iter()
             .flatten()
             .any(|p| p.get("x-example-from").is_some());
-        let reserved = dynamic
-            || METHODS.iter().filter_map(|m| item.get(*m)).all(|op| {
-                op["responses"]
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .all(|k| k == "501")
-            });
+        let reserved = dynamic || METHODS.iter().filter_map(|m| item.get(*m)).all(is_reserved);
         if reserved {
             continue;
         }
@@ -351,5 +366,91 @@ fn every_route_in_spin_toml_is_documented() {
             "route {route} of component {} has no operation in docs/openapi.json",
             trigger["component"]
         );
+    }
+}
+
+/// Every operation says who may call it. Under `/api`, `/trigger` and
+/// `/approvals` that is a role (`x-required-role`) and the two credential
+/// schemes, with the guard's 401, 403 (unless any caller has the role) and
+/// 429 documented; elsewhere the route is open or has its own scheme (the
+/// tick secret, a worker's signature) and states no role. `access.rs` walks
+/// the same operations and proves the application enforces exactly the
+/// role stated, no more and no less.
+#[test]
+fn every_protected_operation_states_its_role_and_security() {
+    let spec = spec();
+    let schemes = spec["components"]["securitySchemes"]
+        .as_object()
+        .expect("components.securitySchemes");
+    assert_eq!(schemes["bearer"]["type"], "http");
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["apiKey"]["type"], "apiKey");
+    assert_eq!(schemes["apiKey"]["in"], "header");
+    assert_eq!(schemes["apiKey"]["name"], "X-API-Key");
+    assert!(
+        spec["components"]["schemas"]["Problem"]["properties"]
+            .get("request_id")
+            .is_some(),
+        "problem documents carry the request id"
+    );
+    let credentials = serde_json::json!([{"bearer": []}, {"apiKey": []}]);
+    let mut protected = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for m in METHODS {
+            let Some(op) = item.get(m) else { continue };
+            let what = format!("{} {path}", m.to_uppercase());
+            let security = op
+                .get("security")
+                .unwrap_or_else(|| panic!("{what}: no security (use [] for an open route)"));
+            for requirement in security.as_array().expect("security is a list") {
+                for name in requirement.as_object().unwrap().keys() {
+                    assert!(schemes.contains_key(name), "{what}: unknown scheme {name}");
+                }
+            }
+            let guarded = ["/api/", "/trigger/", "/approvals/"]
+                .iter()
+                .any(|p| path.starts_with(p));
+            let role = op.get("x-required-role").and_then(Value::as_str);
+            if !guarded {
+                assert_eq!(role, None, "{what}: not a guarded route, yet states a role");
+                assert!(
+                    !security.to_string().contains("\"bearer\"")
+                        && !security.to_string().contains("\"apiKey\""),
+                    "{what}: takes no API credential, yet documents one"
+                );
+                continue;
+            }
+            protected += 1;
+            let role = role.unwrap_or_else(|| panic!("{what}: no x-required-role"));
+            assert!(ROLES.contains(&role), "{what}: unknown role {role}");
+            assert_eq!(security, &credentials, "{what}: security");
+            let responses = op["responses"].as_object().unwrap();
+            for (status, name) in [("401", "Unauthorized"), ("429", "RateLimited")] {
+                assert_eq!(
+                    responses.get(status).map(|r| r["$ref"].clone()),
+                    Some(Value::String(format!("#/components/responses/{name}"))),
+                    "{what}: {status}"
+                );
+            }
+            // Every authenticated caller is at least a viewer, so a viewer
+            // route cannot answer 403.
+            assert_eq!(
+                responses.contains_key("403"),
+                role != "viewer",
+                "{what}: 403 is documented exactly when some caller lacks {role}"
+            );
+        }
+    }
+    assert!(protected >= 20, "only {protected} protected operations");
+    let unauthorized = &spec["components"]["responses"]["Unauthorized"];
+    assert!(unauthorized["headers"].get("WWW-Authenticate").is_some());
+    let limited = &spec["components"]["responses"]["RateLimited"];
+    for h in [
+        "Retry-After",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+    ] {
+        assert!(limited["headers"].get(h).is_some(), "429 documents {h}");
     }
 }
