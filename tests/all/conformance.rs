@@ -48,7 +48,10 @@ async fn start(extra: &[&str]) -> (tempfile::TempDir, spindle_tests::Host, u16) 
     let (dir, path) = manifest(PROBE_APP);
     let mut b = HostBuilder::new(path)
         .env("SPIN_VARIABLE_UPSTREAM_PORT", &port.to_string())
-        .env("SPIN_VARIABLE_API_TOKEN", "s3cret-token-value");
+        .env(
+            "SPIN_VARIABLE_API_TOKEN",
+            "s3cret-token-value-0123456789abcdef",
+        );
     for a in extra {
         b = b.arg(a);
     }
@@ -113,7 +116,7 @@ async fn variables_reach_the_component_and_secrets_stay_out_of_logs() {
     );
     assert_eq!(
         get(&host, "/probe/var/token").await.1["value"],
-        "s3cret-token-value"
+        "s3cret-token-value-0123456789abcdef"
     );
     let (s, v) = get(&host, "/probe/var/missing").await;
     assert_eq!(s, 404);
@@ -137,11 +140,11 @@ async fn variables_reach_the_component_and_secrets_stay_out_of_logs() {
     let (s, v) = get(&host, "/probe/config-all").await;
     assert_eq!(s, 200);
     assert_eq!(v["values"]["greeting"], "hello, world");
-    assert_eq!(v["values"]["token"], "s3cret-token-value");
+    assert_eq!(v["values"]["token"], "s3cret-token-value-0123456789abcdef");
 
     let logs = format!("{}{}", host.stdout(), host.stderr());
     assert!(
-        !logs.contains("s3cret-token-value"),
+        !logs.contains("s3cret-token-value-0123456789abcdef"),
         "secret leaked into host output"
     );
 }

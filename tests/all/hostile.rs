@@ -22,7 +22,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use spindle_core::job::SIGNATURE_HEADER;
 use spindle_core::sign;
-use spindle_tests::{Host, HostBuilder, TEST_CALLBACK_SECRET, TEST_TICK_SECRET, client, root};
+use spindle_tests::{
+    Host, HostBuilder, TEST_ADMIN_KEY, TEST_CALLBACK_SECRET, TEST_TICK_SECRET, client, root,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEFAULT_SEED: u64 = 0x5151_d1e0_0007_0002;
@@ -256,6 +258,15 @@ async fn send(addr: &str, req: &Hostile, within: Duration) -> Result<Answer, Str
     let (mut rd, mut wr) = stream.into_split();
     let mut head =
         format!("{} {} HTTP/1.1\r\nhost: {addr}\r\n", req.method, req.target).into_bytes();
+    // As the admin, unless the request brings its own credential: hostile
+    // input must reach the parsers behind the guard, not stop at a 401.
+    if !req
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        head.extend_from_slice(format!("authorization: Bearer {TEST_ADMIN_KEY}\r\n").as_bytes());
+    }
     for (k, v) in &req.headers {
         head.extend_from_slice(k.as_bytes());
         head.extend_from_slice(b": ");
@@ -526,7 +537,7 @@ fn agent_doc(name: &str) -> Value {
         "name": name,
         "description": "hostile test agent",
         "command": ["cat"],
-        "image": "busybox",
+        "image": "localhost/busybox",
         "risk_level": "auto",
         "network": false,
         "input_schema": {"type": "object", "properties": {"x": {"type": "integer"}}},

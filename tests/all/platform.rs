@@ -12,7 +12,7 @@ async fn agent_registration_survives_a_restart() {
     let c = client();
     let agent = json!({
         "name": "security-scanner",
-        "image": "spindle/security-scanner:1",
+        "image": "localhost/spindle/security-scanner:1",
         "command": ["scan"],
         "risk_level": "auto",
         "input_schema": {"type": "object"},

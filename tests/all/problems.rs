@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use spindle_core::problem::ProblemKind;
 use spindle_core::{ids, sign};
 use spindle_tests::{
-    HostBuilder, TEST_CALLBACK_SECRET, TEST_TICK_SECRET, TEST_WORKER_TOKEN, Worker, client, root,
+    HostBuilder, TEST_ADMIN_KEY, TEST_CALLBACK_SECRET, TEST_TICK_SECRET, TEST_WORKER_TOKEN, Worker,
+    client, root,
 };
 
 const PAGE_PREFIX: &str = "/docs/problems#";
@@ -302,7 +303,7 @@ fn parse_answer(got: &[u8]) -> Option<Answer> {
 /// A request head announcing a `len`-byte JSON body (none of it sent).
 fn announcing(method: &str, path: &str, len: usize, extra: &str) -> String {
     format!(
-        "{method} {path} HTTP/1.1\r\nhost: {{host}}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n{extra}\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: {{host}}\r\nauthorization: Bearer {TEST_ADMIN_KEY}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n{extra}\r\n"
     )
 }
 
@@ -863,10 +864,21 @@ const WORKER_HOSTS: &str = "{{ worker_hosts }}";
 /// The string literals of `pub const VARIABLES` in the engine's config: the
 /// variables `spindle_spin::engine::open()` reads.
 fn engine_variables() -> BTreeSet<String> {
-    let text = std::fs::read_to_string(root().join("crates/engine/src/config.rs")).unwrap();
+    variables_const("crates/engine/src/config.rs")
+}
+
+/// The variables `spindle_spin::auth::authorize` reads: `pub const
+/// VARIABLES` in `spindle-auth`.
+fn auth_variables() -> BTreeSet<String> {
+    variables_const("crates/auth/src/caller.rs")
+}
+
+/// The string literals of `pub const VARIABLES` in `file`.
+fn variables_const(file: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
     let start = text
         .find("pub const VARIABLES: [&str; ")
-        .expect("crates/engine/src/config.rs defines pub const VARIABLES");
+        .unwrap_or_else(|| panic!("{file} defines pub const VARIABLES"));
     let decl = &text[start..];
     let len: usize = decl["pub const VARIABLES: [&str; ".len()..]
         .split(']')
@@ -923,6 +935,12 @@ fn uses(
         }
         if text.contains("engine::load_config()") {
             u.variables.extend(engine_vars.iter().cloned());
+        }
+        // The guard of every protected route: the auth settings, and the
+        // store its keys and rate-limit counters live in.
+        if text.contains("auth::authorize(") {
+            u.variables.extend(auth_variables());
+            u.stores.insert("default".into());
         }
     }
     Ok(u)

@@ -109,7 +109,13 @@ async fn send(host: &Host, path: &str) -> tokio::net::TcpStream {
     let addr = host.base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\r\n",
+                spindle_tests::TEST_ADMIN_KEY
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     stream
