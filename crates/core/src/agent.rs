@@ -20,6 +20,24 @@ pub const MAX_TIMEOUT_SECS: u32 = 86_400;
 pub const MEMORY_MB_RANGE: std::ops::RangeInclusive<u32> = 16..=65_536;
 /// Longest agent name.
 pub const MAX_NAME_LEN: usize = 63;
+/// Longest description (of an agent or a workflow), in bytes.
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+/// Longest image reference, in bytes (more than registries accept).
+pub const MAX_IMAGE_LEN: usize = 512;
+/// Most words in an agent's command.
+pub const MAX_COMMAND_ARGS: usize = 256;
+/// Longest word of an agent's command, in bytes.
+pub const MAX_ARG_LEN: usize = 4096;
+
+/// A field error if `description` is longer than [`MAX_DESCRIPTION_LEN`].
+pub fn check_description(description: &str) -> Option<FieldError> {
+    (description.len() > MAX_DESCRIPTION_LEN).then(|| {
+        FieldError::new(
+            "/description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} bytes"),
+        )
+    })
+}
 
 /// Checks the naming rule shared by agents, workflows and steps: 1 to 63 of
 /// `a-z`, `0-9` and `-`, starting and ending with a letter or digit. Such names
@@ -202,8 +220,21 @@ impl AgentSpec {
                     "must be a non-empty image reference without spaces",
                 ));
             }
+            Some(image) if image.len() > MAX_IMAGE_LEN => {
+                errors.push(FieldError::new(
+                    "/image",
+                    format!("must be at most {MAX_IMAGE_LEN} bytes"),
+                ));
+            }
             _ => {}
         }
+        if self.command.len() > MAX_COMMAND_ARGS {
+            errors.push(FieldError::new(
+                "/command",
+                format!("at most {MAX_COMMAND_ARGS} words"),
+            ));
+        }
+        errors.extend(check_description(&self.description));
         if self.image.is_none() && self.command.is_empty() {
             errors.push(FieldError::new(
                 "/command",
@@ -218,6 +249,11 @@ impl AgentSpec {
                 errors.push(FieldError::new(
                     format!("/command/{i}"),
                     "must not contain NUL bytes",
+                ));
+            } else if arg.len() > MAX_ARG_LEN {
+                errors.push(FieldError::new(
+                    format!("/command/{i}"),
+                    format!("must be at most {MAX_ARG_LEN} bytes"),
                 ));
             }
         }
@@ -320,6 +356,30 @@ mod tests {
 
     fn spec(v: serde_json::Value) -> Result<AgentSpec, ValidationError> {
         AgentSpec::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn every_string_and_list_is_bounded() {
+        let long = "x".repeat(MAX_ARG_LEN + 1);
+        let err = spec(json!({
+            "name": "a",
+            "image": format!("localhost/{}", "i".repeat(MAX_IMAGE_LEN)),
+            "command": ["ok", long],
+            "description": "d".repeat(MAX_DESCRIPTION_LEN + 1),
+        }))
+        .unwrap_err();
+        let pointers: Vec<&str> = err.errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/image", "/description", "/command/1"]);
+        let many: Vec<String> = (0..=MAX_COMMAND_ARGS).map(|i| i.to_string()).collect();
+        let err = spec(json!({"name": "a", "command": many})).unwrap_err();
+        assert_eq!(err.errors[0].pointer, "/command");
+        // At the limits, accepted.
+        spec(json!({
+            "name": "a",
+            "command": ["x".repeat(MAX_ARG_LEN)],
+            "description": "d".repeat(MAX_DESCRIPTION_LEN),
+        }))
+        .unwrap();
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl WorkflowSpec {
         if let Err(e) = check_name(&self.name) {
             errors.push(FieldError::new("/name", e));
         }
+        errors.extend(crate::agent::check_description(&self.description));
         if self.steps.is_empty() {
             errors.push(FieldError::new(
                 "/steps",
@@ -422,6 +423,13 @@ mod tests {
 
     fn pointers(e: ValidationError) -> Vec<String> {
         e.errors.into_iter().map(|e| e.pointer).collect()
+    }
+
+    #[test]
+    fn a_description_is_bounded() {
+        let mut w = diamond();
+        w.description = "d".repeat(crate::agent::MAX_DESCRIPTION_LEN + 1);
+        assert_eq!(pointers(w.validate(known).unwrap_err()), ["/description"]);
     }
 
     fn diamond() -> WorkflowSpec {
