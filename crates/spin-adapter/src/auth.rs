@@ -37,19 +37,32 @@ pub async fn authorize(
     let config = load_config().await?;
     let now = crate::now_ms();
     let header = |name: &str| req.headers().get(name).map(|v| v.as_bytes());
-    let caller =
+    let failure =
         match spindle_auth::caller::credential(header("authorization"), header("x-api-key")) {
-            Err(failure) => return Err(refuse(kv, failure).await),
-            Ok(None) => return Err(refuse(kv, AuthFailure::Missing).await),
+            Err(failure) => failure,
+            Ok(None) => AuthFailure::Missing,
             Ok(Some(credential)) => match config
                 .authenticate(kv, &credential, now)
                 .await
                 .map_err(Problem::store)?
             {
-                Ok(caller) => caller,
-                Err(failure) => return Err(refuse(kv, failure).await),
+                Ok(caller) => return admit(kv, &config, caller, need, class, now).await,
+                Err(failure) => failure,
             },
         };
+    Err(refuse(req, kv, &config, failure, now).await)
+}
+
+/// Checks an authenticated caller's role and takes the request from its
+/// budget.
+async fn admit(
+    kv: &Kv,
+    config: &AuthConfig,
+    caller: Caller,
+    need: Role,
+    class: Class,
+    now: u64,
+) -> Result<Caller, Problem> {
     context::set_actor(caller.actor());
     if !caller.role.allows(need) {
         context::log(&format!(
@@ -88,11 +101,42 @@ pub async fn authorize(
 }
 
 /// The 401 for `failure`: the same for every reason; the reason goes to the
-/// log and its counter.
-async fn refuse(kv: &Kv, failure: AuthFailure) -> Problem {
+/// log and its counter. Failures are also taken from the client address's
+/// write budget (nothing else identifies such a caller), so a client
+/// guessing credentials gets 429s past the write limit, not endless 401s.
+async fn refuse(
+    req: &Request,
+    kv: &Kv,
+    config: &AuthConfig,
+    failure: AuthFailure,
+    now: u64,
+) -> Problem {
     context::log(&format!("authentication failed: {failure}"));
     // Counting is best effort: the answer is a 401 either way.
     let _ = kv.increment(&failure.counter(), 1).await;
+    let ip = req
+        .headers()
+        .get("spin-client-addr")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip());
+    if let Some(ip) = ip {
+        let limit = config.limits.of(Class::Write);
+        let caller = format!("addr:{ip}");
+        if let Ok(Some(decision)) =
+            spindle_auth::ratelimit::take(kv, Class::Write, &caller, limit, now).await
+            && !decision.allowed
+        {
+            context::set_rate(decision);
+            return Problem::of(
+                ProblemKind::RateLimited,
+                format!(
+                    "too many failed authentications from this address; retry in {} s",
+                    decision.retry_after_s()
+                ),
+            );
+        }
+    }
     Problem::of(
         ProblemKind::Unauthorized,
         "send a valid API key or bearer token: Authorization: Bearer <credential>",
