@@ -7,6 +7,7 @@
 //! - `manifests`: every bad manifest under `tests/scenarios/bad-manifests/`
 //!   stops start-up with the message in its `expected.txt`.
 
+mod access;
 mod agents;
 mod conformance;
 mod engine;

@@ -11,18 +11,18 @@ use spindle_tests::{
     HostBuilder, TEST_ADMIN_KEY, TEST_CALLBACK_SECRET, TEST_TICK_SECRET, client, root,
 };
 
-const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+pub(crate) const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 /// The answers every protected operation may give before it does anything:
 /// no valid credential, too low a role, no budget left.
 const GUARD_STATUSES: [&str; 3] = ["401", "403", "429"];
 
 /// The roles, lowest first, as `x-required-role` names them.
-const ROLES: [&str; 4] = ["viewer", "operator", "approver", "admin"];
+pub(crate) const ROLES: [&str; 4] = ["viewer", "operator", "approver", "admin"];
 
 /// Whether `op` is reserved: apart from the guard's refusals, it only
 /// answers 501 (its feature is not built yet).
-fn is_reserved(op: &Value) -> bool {
+pub(crate) fn is_reserved(op: &Value) -> bool {
     op["responses"]
         .as_object()
         .unwrap()
@@ -31,13 +31,13 @@ fn is_reserved(op: &Value) -> bool {
         .all(|k| k == "501")
 }
 
-fn spec() -> Value {
+pub(crate) fn spec() -> Value {
     let text = std::fs::read_to_string(root().join("docs/openapi.json")).unwrap();
     serde_json::from_str(&text).expect("docs/openapi.json is JSON")
 }
 
 /// Follows a local `$ref` (`#/a/b`) to the object it names.
-fn deref<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+pub(crate) fn deref<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
     match v.get("$ref").and_then(Value::as_str) {
         Some(r) => spec
             .pointer(r.strip_prefix('#').expect("local $ref"))
@@ -64,12 +64,12 @@ fn check(spec: &Value, schema: &Value, instance: &Value, what: &str) {
 }
 
 /// Responses of earlier operations, by operationId, for `x-example-from`.
-type Seen = std::collections::BTreeMap<String, Value>;
+pub(crate) type Seen = std::collections::BTreeMap<String, Value>;
 
 /// The path with every parameter replaced by its example, or by the value
 /// `x-example-from` names in an earlier response (plus `x-example-suffix`).
 /// Also returns the parameter values, for placeholders in bodies.
-fn example_path(
+pub(crate) fn example_path(
     spec: &Value,
     path: &str,
     item: &Value,
@@ -190,17 +190,12 @@ async fn exercise(
     (status, answer)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_documented_operation_answers_as_documented() {
-    let spec = spec();
-    let state = tempfile::tempdir().unwrap();
-    let host = HostBuilder::new(root().join("spin.toml"))
-        .state_dir(state.path())
-        .start();
+/// Every documented operation as (path, method, path item, operation), in
+/// an order in which each one's example can succeed: create first, then
+/// update, read, and delete (deepest paths first, so a workflow goes
+/// before the agent it uses).
+pub(crate) fn operations(spec: &Value) -> Vec<(&str, &str, &Value, &Value)> {
     let paths = spec["paths"].as_object().expect("paths");
-
-    // Create first, then update, read, and delete (deepest paths first, so a
-    // workflow goes before the agent it uses).
     let mut ops: Vec<(&str, &str, &Value, &Value)> = paths
         .iter()
         .flat_map(|(path, item)| {
@@ -217,9 +212,34 @@ async fn every_documented_operation_answers_as_documented() {
         let len = path.len() as i64;
         (rank, if *m == "delete" { -len } else { len })
     });
+    ops
+}
+
+/// The operation's request body example, with `{name}` placeholders
+/// replaced by the path parameters' values; `None` if it takes no body.
+pub(crate) fn example_body(
+    spec: &Value,
+    op: &Value,
+    params: &[(String, String)],
+) -> Option<Vec<u8>> {
+    let media = &deref(spec, op.get("requestBody")?)["content"]["application/json"];
+    let mut text = media.get("example")?.to_string();
+    for (name, value) in params {
+        text = text.replace(&format!("{{{name}}}"), value);
+    }
+    Some(text.into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_documented_operation_answers_as_documented() {
+    let spec = spec();
+    let state = tempfile::tempdir().unwrap();
+    let host = HostBuilder::new(root().join("spin.toml"))
+        .state_dir(state.path())
+        .start();
 
     let mut seen = Seen::new();
-    for (path, method, item, op) in ops {
+    for (path, method, item, op) in operations(&spec) {
         let (url_path, params) = example_path(&spec, path, item, &seen);
         let media = op
             .get("requestBody")
@@ -234,11 +254,7 @@ async fn every_documented_operation_answers_as_documented() {
                 example,
                 &format!("{method} {path} request example"),
             );
-            let mut text = example.to_string();
-            for (name, value) in &params {
-                text = text.replace(&format!("{{{name}}}"), value);
-            }
-            text.into_bytes()
+            example_body(&spec, op, &params).expect("an example")
         });
         let (status, answer) = exercise(
             &spec,
