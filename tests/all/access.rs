@@ -1101,9 +1101,6 @@ async fn a_budget_holds_across_component_instances() {
 /// Two host processes serving one SQLite store, each answering half of a
 /// caller's burst, let exactly the limit through between them.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the local host's SQLite increment fails with `database is locked` when a second \
-            process writes the same file (crates/host/src/kv.rs: a deferred transaction cannot \
-            upgrade to a write after another connection wrote), so requests get 503"]
 async fn a_budget_holds_across_two_hosts_on_one_store() {
     const LIMIT: u64 = 40;
     let state = tempfile::tempdir().unwrap();

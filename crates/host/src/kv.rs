@@ -217,7 +217,12 @@ impl SqliteKv {
     pub async fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64> {
         let (store, key) = (store.to_owned(), key.to_owned());
         self.with(move |c| {
-            let tx = c.transaction()?;
+            // Immediate: take the write lock before the read. A deferred
+            // transaction that read first cannot be upgraded once another
+            // process (a second host on the same file) has written, and
+            // SQLite answers "database is locked" at once, whatever the busy
+            // timeout; an immediate one waits its turn.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let current: Option<Vec<u8>> = tx
                 .prepare_cached("SELECT value FROM spin_key_value WHERE store=?1 AND key=?2")?
                 .query_row(params![store, key], |r| r.get(0))

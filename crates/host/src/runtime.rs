@@ -186,6 +186,13 @@ impl Drop for LiveInstance {
     }
 }
 
+/// Client requests served at once; more wait their turn. A burst can make
+/// the handler start an instance per request (instances starting do not yet
+/// take requests), and past the pooling allocator's slots instantiation
+/// fails: queueing keeps a burst from turning into errors, and the slots
+/// left over are for components calling the app itself.
+pub const MAX_CLIENT_REQUESTS: usize = 192;
+
 /// The running application: compiled components and their instance pools.
 pub struct Runtime {
     app: App,
@@ -194,6 +201,7 @@ pub struct Runtime {
     engine: Engine,
     request_timeout: Duration,
     lifecycle: Arc<Lifecycle>,
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
 impl Runtime {
@@ -297,6 +305,7 @@ impl Runtime {
                 engine: engine.clone(),
                 request_timeout,
                 lifecycle,
+                admission: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_REQUESTS)),
             }
         });
         Ok(rt)
@@ -353,6 +362,12 @@ impl Runtime {
         };
         let component = m.route.component.clone();
         let raw = m.route.raw.clone();
+        // Only clients queue: a component calling the app while holding a
+        // permit must never wait for one.
+        let _permit = match origin {
+            Origin::Client(_) => Some(self.admission.clone().acquire_owned().await?),
+            Origin::Internal => None,
+        };
         let resp = self.call(&component, &m, req, origin).await?;
         Ok(Some((raw, component, resp)))
     }

@@ -135,6 +135,25 @@ async fn handle(
     let (route, component, resp) = match outcome {
         Ok(Some(found)) => found,
         Ok(None) => (String::new(), String::new(), not_found()),
+        // The error may reach here typed or (through wasmtime-wasi-http's
+        // worker) as text only.
+        Err(e)
+            if e.chain()
+                .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
+                || format!("{e:#}").contains("maximum concurrent limit") =>
+        {
+            // Every instance slot is busy: overload, not a fault; the client
+            // may retry.
+            tracing::warn!(error = %format!("{e:#}"), %path, "no instance slot free");
+            (
+                String::new(),
+                String::new(),
+                text(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: every instance slot is busy; retry shortly",
+                ),
+            )
+        }
         Err(e) => {
             if e.downcast_ref::<RequestTimedOut>().is_some() {
                 tracing::warn!(error = %format!("{e:#}"), %path, "request timed out");

@@ -1,13 +1,19 @@
 //! The request a component is serving: its id, its caller, its rate-limit
 //! budget; and the headers every answer carries.
 //!
-//! Spin runs one request per component instance, so the context is kept in
-//! a thread-local that [`serve`] resets at the start of each request. That
-//! lets the engine's audit lines and every log line carry the request id and
-//! the actor without threading them through every call.
+//! The context is kept in a thread-local, so the engine's audit lines and
+//! every log line carry the request id and the actor without threading them
+//! through every call. An instance may serve several requests at once (WASI
+//! 0.3 components are reused concurrently, by Spin and by Spindle's host),
+//! each a future on one thread; so the thread-local is never simply set:
+//! [`serve`] keeps each request's context with its future and swaps it in
+//! for every poll of that future, and out again before another request's
+//! future runs.
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 
 use spin_sdk::http::Request;
 use spindle_auth::Decision;
@@ -65,8 +71,8 @@ pub fn new_request_id() -> String {
 /// carries.
 pub async fn serve<F, Fut>(req: Request, route: F) -> Response
 where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Result<Response, Problem>>,
+    F: FnOnce(Request) -> Fut + 'static,
+    Fut: Future<Output = Result<Response, Problem>> + 'static,
 {
     let header = |name: &str| {
         req.headers()
@@ -79,15 +85,49 @@ where
         .unwrap_or_else(new_request_id);
     let https = header("spin-full-url").is_some_and(|u| u.starts_with("https://"))
         || header("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
-    let origin = header("origin");
-    CURRENT.with(|c| {
-        *c.borrow_mut() = Context {
-            request_id: id,
-            actor: None,
-            rate: None,
-            https,
-        }
-    });
+    let context = Context {
+        request_id: id,
+        actor: None,
+        rate: None,
+        https,
+    };
+    Scoped {
+        context,
+        inner: Box::pin(answer(req, route)),
+    }
+    .await
+}
+
+/// A future that runs with its own request context installed.
+struct Scoped<F> {
+    context: Context,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        // In, poll, out: whatever the poll changed (the actor, the budget)
+        // goes back with this request's future.
+        CURRENT.with(|c| std::mem::swap(&mut *c.borrow_mut(), &mut this.context));
+        let result = this.inner.as_mut().poll(cx);
+        CURRENT.with(|c| std::mem::swap(&mut *c.borrow_mut(), &mut this.context));
+        result
+    }
+}
+
+async fn answer<F, Fut>(req: Request, route: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Result<Response, Problem>>,
+{
+    let origin = req
+        .headers()
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let allowed_origin = match origin {
         Some(o) => cors_allowed(&o).await.then_some(o),
         None => None,
