@@ -1552,3 +1552,40 @@ async fn concurrent_requests_keep_their_own_request_id_budget_and_actor() {
     }
     assert!(wrong.is_empty(), "{} mix-ups: {wrong:#?}", wrong.len());
 }
+
+/// Guessing credentials is limited by client address: past the write limit
+/// a refused credential gets 429 (with `Retry-After`), not another 401,
+/// while a valid credential from the same address keeps its own budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_authentications_meet_the_write_limit_of_their_address() {
+    const LIMIT: usize = 5;
+    let host = app()
+        .env("SPIN_VARIABLE_RATE_LIMIT_WRITE", &LIMIT.to_string())
+        .start();
+    let (statuses, last) = in_one_window(|| async {
+        let mut statuses = Vec::new();
+        let mut last = None;
+        for i in 0..LIMIT + 3 {
+            let a = call(
+                &host,
+                "get",
+                "/api/agents",
+                &bearer(&format!("spk_{:016x}_{}", i, "0".repeat(64))),
+                None,
+            )
+            .await;
+            statuses.push(a.status);
+            last = Some(a);
+        }
+        (statuses, last)
+    })
+    .await;
+    assert_eq!(&statuses[..LIMIT], &[401; LIMIT], "{statuses:?}");
+    assert_eq!(&statuses[LIMIT..], &[429, 429, 429], "{statuses:?}");
+    let last = last.unwrap();
+    assert_eq!(last.body["type"], "/docs/problems#rate-limited");
+    assert!(last.header("retry-after").is_some());
+    // The admin, from the same address, is not locked out.
+    let ok = admin(&host, "get", "/api/agents", None).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+}
