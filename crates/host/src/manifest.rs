@@ -245,10 +245,9 @@ impl App {
             // A secret that is short or a placeholder would leave the app
             // as good as open: refuse to start rather than run on it. An
             // empty optional secret turns its feature off.
-            if v.secret && !(value.is_empty() && !v.required) {
-                if let Err(e) = spindle_core::secret::check_secret(&value) {
-                    return Err(invalid(field, format!("secret variable ({env_name}) {e}")));
-                }
+            let checked = v.secret && (v.required || !value.is_empty());
+            if checked && let Err(e) = spindle_core::secret::check_secret(&value) {
+                return Err(invalid(field, format!("secret variable ({env_name}) {e}")));
             }
             variables.insert(name.clone(), value, v.secret);
         }
