@@ -523,7 +523,7 @@ async fn tokens_of_every_accepted_kind_authenticate_and_wrong_ones_do_not() {
     let idp_roles = with(
         with(claims("bob@example.com", "x"), "role", Value::Null),
         "roles",
-        json!(["billing-admin", "viewer", "approver", 7]),
+        json!(["billing-admin", "admin", "spindle:viewer", "spindle:approver", 7]),
     );
     let cases: Vec<(&str, &Host, String, Who)> = vec![
         // Accepted.
@@ -552,7 +552,7 @@ async fn tokens_of_every_accepted_kind_authenticate_and_wrong_ones_do_not() {
             who("token:alice", "operator"),
         ),
         (
-            "an identity provider's roles list (the highest Spindle role wins)",
+            "an identity provider's roles list (the highest spindle:<role> wins; its own admin does not count)",
             &es_host,
             es256(&es, &idp_roles),
             who("token:bob@example.com", "approver"),

@@ -107,9 +107,15 @@ async fn dispatch(
 /// through the API: who, what, when, and how it ended. Run changes also
 /// land in the run's own trail.
 fn audit(method: &Method, path: &str, result: &Result<Response, Problem>) {
-    let status = match result {
-        Ok(r) => r.status().as_u16(),
-        Err(p) => p.status,
+    let (status, location) = match result {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        ),
+        Err(p) => (p.status, None),
     };
     if !(200..300).contains(&status) {
         return;
@@ -123,6 +129,7 @@ fn audit(method: &Method, path: &str, result: &Result<Response, Problem>) {
                 "method": method.as_str(),
                 "path": format!("/api{path}"),
                 "status": status,
+                "created": location,
                 "actor": spindle_spin::context::actor(),
             },
             "request_id": spindle_spin::context::request_id(),

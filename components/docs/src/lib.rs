@@ -18,27 +18,33 @@ const ALLOWED: &str = "GET, HEAD";
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, |req| async move { Ok(page(&req)) }).await
+    spindle_spin::serve(req, |req| async move { page(&req) }).await
 }
 
-fn page(req: &Request) -> Response {
+fn page(req: &Request) -> Result<Response, Problem> {
     let path = req.uri().path();
     let page = match path {
         "/docs/problems" => PROBLEMS,
-        other => return Problem::not_found(format!("no documentation page at {other}")).response(),
+        other => {
+            return Err(Problem::not_found(format!(
+                "no documentation page at {other}"
+            )));
+        }
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = Problem::method_not_allowed(ALLOWED).response();
+        let mut problem = Problem::method_not_allowed(ALLOWED);
+        problem.request_id = Some(spindle_spin::context::request_id());
+        let mut resp = problem.response();
         resp.headers_mut()
             .insert("allow", http::HeaderValue::from_static(ALLOWED));
-        return resp;
+        return Ok(resp);
     }
     // The full page for HEAD too: the host sends only its headers.
-    http::Response::builder()
+    Ok(http::Response::builder()
         .status(200)
         .header("content-type", "text/markdown; charset=utf-8")
         // Public and the same for every caller until the app is upgraded.
         .header("cache-control", "public, max-age=300")
         .body(FullBody::new(bytes::Bytes::from_static(page.as_bytes())))
-        .expect("valid response")
+        .expect("valid response"))
 }

@@ -11,23 +11,23 @@ use spindle_spin::store::{Kv, Store};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, |req| async move { Ok(health(req).await) }).await
+    spindle_spin::serve(req, health).await
 }
 
-async fn health(req: Request) -> Response {
+async fn health(req: Request) -> Result<Response, Problem> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Problem::method_not_allowed("GET, HEAD").response();
+        return Err(Problem::method_not_allowed("GET, HEAD"));
     }
     match req.uri().path() {
-        "/health/live" => json(200, &serde_json::json!({"status": "ok"})),
+        "/health/live" => Ok(json(200, &serde_json::json!({"status": "ok"}))),
         "/health/ready" => match ready().await {
-            Ok(()) => json(
+            Ok(()) => Ok(json(
                 200,
                 &serde_json::json!({"status": "ok", "checks": {"store": "ok"}}),
-            ),
-            Err(e) => Problem::store(e).response(),
+            )),
+            Err(e) => Err(Problem::store(e)),
         },
-        other => Problem::not_found(format!("no health endpoint at {other}")).response(),
+        other => Err(Problem::not_found(format!("no health endpoint at {other}"))),
     }
 }
 

@@ -30,12 +30,21 @@ async fn route(req: Request) -> Result<Response, Problem> {
         .ok()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
-            eprintln!("configuration: variable tick_secret is not set");
+            spindle_spin::context::log("configuration: variable tick_secret is not set");
             Problem::of(
                 ProblemKind::Configuration,
                 "variable tick_secret is not set",
             )
         })?;
+    // Under Spin nothing checked the secret at start-up: a weak one would
+    // let anyone drive the timers.
+    if let Err(e) = spindle_core::secret::check_secret(&expected) {
+        spindle_spin::context::log(&format!("configuration: variable tick_secret {e}"));
+        return Err(Problem::of(
+            ProblemKind::Configuration,
+            "the tick secret is not usable; see the component's log",
+        ));
+    }
     let given = req
         .headers()
         .get("authorization")
@@ -50,5 +59,16 @@ async fn route(req: Request) -> Result<Response, Problem> {
     }
     let engine = spindle_spin::engine::open().await?;
     let report = engine.tick().await?;
-    Ok(json(200, &report))
+    let mut body = serde_json::to_value(&report).unwrap_or_default();
+    // Expired rate-limit counters go on the same clock; a failure here is
+    // retried next tick and must not hide the timers' report.
+    let swept = match spindle_auth::ratelimit::sweep(&engine.store, spindle_spin::now_ms()).await {
+        Ok(n) => n,
+        Err(e) => {
+            spindle_spin::context::log(&format!("rate-limit sweep failed: {e}"));
+            0
+        }
+    };
+    body["rate_limit_counters_swept"] = serde_json::json!(swept);
+    Ok(json(200, &body))
 }

@@ -205,6 +205,12 @@ impl AuthConfig {
             .filter(|v| !v.is_empty())
             .ok_or("variable admin_key is not set: it is the bootstrap admin API key")?;
         check_secret(&admin_key).map_err(|e| format!("variable admin_key {e}"))?;
+        if keys::parse(&admin_key).is_some() {
+            // It would be looked up as a stored key and never match.
+            return Err(
+                "variable admin_key has the shape of a stored API key (spk_...); use any other random value".into(),
+            );
+        }
         let jwt_secret = var("jwt_secret").filter(|v| !v.is_empty());
         if let Some(s) = &jwt_secret {
             check_secret(s).map_err(|e| format!("variable jwt_secret {e}"))?;
@@ -343,6 +349,9 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("jwt_secret") && !e.contains("CHANGE_ME"), "{e}");
+        let shaped = format!("spk_{}_{}", "0a".repeat(8), "1b2c".repeat(16));
+        let e = AuthConfig::from_vars(|n| (n == "admin_key").then(|| shaped.clone())).unwrap_err();
+        assert!(e.contains("admin_key"), "{e}");
     }
 
     #[tokio::test]

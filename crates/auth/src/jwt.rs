@@ -412,9 +412,14 @@ fn checked_subject(subject: Option<&str>) -> Result<&str, JwtError> {
     Ok(subject)
 }
 
+/// The prefix of Spindle's entries in a `roles` array.
+pub const ROLES_PREFIX: &str = "spindle:";
+
 /// `role` decides when present, so a token Spindle minted means exactly
-/// what it says; `roles` (an identity provider's list, possibly naming
-/// other applications' roles) grants the highest Spindle role in it.
+/// what it says; `roles` (an identity provider's list, naming other
+/// applications' roles too) grants the highest Spindle role in it, and only
+/// entries namespaced `spindle:<role>` count: an identity provider's own
+/// realm-wide `admin` must not make its holder Spindle's admin.
 fn role_of(claims: &RoleClaims) -> Result<Role, JwtError> {
     if let Some(name) = &claims.role {
         return Role::parse(name).ok_or_else(|| JwtError::UnknownRole { role: quoted(name) });
@@ -424,6 +429,7 @@ fn role_of(claims: &RoleClaims) -> Result<Role, JwtError> {
         .iter()
         .flatten()
         .filter_map(serde_json::Value::as_str)
+        .filter_map(|r| r.strip_prefix(ROLES_PREFIX))
         .filter_map(Role::parse)
         .max()
         .ok_or(JwtError::NoRole)
@@ -803,21 +809,31 @@ mod tests {
         let config = hs256_config();
         let claims = without(good_claims(), "role");
         let roles = json!([
-            "viewer",
+            "spindle:viewer",
             "billing-admin",
-            "approver",
+            "spindle:approver",
             7,
             null,
-            "Admin",
-            "operator"
+            "spindle:Admin",
+            "admin",
+            "spindle:operator"
         ]);
         let token = hs256(&with(claims.clone(), "roles", roles));
         assert_eq!(config.verify(&token, NOW).unwrap().role, Role::Approver);
 
-        let token = hs256(&with(claims.clone(), "roles", json!(["admin", "viewer"])));
+        let token = hs256(&with(
+            claims.clone(),
+            "roles",
+            json!(["spindle:admin", "spindle:viewer"]),
+        ));
         assert_eq!(config.verify(&token, NOW).unwrap().role, Role::Admin);
 
-        let foreign = hs256(&with(claims.clone(), "roles", json!(["root", "superuser"])));
+        // Another application's roles, however named, grant nothing.
+        let foreign = hs256(&with(
+            claims.clone(),
+            "roles",
+            json!(["root", "admin", "viewer"]),
+        ));
         assert_eq!(refused(&config, &foreign, NOW), JwtError::NoRole);
         let empty = hs256(&with(claims.clone(), "roles", json!([])));
         assert_eq!(refused(&config, &empty, NOW), JwtError::NoRole);

@@ -149,7 +149,13 @@ impl KeyRequest {
 /// Key names: what agent names allow (lowercase letters, digits, `-`), so
 /// they can go into audit lines and headers unescaped.
 pub fn check_key_name(name: &str) -> Result<(), String> {
-    spindle_core::agent::check_name(name)
+    spindle_core::agent::check_name(name)?;
+    if name == crate::caller::BOOTSTRAP_NAME {
+        // Its actor is the bootstrap key's: the audit trail must tell them
+        // apart.
+        return Err(format!("{name:?} is reserved for the bootstrap admin key"));
+    }
+    Ok(())
 }
 
 /// Whether `id` is a well-formed key id (checked before any store read).
@@ -378,6 +384,8 @@ mod tests {
         let pointers: Vec<&str> = err.errors.iter().map(|e| e.pointer.as_str()).collect();
         assert_eq!(pointers, ["/name", "/role", "/expires_in_days"]);
         assert!(KeyRequest::parse(br#"{"name":"ci","role":"admin","extra":1}"#).is_err());
+        let err = KeyRequest::parse(br#"{"name":"bootstrap","role":"viewer"}"#).unwrap_err();
+        assert_eq!(err.errors[0].pointer, "/name");
         assert_eq!(
             KeyRequest::parse(br#"{"name":"ci","role":"viewer","expires_in_days":30}"#).unwrap(),
             ("ci".to_owned(), Role::Viewer, Some(30))

@@ -7,13 +7,17 @@
 //! however many arrive at once. A request refused still counts, so a caller
 //! hammering a closed window does not get the next one early.
 //!
-//! Each window has its own counter; the first request of a window deletes
-//! the previous one, so a caller leaves at most one counter per class
-//! behind, not one per minute of activity.
+//! Each window has its own counter, so nothing is ever reset in place. The
+//! request that creates a counter also files it for expiry: a window's
+//! expiry list is a set of numbered slots (`ratelimit:expire:<window>:<n>`,
+//! `n` from an atomic counter, one plain write each, so no concurrent filing
+//! is ever lost), and the tick ([`sweep`]) deletes every counter of windows
+//! two or more minutes old, with their slots. The store holds the counters
+//! of the last few minutes, however many callers there ever were.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use spindle_engine::store::{Store, StoreError};
+use spindle_engine::store::{Store, StoreError, StoreExt};
 
 /// Length of a window.
 pub const WINDOW_MS: u64 = 60_000;
@@ -154,6 +158,22 @@ pub fn counter_key(class: Class, caller: &str, window: u64) -> String {
     )
 }
 
+/// The counter numbering window `window`'s expiry slots.
+fn expiry_counter(window: u64) -> String {
+    spindle_core::keys::counter(&format!("ratelimit-expire:{window}"))
+}
+
+/// Expiry slot `n` of `window`: the key of one counter to delete.
+fn expiry_slot(window: u64, n: i64) -> String {
+    format!("ratelimit:expire:{window}:{n}")
+}
+
+/// Where [`sweep`] has got to.
+pub const SWEEP_CURSOR: &str = "ratelimit:sweep:cursor";
+
+/// Most counters one sweep deletes; the rest wait for the next tick.
+pub const MAX_SWEEP: usize = 500;
+
 /// The counter of refusals for `class` (for the metrics).
 pub fn refused_counter(class: Class) -> String {
     spindle_core::keys::counter(&format!("rate_limited:{}", class.as_str()))
@@ -172,13 +192,20 @@ pub async fn take<S: Store>(
         return Ok(None);
     }
     let window = now_ms / WINDOW_MS;
-    let count = store
-        .increment(&counter_key(class, caller, window), 1)
-        .await?;
-    if count == 1 && window > 0 {
-        // Best effort: a counter left behind costs a few bytes, never a
-        // wrong decision (its window is over).
-        let _ = store.delete(&counter_key(class, caller, window - 1)).await;
+    let key = counter_key(class, caller, window);
+    let count = store.increment(&key, 1).await?;
+    if count == 1 {
+        // File the new counter for the sweep. Best effort: a counter that
+        // misses its slot costs a few bytes, never a wrong decision (its
+        // window is over).
+        if let Ok(n) = store.increment(&expiry_counter(window), 1).await {
+            let _ = store.set_raw(&expiry_slot(window, n), key.as_bytes()).await;
+            if n == 1 {
+                // Once a window: make sure the sweep starts no later than
+                // the first window ever filed.
+                let _ = start_sweep_at(store, window).await;
+            }
+        }
     }
     let count = u64::try_from(count).unwrap_or(u64::MAX);
     let allowed = count <= limit;
@@ -192,6 +219,72 @@ pub async fn take<S: Store>(
         remaining: limit.saturating_sub(count),
         reset_s: reset_ms.div_ceil(1000).max(1),
     }))
+}
+
+/// Where the sweep stands: the oldest window not yet cleared and the next
+/// slot of it to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct SweepCursor {
+    window: u64,
+    slot: i64,
+}
+
+/// Sets the sweep's cursor to `window` if there is none yet.
+async fn start_sweep_at<S: Store>(store: &S, window: u64) -> Result<(), StoreError> {
+    if store.get_raw(SWEEP_CURSOR).await?.is_none() {
+        store
+            .set(SWEEP_CURSOR, &SweepCursor { window, slot: 1 })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the counters (and expiry slots) of windows that ended at least a
+/// minute before `now_ms`, at most [`MAX_SWEEP`] a call; returns how many
+/// slots it cleared. Run by the tick; a failure leaves the cursor where it
+/// was, so the next tick retries.
+pub async fn sweep<S: Store>(store: &S, now_ms: u64) -> Result<usize, StoreError> {
+    let current = now_ms / WINDOW_MS;
+    let Some(last_done) = current.checked_sub(2) else {
+        return Ok(0);
+    };
+    let mut cursor = match store.get::<SweepCursor>(SWEEP_CURSOR).await {
+        Ok(Some(c)) => c,
+        // Nothing filed yet, or a cursor nobody can read: a few windows
+        // back is as far as anything can be missing from.
+        _ => SweepCursor {
+            window: last_done.saturating_sub(5),
+            slot: 1,
+        },
+    };
+    let mut cleared = 0;
+    while cursor.window <= last_done && cleared < MAX_SWEEP {
+        let filed = store.counter(&expiry_counter(cursor.window)).await?;
+        while cursor.slot <= filed && cleared < MAX_SWEEP {
+            let slot = expiry_slot(cursor.window, cursor.slot);
+            if let Some(key) = store.get_raw(&slot).await? {
+                // Only ever a rate-limit counter, whatever the slot holds.
+                if let Ok(key) = std::str::from_utf8(&key)
+                    && key.starts_with("ratelimit:")
+                    && !key.starts_with("ratelimit:expire:")
+                {
+                    store.delete(key).await?;
+                }
+                store.delete(&slot).await?;
+            }
+            cursor.slot += 1;
+            cleared += 1;
+        }
+        if cursor.slot > filed {
+            store.delete(&expiry_counter(cursor.window)).await?;
+            cursor = SweepCursor {
+                window: cursor.window + 1,
+                slot: 1,
+            };
+        }
+    }
+    store.set(SWEEP_CURSOR, &cursor).await?;
+    Ok(cleared)
 }
 
 #[cfg(test)]
@@ -234,20 +327,64 @@ mod tests {
                 .unwrap()
                 .allowed
         );
-        // The next window starts afresh and clears the last one's counter.
+        // The next window starts afresh.
         let d = take(&store, Class::Write, "key:ci", 10, t0 + WINDOW_MS)
             .await
             .unwrap()
             .unwrap();
         assert!(d.allowed);
         assert_eq!(d.remaining, 9);
-        assert_eq!(
-            store
-                .get_raw(&counter_key(Class::Write, "key:ci", 10))
+    }
+
+    #[tokio::test]
+    async fn the_sweep_leaves_only_recent_counters_however_many_callers_came() {
+        let store = MemStore::default();
+        let t0 = 100 * WINDOW_MS;
+        // A thousand distinct callers (addresses, say) over ten minutes.
+        for minute in 0..10 {
+            for caller in 0..100 {
+                let now = t0 + minute * WINDOW_MS + caller;
+                take(
+                    &store,
+                    Class::Write,
+                    &format!("addr:{minute}.{caller}"),
+                    5,
+                    now,
+                )
                 .await
-                .unwrap(),
-            None
-        );
+                .unwrap();
+            }
+        }
+        // Sweeping as the tick would, with the clock in the last minute.
+        let now = t0 + 9 * WINDOW_MS + 30_000;
+        let mut total = 0;
+        loop {
+            let n = sweep(&store, now).await.unwrap();
+            total += n;
+            if n < MAX_SWEEP {
+                break;
+            }
+        }
+        // Windows two minutes old or more are gone (800 counters); the last
+        // two minutes' 200 stay, and nothing of the sweep's own filing for
+        // the swept windows is left.
+        assert_eq!(total, 800);
+        let mut keys = store.keys();
+        keys.retain(|k| k.starts_with("ratelimit:write:"));
+        assert_eq!(keys.len(), 200);
+        let slots = store
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("ratelimit:expire:"))
+            .count();
+        assert_eq!(slots, 200);
+        assert_eq!(sweep(&store, now).await.unwrap(), 0);
+        // A budget still counts right in the current window.
+        let d = take(&store, Class::Write, "addr:9.0", 5, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.remaining, 3);
     }
 
     #[tokio::test]

@@ -44,7 +44,7 @@ pub trait Host {
     fn log(&self, line: &str);
     /// The id of the request being served, if any: it goes into audit
     /// lines and onto every job sent to a worker (`X-Request-Id`), so one
-    /// request can be followed from the API to the container.
+    /// request can be followed from the API to the worker.
     fn request_id(&self) -> Option<String> {
         None
     }

@@ -63,8 +63,10 @@ pub struct TokenArgs {
     /// viewer, operator, approver or admin.
     #[arg(long, value_parser = parse_role)]
     role: Role,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = spindle_auth::jwt::DEFAULT_LIFETIME_S)]
+    /// Lifetime in seconds (at most 30 days: a token cannot be revoked
+    /// before it expires, except by rotating the app's jwt_secret).
+    #[arg(long, default_value_t = spindle_auth::jwt::DEFAULT_LIFETIME_S,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_LIFETIME_S))]
     lifetime_secs: u64,
     /// `iss`: must match the app's `jwt_issuer`.
     #[arg(long, default_value = "spindle", env = "SPIN_VARIABLE_JWT_ISSUER")]
@@ -76,6 +78,9 @@ pub struct TokenArgs {
     #[arg(long, default_value = ".spin/secrets.env")]
     secrets: PathBuf,
 }
+
+/// The longest lifetime `spindle token` mints.
+const MAX_LIFETIME_S: u64 = 30 * 86_400;
 
 fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s).ok_or_else(|| "must be viewer, operator, approver or admin".into())
@@ -142,13 +147,34 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             })),
         ),
         KeysCommand::List { target } => (target, reqwest::Method::GET, "/api/keys".into(), None),
-        KeysCommand::Revoke { id, target } => (
-            target,
-            reqwest::Method::DELETE,
-            format!("/api/keys/{id}"),
-            None,
-        ),
+        KeysCommand::Revoke { id, target } => {
+            // Checked here, so an id can never turn the path into another
+            // resource (`../agents/x`) sent with the admin's credential.
+            if !spindle_auth::keys::valid_id(id) {
+                bail!("{id:?} is not a key id: the 16 hex digits after spk_");
+            }
+            (
+                target,
+                reqwest::Method::DELETE,
+                format!("/api/keys/{id}"),
+                None,
+            )
+        }
     };
+    let url_ok = url::Url::parse(&target.url)
+        .with_context(|| format!("--url {:?} is not a URL", target.url))?;
+    let loopback = match url_ok.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if url_ok.scheme() == "http" && !loopback {
+        eprintln!(
+            "warning: sending an admin credential over plain HTTP to {}; use https",
+            target.url
+        );
+    }
     let key = match secret("SPINDLE_API_KEY", &target.secrets)? {
         Some(k) => k,
         None => secret("SPIN_VARIABLE_ADMIN_KEY", &target.secrets)?.with_context(|| {

@@ -186,7 +186,13 @@ impl Drop for LiveInstance {
     }
 }
 
-/// Client requests served at once; more wait their turn. A burst can make
+/// No instance slot came free within the request timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("every instance slot stayed busy for the whole request timeout")]
+pub struct Overloaded;
+
+/// Client requests served at once; more wait their turn (at most the
+/// request timeout, then 503). A burst can make
 /// the handler start an instance per request (instances starting do not yet
 /// take requests), and past the pooling allocator's slots instantiation
 /// fails: queueing keeps a burst from turning into errors, and the slots
@@ -365,7 +371,11 @@ impl Runtime {
         // Only clients queue: a component calling the app while holding a
         // permit must never wait for one.
         let _permit = match origin {
-            Origin::Client(_) => Some(self.admission.clone().acquire_owned().await?),
+            Origin::Client(_) => Some(
+                tokio::time::timeout(self.request_timeout, self.admission.clone().acquire_owned())
+                    .await
+                    .map_err(|_| anyhow::Error::new(Overloaded))??,
+            ),
             Origin::Internal => None,
         };
         let resp = self.call(&component, &m, req, origin).await?;

@@ -140,6 +140,7 @@ async fn handle(
         Err(e)
             if e.chain()
                 .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
+                || e.is::<crate::runtime::Overloaded>()
                 || format!("{e:#}").contains("maximum concurrent limit") =>
         {
             // Every instance slot is busy: overload, not a fault; the client

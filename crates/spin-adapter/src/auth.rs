@@ -20,8 +20,13 @@ pub async fn load_config() -> Result<AuthConfig, Problem> {
         }
     }
     AuthConfig::from_vars(|name| values.get(name).cloned()).map_err(|m| {
+        // The specifics (which variable, how short) go to the log only:
+        // this answer reaches callers who are not authenticated.
         context::log(&format!("configuration: {m}"));
-        Problem::of(ProblemKind::Configuration, m)
+        Problem::of(
+            ProblemKind::Configuration,
+            "the app's access settings are invalid; the component's log says which",
+        )
     })
 }
 
@@ -64,21 +69,8 @@ async fn admit(
     now: u64,
 ) -> Result<Caller, Problem> {
     context::set_actor(caller.actor());
-    if !caller.role.allows(need) {
-        context::log(&format!(
-            "forbidden: {} has {}, the route needs {need}",
-            caller.actor(),
-            caller.role
-        ));
-        return Err(Problem::of(
-            ProblemKind::Forbidden,
-            format!(
-                "this request needs the {need} role; {} has {}",
-                caller.actor(),
-                caller.role
-            ),
-        ));
-    }
+    // The budget first: a caller sending requests its role does not allow
+    // spends its budget like any other (each costs the app a lookup).
     let limit = config.limits.of(class);
     if let Some(decision) = spindle_auth::ratelimit::take(kv, class, &caller.rate_key(), limit, now)
         .await
@@ -97,13 +89,32 @@ async fn admit(
             ));
         }
     }
+    if !caller.role.allows(need) {
+        context::log(&format!(
+            "forbidden: {} has {}, the route needs {need}",
+            caller.actor(),
+            caller.role
+        ));
+        return Err(Problem::of(
+            ProblemKind::Forbidden,
+            format!(
+                "this request needs the {need} role; {} has {}",
+                caller.actor(),
+                caller.role
+            ),
+        ));
+    }
     Ok(caller)
 }
 
 /// The 401 for `failure`: the same for every reason; the reason goes to the
 /// log and its counter. Failures are also taken from the client address's
-/// write budget (nothing else identifies such a caller), so a client
-/// guessing credentials gets 429s past the write limit, not endless 401s.
+/// write budget (nothing else identifies such a caller; IPv6 addresses by
+/// their /64, which one client holds), so a flood of bad credentials meets
+/// 429s instead of costing a key lookup each. A valid credential from the
+/// same address is not refused: every credential is 256 random bits or
+/// signed, so the limit protects the store, not against guessing, and one
+/// misconfigured client must not lock out its neighbours behind one NAT.
 async fn refuse(
     req: &Request,
     kv: &Kv,
@@ -119,7 +130,17 @@ async fn refuse(
         .get("spin-client-addr")
         .and_then(|v| v.to_str().ok())
         .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .map(|a| a.ip());
+        .map(|a| match a.ip() {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(
+                v6.to_ipv4_mapped()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            ),
+            ip => ip,
+        });
     if let Some(ip) = ip {
         let limit = config.limits.of(Class::Write);
         let caller = format!("addr:{ip}");
