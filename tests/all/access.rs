@@ -277,6 +277,7 @@ fn snapshot(state_dir: &Path) -> BTreeMap<(String, String), String> {
         if key.starts_with("ratelimit:")
             || key.starts_with("counter:auth_failures:")
             || key.starts_with("counter:rate_limited:")
+            || key.starts_with("counter:ratelimit-expire:")
         {
             continue;
         }
