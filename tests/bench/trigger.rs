@@ -84,7 +84,9 @@ async fn trigger(url: &str, n: usize, clients: usize) -> Rate {
         let url = url.to_owned();
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            // As the test admin: the bench measures an authenticated
+            // trigger, with its rate-limit count, as clients send it.
+            let client = spindle_tests::client();
             let mut errors = 0;
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let ok = client
@@ -127,7 +129,7 @@ pub async fn bench(measure: usize, fill: usize, clients: usize) -> anyhow::Resul
             &format!("http://127.0.0.1:{port}"),
         )
         .start();
-    let http = reqwest::Client::new();
+    let http = spindle_tests::client();
     for (path, body) in [
         (
             "/api/agents",
