@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod exec_policy;
 pub mod ids;
 pub mod job;
 pub mod keys;
