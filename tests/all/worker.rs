@@ -65,19 +65,24 @@ impl Spindle {
 
     /// Posts a job for `agent` to `worker`; the worker must take it.
     async fn send(&self, worker: &Worker, job_id: &str, agent: Value) {
+        let resp = self.offer(worker, job_id, agent).await;
+        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    }
+
+    /// Posts a job for `agent` to `worker`; the answer, whatever it is.
+    async fn offer(&self, worker: &Worker, job_id: &str, agent: Value) -> reqwest::Response {
         let job = json!({
             "job_id": job_id, "run_id": "r-1", "step_id": "a", "attempt": 1,
             "agent": agent, "input": {}, "lease_ms": 3000, "max_output_bytes": 65536,
             "callback_url": format!("{}/jobs/{job_id}", self.base), "token": JOB_TOKEN,
         });
-        let resp = client()
+        client()
             .post(format!("{}/jobs", worker.base))
             .bearer_auth(TEST_WORKER_TOKEN)
             .json(&job)
             .send()
             .await
-            .unwrap();
-        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+            .unwrap()
     }
 
     /// The job's result, once the worker has posted it.
@@ -178,20 +183,22 @@ async fn a_job_handed_back_at_shutdown_reports_a_retryable_failure() {
     }
 }
 
-#[test]
-fn a_worker_without_its_container_engine_refuses_to_start() {
-    // Were it to start, it would take every job and fail each as a retryable
-    // executor_failed.
-    let empty = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(target_dir().join("debug/spindle-worker"))
-        .args(["--listen", "127.0.0.1:0", "--executor", "docker"])
-        .env("PATH", empty.path())
+/// Runs the worker with `args` (and `PATH` set to `path`, if given),
+/// expecting it to refuse to start; returns its exit code and stderr.
+fn refused_start(args: &[&str], path: Option<&std::path::Path>) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(target_dir().join("debug/spindle-worker"));
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .env("SPINDLE_WORKER_TOKEN", TEST_WORKER_TOKEN)
         .env_remove("SPINDLE_WORKER_LISTEN")
+        .env_remove("SPINDLE_WORKER_EXECUTOR")
+        .env_remove("SPINDLE_WORKER_ALLOW_COMMANDS")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
+    let mut child = cmd.spawn().unwrap();
     for _ in 0..200 {
         if child.try_wait().unwrap().is_some() {
             break;
@@ -200,15 +207,126 @@ fn a_worker_without_its_container_engine_refuses_to_start() {
     }
     if child.try_wait().unwrap().is_none() {
         let _ = child.kill();
-        panic!("the worker started without docker");
+        panic!("the worker started with {args:?}");
     }
     let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_worker_without_its_container_engine_refuses_to_start() {
+    // Were it to start, it would take every job and fail each as a retryable
+    // executor_failed.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, stderr) = refused_start(&["--executor", "docker"], Some(empty.path()));
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains("the docker executor needs `docker`, which is not on PATH"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_worker_runs_nothing_on_its_own_machine_unless_told_to() {
+    // No default executor: clap's usage error lists the choices.
+    let (code, stderr) = refused_start(&[], None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("--executor <podman|docker|process>"),
+        "{stderr}"
+    );
+    // The process executor, and no list of what it may run.
+    let (code, stderr) = refused_start(&["--executor", "process"], None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the process executor runs agents' commands on this machine: list the programs it may run with --allow-command"
+        ),
+        "{stderr}"
+    );
+    // A list it cannot read.
+    let (code, stderr) = refused_start(
+        &[
+            "--executor",
+            "process",
+            "--allow-command",
+            "spindle-agents,,sh",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--allow-command: entry 2 is empty"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_worker_refuses_programs_off_its_list_before_running_anything() {
+    let spindle = Spindle::start(Beat::KeepRunning).await;
+    let worker = Worker::start(&["--executor", "process", "--allow-command", "cat"]);
+    assert!(
+        worker
+            .stdout()
+            .contains("PROCESS EXECUTOR: agents run on this machine as processes with the worker's own privileges"),
+        "the start-up warning: {}",
+        worker.stdout()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let script = format!("touch {}; cat", marker.display());
+    let refused = [
+        ("r-1.sh.1", json!(["sh", "-c", script]), None),
+        // An image does not help: this executor would run the command here.
+        ("r-1.img.1", json!(["sh", "-c", script]), Some(IMAGE)),
+        // A path is not the program the list names.
+        ("r-1.path.1", json!(["/bin/cat"]), None),
+    ];
+    for (job, command, image) in refused {
+        let mut agent = json!({"name": "intruder", "version": 1, "command": command,
+            "timeout_secs": 10, "memory_mb": 64});
+        if let Some(image) = image {
+            agent["image"] = json!(image);
+        }
+        let resp = spindle.offer(&worker, job, agent).await;
+        // A refusal of the job itself: Spindle tries the next worker and,
+        // if every one refuses, fails the attempt as dispatch_failed.
+        assert_eq!(resp.status(), 400, "{job}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(problem["type"], "/docs/problems#validation", "{problem:#}");
+        let program = command[0].as_str().unwrap();
+        assert_eq!(
+            problem["detail"],
+            format!(
+                "agent intruder: program {program:?} is not allowed on this worker (--allow-command: cat)"
+            ),
+        );
+    }
+    let load: Value = client()
+        .get(format!("{}/health", worker.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(load["held"], 0, "{load}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!marker.exists(), "a refused job ran");
+    assert!(spindle.results.lock().unwrap().is_empty(), "no results");
+
+    // What the list names runs.
+    let cat = json!({"name": "cat", "version": 1, "command": ["cat"], "timeout_secs": 10,
+        "memory_mb": 64});
+    spindle.send(&worker, "r-1.cat.1", cat).await;
+    let r = spindle.result(&worker, "r-1.cat.1", 20).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    assert_eq!(r["output"], json!({}));
 }
 
 /// Whether podman can run containers on its default bridge network here.

@@ -298,12 +298,23 @@ impl Worker {
         if let Some(dir) = dir {
             path = format!("{}:{path}", dir.display());
         }
-        cmd.args(["--listen", listen, "--slots", "2"])
-            .env("PATH", path)
+        cmd.args(["--listen", listen, "--slots", "2"]);
+        // The worker has no default executor; tests that do not name one
+        // run agents as processes, any program allowed (the agents they
+        // register run `sh`, `cat`, `sleep`...).
+        if !extra
+            .iter()
+            .any(|a| *a == "--executor" || a.starts_with("--executor="))
+        {
+            cmd.args(["--executor", "process", "--allow-command", "*"]);
+        }
+        cmd.env("PATH", path)
             .env("CONTAINERS_CONF", root().join("scripts/containers.conf"))
             .args(extra)
             .env("SPINDLE_WORKER_TOKEN", TEST_WORKER_TOKEN)
             .env_remove("SPINDLE_WORKER_LISTEN")
+            .env_remove("SPINDLE_WORKER_EXECUTOR")
+            .env_remove("SPINDLE_WORKER_ALLOW_COMMANDS")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let (child, base, out, err) = spawn_ready(cmd, "Worker listening on ")?;

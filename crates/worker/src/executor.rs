@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use spindle_core::exec_policy::AllowedCommands;
 use spindle_core::job::{EXIT_PERMANENT, ErrorKind, JobAgent, JobError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -49,6 +50,23 @@ pub struct Executor {
     pub engine_args: Vec<String>,
     /// Extra arguments for `run`, before the image.
     pub run_args: Vec<String>,
+    /// Programs the process executor may run (`--allow-command`); the
+    /// container executors run whatever the image holds and ignore it.
+    pub allowed_commands: AllowedCommands,
+}
+
+/// A job the worker will not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "agent {agent}: program {program:?} is not allowed on this worker (--allow-command: {allowed})"
+)]
+pub struct NotAllowed {
+    /// The agent's name.
+    pub agent: String,
+    /// Its `command[0]`.
+    pub program: String,
+    /// The worker's list, as given.
+    pub allowed: String,
 }
 
 /// How a job's process ended.
@@ -75,9 +93,32 @@ impl Executor {
         format!("spindle-{}", job_id.replace('.', "-"))
     }
 
+    /// Whether this worker will run `agent`. The process executor runs an
+    /// agent's command on this machine, with the worker's privileges, even
+    /// for an agent that has an image, so its program must be on
+    /// `--allow-command`; Spindle's own check at registration covers only
+    /// agents without an image. A container runs in its image, where the
+    /// command is the image's business.
+    pub fn admit(&self, agent: &JobAgent) -> Result<(), NotAllowed> {
+        match (self.kind, agent.command.first()) {
+            (ExecutorKind::Process, Some(program)) if !self.allowed_commands.allows(program) => {
+                Err(NotAllowed {
+                    agent: agent.name.clone(),
+                    program: program.clone(),
+                    allowed: self.allowed_commands.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn command(&self, job_id: &str, agent: &JobAgent) -> Result<Command, JobError> {
         match self.kind.engine() {
             None => {
+                // Checked when the job was taken; checked again here, where
+                // the process starts, so no other way in can skip it.
+                self.admit(agent)
+                    .map_err(|e| fail(ErrorKind::ExecutorFailed, e.to_string()))?;
                 let (program, args) = agent.command.split_first().ok_or_else(|| {
                     fail(
                         ErrorKind::ExecutorFailed,
@@ -334,6 +375,7 @@ mod tests {
             kind,
             engine_args: Vec::new(),
             run_args: Vec::new(),
+            allowed_commands: AllowedCommands::Any,
         }
     }
 
@@ -400,5 +442,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_process_executor_runs_only_allowed_programs() {
+        let ex = Executor {
+            allowed_commands: AllowedCommands::from_entries("--allow-command", ["spindle-agents"])
+                .unwrap(),
+            ..executor(ExecutorKind::Process)
+        };
+        ex.admit(&agent(&["spindle-agents", "notifier"], false))
+            .unwrap();
+        // An image does not help: this executor would run the command here.
+        for program in ["sh", "/tmp/spindle-agents", "./spindle-agents"] {
+            let err = ex.admit(&agent(&[program, "-c", "id"], false)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "agent t: program {program:?} is not allowed on this worker (--allow-command: spindle-agents)"
+                )
+            );
+            let e = ex
+                .command("r-1.a.1", &agent(&[program], false))
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::ExecutorFailed);
+        }
+        // Containers run the image's programs.
+        let podman = Executor {
+            kind: ExecutorKind::Podman,
+            ..ex.clone()
+        };
+        podman.admit(&agent(&["sh", "-c", "id"], false)).unwrap();
     }
 }

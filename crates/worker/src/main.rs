@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
+use spindle_core::exec_policy::AllowedCommands;
 use spindle_core::job::{Job, SIGNATURE_HEADER};
 use spindle_core::problem::ProblemKind;
 use spindle_core::sign::secrets_equal;
@@ -40,14 +41,28 @@ struct Args {
     /// Jobs held at once, running or waiting for a slot (default: 4 x slots).
     #[arg(long)]
     capacity: Option<usize>,
-    /// How jobs run.
+    /// How jobs run: in containers (podman, docker), or as processes of
+    /// this machine with the worker's own privileges (process: local
+    /// development only). No default: running agents on the worker's
+    /// machine must be asked for.
     #[arg(
         long,
         value_enum,
-        default_value = "process",
+        value_name = "podman|docker|process",
         env = "SPINDLE_WORKER_EXECUTOR"
     )]
     executor: ExecutorKind,
+    /// A program the process executor may run, as agents name it in
+    /// `command[0]` (repeatable; the variable is comma-separated): a name
+    /// found on PATH (`spindle-agents`) or an absolute path, compared whole.
+    /// `*` allows any. Required with the process executor.
+    #[arg(
+        long = "allow-command",
+        value_name = "PROGRAM",
+        env = "SPINDLE_WORKER_ALLOW_COMMANDS",
+        value_delimiter = ','
+    )]
+    allow_commands: Vec<String>,
     /// Global argument for podman / docker, before `run` (repeatable), e.g.
     /// --engine-arg=--runtime --engine-arg=runc.
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
@@ -146,6 +161,10 @@ async fn take_job(
         )
             .into_response(),
         Err(e @ Refusal::Duplicate(_)) => problem(ProblemKind::Duplicate, e.to_string()),
+        Err(e @ Refusal::NotAllowed(_)) => {
+            tracing::warn!(job = %job_id, error = %e, "job refused");
+            problem(ProblemKind::Validation, e.to_string())
+        }
         Err(e) => problem(ProblemKind::Unavailable, e.to_string()),
     }
 }
@@ -239,6 +258,28 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             "the {engine} executor needs `{engine}`, which is not on PATH"
         );
     }
+    let allowed_commands = AllowedCommands::from_entries("--allow-command", &args.allow_commands)?;
+    if args.executor == ExecutorKind::Process {
+        // A process worker runs whatever command a job names; without a
+        // list of its own it would trust Spindle's registry entirely.
+        anyhow::ensure!(
+            !args.allow_commands.is_empty(),
+            "the process executor runs agents' commands on this machine: list the programs \
+             it may run with --allow-command (e.g. --allow-command spindle-agents; `*` allows \
+             any, for tests only)"
+        );
+        tracing::warn!(
+            allowed = %allowed_commands,
+            "PROCESS EXECUTOR: agents run on this machine as processes with the worker's own \
+             privileges, its network and its files, without memory limits or isolation; it is \
+             meant for local development only (use --executor podman or docker elsewhere)"
+        );
+    } else if !args.allow_commands.is_empty() {
+        tracing::warn!(
+            executor = ?args.executor,
+            "--allow-command applies to the process executor only; ignored"
+        );
+    }
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -252,6 +293,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         kind: args.executor,
         engine_args: args.engine_args.clone(),
         run_args: args.run_args.clone(),
+        allowed_commands,
     };
     let worker = Worker::new(
         name.clone(),

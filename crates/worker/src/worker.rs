@@ -13,7 +13,7 @@ use spindle_core::job::{
 use spindle_core::sign;
 use tokio::sync::{Semaphore, watch};
 
-use crate::executor::Executor;
+use crate::executor::{Executor, NotAllowed};
 use crate::stop::StopReason;
 
 /// Longest wait between result deliveries.
@@ -53,6 +53,11 @@ pub enum Refusal {
     /// Shutting down.
     #[error("the worker is shutting down")]
     Draining,
+    /// This worker will never run it (its program is not allowed): a
+    /// refusal of the job itself, which Spindle offers to the next worker
+    /// and, if all refuse, fails as `dispatch_failed`.
+    #[error(transparent)]
+    NotAllowed(#[from] NotAllowed),
 }
 
 /// Counts for the health endpoint.
@@ -95,6 +100,9 @@ impl Worker {
 
     /// Takes a job, or says why not.
     pub fn accept(self: &Arc<Self>, job: Job) -> Result<(), Refusal> {
+        // Before anything else: nothing of a job this worker may not run is
+        // kept, let alone started.
+        self.executor.admit(&job.agent)?;
         if *self.draining.borrow() {
             return Err(Refusal::Draining);
         }
