@@ -15,6 +15,7 @@ mod hostile;
 mod manifests;
 mod openapi;
 mod platform;
+mod policy;
 mod problems;
 mod registry;
 mod request_lifetime;

@@ -1,8 +1,11 @@
 //! `/api/agents`: create, read, list, update (versioned), delete (refused
-//! while a workflow uses it).
+//! while a workflow uses it). Creates and updates must also pass the
+//! execution policy (`spindle_core::exec_policy`): the registries and
+//! programs the operator allows.
 
 use spin_sdk::http::Request;
 use spindle_core::agent::{Agent, AgentName, AgentSpec};
+use spindle_core::exec_policy::{self, ExecPolicy};
 use spindle_core::keys;
 use spindle_core::problem::ProblemKind;
 use spindle_spin::http::{
@@ -23,10 +26,50 @@ fn update_problem(e: UpdateError<Problem>) -> Problem {
     }
 }
 
+/// The execution policy from the component's variables; a missing or
+/// malformed one is the operator's fault, a 500 naming it.
+async fn policy() -> Result<ExecPolicy, Problem> {
+    // Each name written out: a test holds spin.toml's grants to the
+    // variables this crate reads, which it finds by their literal names.
+    let values = [
+        (
+            exec_policy::ALLOWED_IMAGES,
+            spin_sdk::variables::get("allowed_images").await.ok(),
+        ),
+        (
+            exec_policy::REQUIRE_IMAGE_DIGEST,
+            spin_sdk::variables::get("require_image_digest").await.ok(),
+        ),
+        (
+            exec_policy::ALLOWED_COMMANDS,
+            spin_sdk::variables::get("allowed_commands").await.ok(),
+        ),
+    ];
+    ExecPolicy::from_vars(|name| {
+        values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.clone())
+    })
+    .map_err(|e| {
+        // The caller may hear which setting is wrong: it is authenticated
+        // by now, and the lists are no secret.
+        spindle_spin::context::log(&format!("configuration: {e}"));
+        Problem::of(ProblemKind::Configuration, e.to_string())
+    })
+}
+
+/// The request's agent, valid and allowed by the policy. Nothing is
+/// written before this passes, so a refused agent changes nothing.
 async fn spec(req: Request) -> Result<AgentSpec, Problem> {
+    // The policy first: a misconfigured app refuses every registration the
+    // same way, whatever the body.
+    let policy = policy().await?;
     require_json(&req)?;
     let body = read_body(req, DEFAULT_MAX_BODY).await?;
-    AgentSpec::parse(&body).map_err(Problem::validation)
+    let spec = AgentSpec::parse(&body).map_err(Problem::validation)?;
+    policy.check(&spec).map_err(Problem::validation)?;
+    Ok(spec)
 }
 
 pub async fn create(req: Request) -> Result<Response, Problem> {
