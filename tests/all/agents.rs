@@ -195,8 +195,12 @@ async fn containers_run_agents(worker: Worker, label: &str) {
         )
         .await;
     assert_eq!(status, 201, "{v}");
+    // Every reference agent that runs without an approval or a network,
+    // under the executor's hardening (non-root, read-only, no capabilities).
     s.workflow(json!({"name": "contained", "steps": [
         {"id": "scan", "agent": "security-scanner", "input": {"diff": "{{ trigger.payload.diff }}"}},
+        {"id": "compliance", "agent": "compliance-checker", "needs": ["scan"],
+         "input": {"findings": "{{ steps.scan.output.findings }}", "diff": "{{ trigger.payload.diff }}"}},
         {"id": "review", "agent": "code-reviewer", "needs": ["scan"], "input": {"diff": "{{ trigger.payload.diff }}"}}
     ]}))
     .await;
@@ -212,6 +216,7 @@ async fn containers_run_agents(worker: Worker, label: &str) {
         s.workers[0].stderr()
     );
     assert_eq!(step(&v, "scan")["output"]["summary"]["high"], 1);
+    assert_eq!(step(&v, "compliance")["output"]["compliant"], false);
     assert_eq!(step(&v, "review")["output"]["verdict"], "request_changes");
 
     let run = s.trigger("hangs", json!({})).await;

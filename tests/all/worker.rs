@@ -424,3 +424,122 @@ async fn an_agent_with_a_network_is_on_a_bridge_and_cannot_reach_the_hosts_loopb
         }
     }
 }
+
+/// What an agent finds it may do in its container, as JSON: who it is,
+/// where it starts, where it can write, whether a binary copied into its
+/// work dir can run, and its capabilities and no-new-privileges flag as the
+/// kernel reports them. It then stays up a few seconds to be inspected.
+const CONTAINED_PROBE: &str = r#"cat >/dev/null
+w() { if (echo x > "$1") 2>/dev/null; then echo yes; else echo no; fi; }
+x() { if busybox cp /bin/busybox "$1" 2>/dev/null && "$1" true 2>/dev/null; then echo yes; else echo no; fi; }
+status() { sed -n "s/^$1:[[:space:]]*//p" /proc/self/status; }
+echo "{\"uid\": \"$(busybox id -u)\", \"gid\": \"$(busybox id -g)\", \"pwd\": \"$(pwd)\",
+ \"work\": \"$(w /work/f)\", \"tmp\": \"$(w /tmp/f)\", \"etc\": \"$(w /etc/f)\",
+ \"root\": \"$(w /f)\", \"bin\": \"$(w /bin/f)\", \"exec_work\": \"$(x /work/true)\",
+ \"cap_eff\": \"$(status CapEff)\", \"cap_bnd\": \"$(status CapBnd)\",
+ \"no_new_privs\": \"$(status NoNewPrivs)\"}"
+sleep 6"#;
+
+/// `podman inspect` of a running container, once it runs.
+async fn inspect_running(name: &str, worker: &Worker) -> Value {
+    for _ in 0..300 {
+        let out = std::process::Command::new("podman")
+            .args(["--runtime", "runc", "inspect", name])
+            .env("CONTAINERS_CONF", root().join("scripts/containers.conf"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if v[0]["State"]["Running"] == true {
+                return v[0].clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("container {name} never ran: {}", worker.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_runs_unprivileged_read_only_and_limited() {
+    if !crate::agents::podman_ready() {
+        eprintln!("podman or {IMAGE} not available; skipping");
+        return;
+    }
+    let spindle = Spindle::start(Beat::KeepRunning).await;
+    let worker = Worker::start(&[
+        "--executor",
+        "podman",
+        "--engine-arg=--runtime",
+        "--engine-arg=runc",
+        "--cpus",
+        "0.5",
+    ]);
+    let job = "r-1.hardened.1";
+    let agent = json!({"name": "hardened", "version": 1, "image": IMAGE,
+        "command": ["sh", "-c", CONTAINED_PROBE], "timeout_secs": 60, "memory_mb": 96});
+    spindle.send(&worker, job, agent).await;
+
+    // The running container, as the engine set it up.
+    let c = inspect_running("spindle-r-1-hardened-1", &worker).await;
+    let host = &c["HostConfig"];
+    assert_eq!(c["Config"]["User"], "65534:65534", "{c:#}");
+    assert_eq!(c["Config"]["WorkingDir"], "/work");
+    assert_eq!(host["ReadonlyRootfs"], true);
+    assert_eq!(host["CapAdd"], json!([]));
+    let dropped: Vec<&str> = host["CapDrop"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for cap in ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_NET_RAW"] {
+        assert!(dropped.contains(&cap), "{cap} kept: {dropped:?}");
+    }
+    assert!(
+        host["SecurityOpt"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "no-new-privileges"),
+        "{:#}",
+        host["SecurityOpt"]
+    );
+    assert_eq!(host["PidsLimit"], 256);
+    assert_eq!(host["Memory"], 96 * 1024 * 1024);
+    assert_eq!(host["NanoCpus"], 500_000_000);
+    assert_eq!(host["NetworkMode"], "none");
+    assert_eq!(host["Privileged"], false);
+    let tmpfs = host["Tmpfs"].as_object().unwrap();
+    let mut dirs: Vec<&str> = tmpfs.keys().map(String::as_str).collect();
+    dirs.sort();
+    assert_eq!(
+        dirs,
+        ["/tmp", "/work"],
+        "only these are writable: {tmpfs:?}"
+    );
+    for opts in tmpfs.values() {
+        let opts = opts.as_str().unwrap();
+        for o in ["rw", "nosuid", "nodev", "noexec", "size=64m"] {
+            assert!(opts.split(',').any(|x| x == o), "{o} missing: {opts}");
+        }
+    }
+
+    // And as the agent found it from inside.
+    let r = spindle.result(&worker, job, 60).await;
+    assert_eq!(r["status"], "succeeded", "{r:#}\n{}", worker.stderr());
+    let seen = &r["output"];
+    assert_eq!(
+        (&seen["uid"], &seen["gid"], &seen["pwd"]),
+        (&json!("65534"), &json!("65534"), &json!("/work")),
+        "{seen:#}"
+    );
+    assert_eq!(seen["work"], "yes", "its work dir is writable: {seen:#}");
+    assert_eq!(seen["tmp"], "yes", "{seen:#}");
+    for outside in ["etc", "root", "bin"] {
+        assert_eq!(seen[outside], "no", "wrote to {outside}: {seen:#}");
+    }
+    assert_eq!(seen["exec_work"], "no", "ran a binary it wrote: {seen:#}");
+    assert_eq!(seen["cap_eff"], "0000000000000000", "{seen:#}");
+    assert_eq!(seen["cap_bnd"], "0000000000000000", "{seen:#}");
+    assert_eq!(seen["no_new_privs"], "1", "{seen:#}");
+}

@@ -21,11 +21,11 @@ pub const LOGS_TAIL_BYTES: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
-    /// `podman run --rm -i --network none|bridge ...`.
+    /// `podman run`: a hardened container, no network unless the agent asks.
     Podman,
-    /// `docker run --rm -i --network none|bridge ...`.
+    /// `docker run`: a hardened container, no network unless the agent asks.
     Docker,
-    /// The agent's command as a local process.
+    /// The agent's command as a process of this machine (development only).
     Process,
 }
 
@@ -53,7 +53,22 @@ pub struct Executor {
     /// Programs the process executor may run (`--allow-command`); the
     /// container executors run whatever the image holds and ignore it.
     pub allowed_commands: AllowedCommands,
+    /// CPUs a container may use (`--cpus`).
+    pub cpus: f64,
 }
+
+/// The user containers run as: `nobody`, which owns nothing in the image.
+pub const CONTAINER_USER: &str = "65534:65534";
+/// Processes a container may hold: enough for an agent and its tools, too
+/// few for a fork bomb to starve the worker's machine.
+pub const CONTAINER_PIDS_LIMIT: u32 = 256;
+/// The writable scratch directories of a container (its working directory
+/// and `/tmp`): memory-backed, bounded, nothing in them can be executed,
+/// setuid or a device. Their pages count against the container's memory
+/// limit.
+const SCRATCH_TMPFS: &str = "rw,nosuid,nodev,noexec,size=64m,mode=1777";
+/// The agent's working directory inside its container.
+pub const CONTAINER_WORKDIR: &str = "/work";
 
 /// A job the worker will not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,14 +168,58 @@ impl Executor {
                 cmd.args(["run", "--rm", "-i", "--network", network])
                     .arg("--name")
                     .arg(Self::container_name(job_id))
+                    .args(self.hardening())
                     .arg("--memory")
                     .arg(format!("{}m", agent.memory_mb))
+                    .arg("--cpus")
+                    .arg(self.cpus.to_string())
                     .args(&self.run_args)
                     .arg(image)
                     .args(&agent.command);
                 Ok(cmd)
             }
         }
+    }
+
+    /// What every container runs under, whatever its image says: agent code
+    /// is untrusted, so it gets no root, no capabilities, no way to gain
+    /// privileges (setuid binaries included), a root filesystem it cannot
+    /// change, and bounded scratch space and processes. The only writable
+    /// places are its working directory and `/tmp`.
+    fn hardening(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--user",
+            CONTAINER_USER,
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--read-only",
+        ]
+        .map(String::from)
+        .into();
+        // podman's --read-only also mounts writable tmpfs on /run, /var/tmp
+        // and /tmp unless told not to; docker's does not. Only the two
+        // below, in both.
+        if self.kind == ExecutorKind::Podman {
+            args.push("--read-only-tmpfs=false".into());
+        }
+        for dir in [CONTAINER_WORKDIR, "/tmp"] {
+            args.push("--tmpfs".into());
+            args.push(format!("{dir}:{SCRATCH_TMPFS}"));
+        }
+        // HOME too: the image's home, if any, is read-only now, and an
+        // unknown user's differs between the engines (podman: the working
+        // directory, docker: `/`).
+        args.extend([
+            "--workdir".into(),
+            CONTAINER_WORKDIR.into(),
+            "--env".into(),
+            format!("HOME={CONTAINER_WORKDIR}"),
+            "--pids-limit".into(),
+            CONTAINER_PIDS_LIMIT.to_string(),
+        ]);
+        args
     }
 
     /// Runs one job to the end: finished, timed out, or stopped when `stop`
@@ -376,6 +435,7 @@ mod tests {
             engine_args: Vec::new(),
             run_args: Vec::new(),
             allowed_commands: AllowedCommands::Any,
+            cpus: 1.0,
         }
     }
 
@@ -441,6 +501,59 @@ mod tests {
                     "{args:?}"
                 );
             }
+        }
+    }
+
+    /// The value after `flag`, wherever it is.
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn containers_run_hardened_and_limited() {
+        for kind in [ExecutorKind::Podman, ExecutorKind::Docker] {
+            let mut agent = agent(&["spindle-agents", "security-scanner"], false);
+            agent.memory_mb = 300;
+            let ex = Executor {
+                cpus: 0.5,
+                run_args: vec!["--pull=never".into()],
+                ..executor(kind)
+            };
+            let args = args(&ex.command("r-1.a.1", &agent).unwrap());
+            assert_eq!(value_of(&args, "--user"), ["65534:65534"], "{args:?}");
+            assert_eq!(value_of(&args, "--cap-drop"), ["ALL"]);
+            assert_eq!(value_of(&args, "--security-opt"), ["no-new-privileges"]);
+            assert!(args.iter().any(|a| a == "--read-only"));
+            assert_eq!(
+                value_of(&args, "--tmpfs"),
+                [
+                    "/work:rw,nosuid,nodev,noexec,size=64m,mode=1777",
+                    "/tmp:rw,nosuid,nodev,noexec,size=64m,mode=1777"
+                ]
+            );
+            assert_eq!(value_of(&args, "--workdir"), ["/work"]);
+            assert_eq!(value_of(&args, "--env"), ["HOME=/work"]);
+            assert_eq!(value_of(&args, "--pids-limit"), ["256"]);
+            assert_eq!(value_of(&args, "--memory"), ["300m"]);
+            assert_eq!(value_of(&args, "--cpus"), ["0.5"]);
+            assert_eq!(
+                args.iter().any(|a| a == "--read-only-tmpfs=false"),
+                kind == ExecutorKind::Podman
+            );
+            // The operator's own arguments, then the image and its command.
+            let tail = &args[args.len() - 4..];
+            assert_eq!(
+                tail,
+                [
+                    "--pull=never",
+                    "localhost/spindle/agents:latest",
+                    "spindle-agents",
+                    "security-scanner"
+                ]
+            );
         }
     }
 

@@ -63,6 +63,9 @@ struct Args {
         value_delimiter = ','
     )]
     allow_commands: Vec<String>,
+    /// CPUs each container may use (podman / docker `--cpus`).
+    #[arg(long, default_value_t = 1.0, env = "SPINDLE_WORKER_CPUS")]
+    cpus: f64,
     /// Global argument for podman / docker, before `run` (repeatable), e.g.
     /// --engine-arg=--runtime --engine-arg=runc.
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
@@ -258,6 +261,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             "the {engine} executor needs `{engine}`, which is not on PATH"
         );
     }
+    anyhow::ensure!(
+        args.cpus.is_finite() && args.cpus > 0.0,
+        "--cpus must be a positive number"
+    );
     let allowed_commands = AllowedCommands::from_entries("--allow-command", &args.allow_commands)?;
     if args.executor == ExecutorKind::Process {
         // A process worker runs whatever command a job names; without a
@@ -294,6 +301,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         engine_args: args.engine_args.clone(),
         run_args: args.run_args.clone(),
         allowed_commands,
+        cpus: args.cpus,
     };
     let worker = Worker::new(
         name.clone(),
