@@ -377,10 +377,7 @@ async fn two_hundred_runs_survive_workers_killed_at_random() {
     let give_up = started + OVERALL;
     let next = Arc::new(AtomicUsize::new(0));
     let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = spindle_tests::client();
     let drivers: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
             let (s, next, outcomes, http) =
@@ -397,9 +394,12 @@ async fn two_hundred_runs_survive_workers_killed_at_random() {
                     let (doc, stuck) = loop {
                         let v: Value = match http.get(&url).send().await {
                             Ok(r) if r.status() == 200 => r.json().await.unwrap(),
-                            // The host is busy: look again.
+                            // The host is busy: look again, until the
+                            // test gives up (a refusal that never ends,
+                            // such as a 401, must not hang it).
                             other => {
                                 eprintln!("GET {url}: {other:?}");
+                                assert!(Instant::now() < give_up, "GET {url} kept failing");
                                 tokio::time::sleep(POLL).await;
                                 continue;
                             }
