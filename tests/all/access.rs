@@ -524,7 +524,13 @@ async fn tokens_of_every_accepted_kind_authenticate_and_wrong_ones_do_not() {
     let idp_roles = with(
         with(claims("bob@example.com", "x"), "role", Value::Null),
         "roles",
-        json!(["billing-admin", "admin", "spindle:viewer", "spindle:approver", 7]),
+        json!([
+            "billing-admin",
+            "admin",
+            "spindle:viewer",
+            "spindle:approver",
+            7
+        ]),
     );
     let cases: Vec<(&str, &Host, String, Who)> = vec![
         // Accepted.
