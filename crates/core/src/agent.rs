@@ -220,6 +220,14 @@ impl AgentSpec {
                     "must be a non-empty image reference without spaces",
                 ));
             }
+            // Passed to `podman run` as an argument: one that starts with
+            // `-` would be read as a flag.
+            Some(image) if image.starts_with('-') => {
+                errors.push(FieldError::new(
+                    "/image",
+                    "must be an image reference, not something starting with '-'",
+                ));
+            }
             Some(image) if image.len() > MAX_IMAGE_LEN => {
                 errors.push(FieldError::new(
                     "/image",

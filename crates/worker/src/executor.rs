@@ -145,6 +145,10 @@ impl Executor {
                 })?;
                 let mut cmd = Command::new(program);
                 cmd.args(args);
+                // The agent runs with the worker's privileges, but not with
+                // its credential: with the worker token an agent could offer
+                // jobs of its choosing to every worker in the pool.
+                cmd.env_remove("SPINDLE_WORKER_TOKEN");
                 Ok(cmd)
             }
             Some(engine) => {
@@ -157,6 +161,16 @@ impl Executor {
                         ),
                     )
                 })?;
+                // Parsed strictly, whatever the registry let through (an
+                // agent registered before its policy): an "image" such as
+                // `--network=host` would be read as a flag and undo the
+                // hardening below.
+                if let Err(why) = spindle_core::exec_policy::ImageRef::parse(image) {
+                    return Err(fail(
+                        ErrorKind::InvalidInput,
+                        format!("agent {} has an invalid image reference: {why}", agent.name),
+                    ));
+                }
                 let mut cmd = Command::new(engine);
                 cmd.args(&self.engine_args);
                 // Never `host`: the worker's machine has Spindle and the
@@ -555,6 +569,35 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn an_image_that_would_read_as_a_flag_never_reaches_the_engine() {
+        for kind in [ExecutorKind::Podman, ExecutorKind::Docker] {
+            for image in ["--network=host", "--privileged", "-u0", "Busybox", ""] {
+                let mut a = agent(&["true"], false);
+                a.image = Some(image.into());
+                let e = executor(kind).command("r-1.a.1", &a).unwrap_err();
+                assert_eq!(e.kind, ErrorKind::InvalidInput, "{kind:?} {image:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn agents_run_as_processes_do_not_get_the_worker_token() {
+        let ex = Executor {
+            allowed_commands: AllowedCommands::Any,
+            ..executor(ExecutorKind::Process)
+        };
+        let cmd = ex.command("r-1.a.1", &agent(&["true"], false)).unwrap();
+        let removed = cmd
+            .as_std()
+            .get_envs()
+            .any(|(k, v)| k == "SPINDLE_WORKER_TOKEN" && v.is_none());
+        assert!(
+            removed,
+            "the token must be removed from the agent's environment"
+        );
     }
 
     #[test]

@@ -261,9 +261,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             "the {engine} executor needs `{engine}`, which is not on PATH"
         );
     }
+    // A limit the engine refuses would fail every job (and spend every
+    // run's retries); refusing to start says so once.
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     anyhow::ensure!(
-        args.cpus.is_finite() && args.cpus > 0.0,
-        "--cpus must be a positive number"
+        args.cpus.is_finite() && (0.01..=host_cpus).contains(&args.cpus),
+        "--cpus must be between 0.01 and this machine's {host_cpus} CPUs"
     );
     let allowed_commands = AllowedCommands::from_entries("--allow-command", &args.allow_commands)?;
     if args.executor == ExecutorKind::Process {
