@@ -1201,6 +1201,12 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
             }
         }
     }
+    // The host's request log line carries it too.
+    assert!(
+        host.stderr().contains("request_id=trace-42_a.b:c"),
+        "{}",
+        host.stderr()
+    );
     // Anything else is replaced by a fresh id.
     let too_long = "a".repeat(129);
     let way_too_long = "b".repeat(200);

@@ -171,6 +171,14 @@ async fn handle(
             )
         }
     };
+    // The component's id for the request (every Spindle component sets
+    // one), so this line and the component's own lines can be matched.
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     tracing::info!(
         target: "spindle::request",
         method = %method,
@@ -178,6 +186,7 @@ async fn handle(
         route = %route,
         component = %component,
         status = resp.status().as_u16(),
+        request_id = %request_id,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );

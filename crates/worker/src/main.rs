@@ -157,6 +157,14 @@ async fn take_job(
         }
     };
     let job_id = job.job_id.clone();
+    // The id of the Spindle request that dispatched the job, so its lines
+    // here can be matched with the app's.
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| spindle_core::ids::valid_request_id(id))
+        .unwrap_or("");
+    tracing::info!(job = %job_id, %request_id, "job offered");
     match state.worker.accept(job) {
         Ok(()) => (
             StatusCode::ACCEPTED,
@@ -165,7 +173,7 @@ async fn take_job(
             .into_response(),
         Err(e @ Refusal::Duplicate(_)) => problem(ProblemKind::Duplicate, e.to_string()),
         Err(e @ Refusal::NotAllowed(_)) => {
-            tracing::warn!(job = %job_id, error = %e, "job refused");
+            tracing::warn!(job = %job_id, %request_id, error = %e, "job refused");
             problem(ProblemKind::Validation, e.to_string())
         }
         Err(e) => problem(ProblemKind::Unavailable, e.to_string()),
