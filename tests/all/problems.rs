@@ -928,7 +928,7 @@ fn uses(
             .extend(literal_args(text, "variables::get(").map_err(err)?);
         u.stores
             .extend(literal_args(text, "Kv::open(").map_err(err)?);
-        if text.contains("engine::open()") {
+        if text.contains("engine::open()") || text.contains("engine::open_on(") {
             u.variables.extend(engine_vars.iter().cloned());
             u.stores.insert("default".into());
             u.outbound_hosts.insert(WORKER_HOSTS.into());

@@ -28,7 +28,6 @@ async fn route(req: Request) -> Result<Response, Problem> {
         .await
         .map_err(Problem::store)?;
     let caller = spindle_spin::auth::authorize(&req, &kv, Role::Operator, Class::Trigger).await?;
-    drop(kv);
     let path = path_info(&req);
     let workflow = path.trim_matches('/').to_owned();
     if workflow.is_empty() || workflow.contains('/') {
@@ -59,7 +58,7 @@ async fn route(req: Request) -> Result<Response, Problem> {
         }
     };
     let payload = payload(req).await?;
-    let engine = spindle_spin::engine::open().await?;
+    let engine = spindle_spin::engine::open_on(kv).await?;
     let trigger = Trigger {
         kind: TriggerKind::Manual,
         payload,

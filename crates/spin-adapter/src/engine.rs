@@ -18,8 +18,12 @@ pub type SpinEngine = Engine<Kv, SpinWorkers, SpinHost>;
 /// Opens the `default` store and reads the engine's variables; a missing
 /// variable is a 500 naming it (and a log line), before anything is done.
 pub async fn open() -> Result<SpinEngine, Problem> {
+    open_on(Kv::open("default").await.map_err(Problem::store)?).await
+}
+
+/// [`open`] on a store the request already opened (for the guard).
+pub async fn open_on(store: Kv) -> Result<SpinEngine, Problem> {
     let config = load_config().await.map_err(Problem::from)?;
-    let store = Kv::open("default").await.map_err(Problem::store)?;
     Ok(Engine {
         store,
         workers: SpinWorkers,
