@@ -97,7 +97,11 @@ pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
 /// Decodes a counter as the stores keep it: Spin's SQLite store (and
 /// Spindle's host) as 8 bytes little-endian, Redis as decimal text.
 pub fn decode_counter(key: &str, bytes: &[u8]) -> Result<i64> {
-    let text = bytes.iter().all(u8::is_ascii_digit) || bytes.first() == Some(&b'-');
+    // Text is digits, perhaps after a minus sign. Only the whole shape
+    // says so: a little-endian counter's low byte is any byte, `-` (45)
+    // included, and must not be taken for a sign.
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let text = !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
     if bytes.len() == 8 && !text {
         return Ok(i64::from_le_bytes(bytes.try_into().expect("8 bytes")));
     }
@@ -194,5 +198,34 @@ pub fn set_member(list: &mut Vec<String>, item: &str, present: bool) -> bool {
             list.remove(pos);
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_counter;
+
+    #[test]
+    fn counters_decode_in_both_encodings_whatever_their_low_byte() {
+        for n in [
+            0_i64,
+            1,
+            45,
+            45 + 256,
+            48,
+            57,
+            300,
+            -1,
+            -45,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(decode_counter("k", &n.to_le_bytes()).unwrap(), n, "{n}");
+        }
+        assert_eq!(decode_counter("k", b"45").unwrap(), 45);
+        assert_eq!(decode_counter("k", b"-12").unwrap(), -12);
+        assert_eq!(decode_counter("k", b"12345678").unwrap(), 12_345_678);
+        assert!(decode_counter("k", b"-").is_err());
+        assert!(decode_counter("k", b"abc").is_err());
     }
 }
