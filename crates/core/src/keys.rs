@@ -109,6 +109,70 @@ pub fn idempotency(hash: &str) -> String {
     format!("idempotency:{hash}")
 }
 
+/// A registered webhook source.
+pub fn source(name: &str) -> String {
+    format!("source:{name}")
+}
+
+/// The index document listing every registered source, sorted.
+pub const SOURCE_INDEX: &str = "index:sources";
+
+/// A subscription: which events start which workflow.
+pub fn subscription(name: &str) -> String {
+    format!("subscription:{name}")
+}
+
+/// The index document listing every subscription, sorted.
+pub const SUBSCRIPTION_INDEX: &str = "index:subscriptions";
+
+/// The subscriptions that may listen to `source` (a superset: a name is
+/// added before its document is written and removed after): what a
+/// delivery reads to find its subscriptions without reading them all.
+pub fn source_subscriptions(source: &str) -> String {
+    format!("index:subscriptions:{source}")
+}
+
+/// What a webhook delivery started (`hash` names source and body), kept
+/// for the dedupe window to answer redeliveries.
+pub fn delivery(hash: &str) -> String {
+    format!("delivery:{hash}")
+}
+
+/// Which body a delivery id first came with (`hash` names source and id):
+/// the same id with another body is a replay.
+pub fn delivery_id(hash: &str) -> String {
+    format!("delivery-id:{hash}")
+}
+
+/// A cron schedule.
+pub fn schedule(name: &str) -> String {
+    format!("schedule:{name}")
+}
+
+/// The index document listing every schedule, sorted.
+pub const SCHEDULE_INDEX: &str = "index:schedules";
+
+/// Where the tick's round of schedule checks goes on from (a name).
+pub const SCHEDULE_CHECK_CURSOR: &str = "schedules:check-cursor";
+
+/// How much time one expiry bucket covers: keys with a time to live are
+/// deleted by the tick within about this long after they expire.
+pub const EXPIRY_BUCKET_MS: u64 = 3_600_000;
+
+/// The counter of entries ever written into expiry bucket `bucket`.
+pub fn expiry_slots(bucket: u64) -> String {
+    counter(&format!("expire:{bucket}"))
+}
+
+/// Slot `slot` of expiry bucket `bucket`: keys to delete once it is due.
+pub fn expiry(bucket: u64, slot: i64) -> String {
+    format!("expire:{bucket}:{slot}")
+}
+
+/// Where the tick's expiry sweep goes on from: a bucket and the slots of
+/// it already done.
+pub const EXPIRY_CURSOR: &str = "expire:cursor";
+
 /// A key that only ever holds an 8-byte counter (see the store facts in the
 /// architecture doc: never store anything else under an incremented key).
 pub fn counter(name: &str) -> String {

@@ -20,10 +20,14 @@ pub mod keys;
 pub mod problem;
 pub mod retry;
 pub mod run;
+pub mod schedule;
 pub mod schema;
 pub mod secret;
 pub mod sign;
+pub mod source;
+pub mod subscription;
 pub mod template;
+pub mod webhook;
 pub mod workflow;
 
 pub use agent::{Agent, AgentSpec, RiskLevel};

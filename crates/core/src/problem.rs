@@ -51,11 +51,25 @@ pub enum ProblemKind {
     /// A dependency (the store) is unavailable, or the worker is full or
     /// shutting down; retry later.
     Unavailable,
+    /// A webhook delivery carries no signature (or token) header.
+    MissingSignature,
+    /// A webhook delivery's signature matches none of the source's secrets.
+    BadSignature,
+    /// A webhook source signs a timestamp, and the delivery has none.
+    MissingTimestamp,
+    /// A webhook delivery's signed timestamp is outside the tolerance window.
+    StaleTimestamp,
+    /// A webhook delivery id seen before arrived with different content.
+    Replay,
+    /// No webhook source of that name is registered or configured.
+    UnknownSource,
+    /// A verified webhook delivery could not be read as an event.
+    MalformedPayload,
 }
 
 impl ProblemKind {
     /// Every kind, in the order `docs/problems.md` lists them.
-    pub const ALL: [ProblemKind; 22] = [
+    pub const ALL: [ProblemKind; 29] = [
         Self::Validation,
         Self::Body,
         Self::TooLarge,
@@ -78,6 +92,13 @@ impl ProblemKind {
         Self::Internal,
         Self::Configuration,
         Self::Unavailable,
+        Self::MissingSignature,
+        Self::BadSignature,
+        Self::MissingTimestamp,
+        Self::StaleTimestamp,
+        Self::Replay,
+        Self::UnknownSource,
+        Self::MalformedPayload,
     ];
 
     /// The slug: the anchor in `docs/problems.md`.
@@ -129,6 +150,13 @@ impl ProblemKind {
             Self::Internal => ("internal", 500, "Internal error"),
             Self::Configuration => ("configuration", 500, "Configuration error"),
             Self::Unavailable => ("unavailable", 503, "Service unavailable"),
+            Self::MissingSignature => ("missing-signature", 401, "Signature missing"),
+            Self::BadSignature => ("bad-signature", 401, "Signature does not match"),
+            Self::MissingTimestamp => ("missing-timestamp", 401, "Timestamp missing"),
+            Self::StaleTimestamp => ("stale-timestamp", 401, "Timestamp outside the window"),
+            Self::Replay => ("replay", 409, "Delivery replayed with other content"),
+            Self::UnknownSource => ("unknown-source", 404, "Unknown webhook source"),
+            Self::MalformedPayload => ("malformed-payload", 400, "Malformed webhook payload"),
         }
     }
 

@@ -66,32 +66,67 @@ fn compile(schema: &Value) -> Result<jsonschema::Validator, FieldError> {
 /// Checks `instance` against `schema`, describing up to five violations, each
 /// with the JSON Pointer of the value at fault.
 pub fn check(schema: &Value, instance: &Value) -> Result<(), String> {
+    check_fields(schema, instance, "").map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| {
+                if e.pointer.is_empty() {
+                    e.detail
+                } else {
+                    format!("{}: {}", e.pointer, e.detail)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// Checks `instance` against `schema`: each violation (at most
+/// [`MAX_REPORTED`]) with the JSON Pointer of the value at fault, under
+/// `prefix` (such as `/payload`). A stored schema that no longer passes
+/// vetting is one error at `prefix`.
+pub fn check_fields(schema: &Value, instance: &Value, prefix: &str) -> Result<(), Vec<FieldError>> {
     // Stored schemas are vetted again: one registered before a rule existed
     // must not get to run.
     let validator = compile(schema).map_err(|e| {
-        if e.pointer.is_empty() {
+        let detail = if e.pointer.is_empty() {
             format!("schema: {}", e.detail)
         } else {
             format!("schema: {}: {}", e.pointer, e.detail)
-        }
+        };
+        vec![FieldError::new(prefix, detail)]
     })?;
-    let errors: Vec<String> = validator
+    let errors: Vec<FieldError> = validator
         .iter_errors(instance)
         .take(MAX_REPORTED)
         .map(|e| {
-            let at = e.instance_path().to_string();
-            if at.is_empty() {
-                e.to_string()
-            } else {
-                format!("{at}: {e}")
-            }
+            FieldError::new(
+                format!("{prefix}{}", e.instance_path()),
+                truncate(e.to_string()),
+            )
         })
         .collect();
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(errors.join("; "))
+        Err(errors)
     }
+}
+
+/// Longest violation message kept: the validator quotes the value at fault,
+/// and a payload may be a megabyte.
+const MAX_DETAIL: usize = 200;
+
+fn truncate(mut detail: String) -> String {
+    if detail.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    detail
 }
 
 /// One step from a subschema to a subschema it applies: to the same value

@@ -60,6 +60,9 @@ pub struct WorkflowSpec {
     /// Wall-clock limit for a whole run; none if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u32>,
+    /// JSON Schema every trigger payload must satisfy; any payload if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
 }
 
 /// A stored, validated workflow.
@@ -77,6 +80,9 @@ pub struct Workflow {
     /// Run deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u32>,
+    /// JSON Schema of the trigger payload, vetted at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
     /// When version 1 was created, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// When this version was written, milliseconds since the Unix epoch.
@@ -117,6 +123,21 @@ impl WorkflowSpec {
                 "/deadline_secs",
                 format!("must be between 1 and {MAX_DEADLINE_SECS}"),
             ));
+        }
+        if let Some(schema) = &self.input_schema {
+            // Vetted exactly as an agent's schemas are (see `crate::schema`):
+            // it runs against payloads anyone allowed to trigger may send.
+            if !(schema.is_object() || schema.is_boolean()) {
+                errors.push(FieldError::new(
+                    "/input_schema",
+                    "must be a JSON Schema (an object or a boolean)",
+                ));
+            } else if let Some(e) = crate::schema::compile_error(schema) {
+                errors.push(FieldError::new(
+                    format!("/input_schema{}", e.pointer),
+                    format!("not an accepted JSON Schema: {}", e.detail),
+                ));
+            }
         }
 
         // Every position of every id, so a duplicate can name all the others
@@ -281,6 +302,7 @@ impl WorkflowSpec {
             description: self.description,
             steps: self.steps,
             deadline_secs: self.deadline_secs,
+            input_schema: self.input_schema,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         }
@@ -307,6 +329,18 @@ impl Workflow {
         })?;
         next.created_at_ms = self.created_at_ms;
         Ok(next)
+    }
+
+    /// Checks a trigger payload against the workflow's input schema (any
+    /// payload passes without one). Each violation points into the
+    /// payload under `/payload` (`/payload/ref`; a missing member is the
+    /// object's fault, so `/payload` itself).
+    pub fn check_payload(&self, payload: &Value) -> Result<(), ValidationError> {
+        let Some(schema) = &self.input_schema else {
+            return Ok(());
+        };
+        crate::schema::check_fields(schema, payload, "/payload")
+            .map_err(|errors| ValidationError { errors })
     }
 
     /// The names of the agents its steps use.
@@ -618,6 +652,62 @@ mod tests {
         assert!(err.errors[0].detail.contains("found 250000"), "{err}");
         assert_eq!(err.errors.len(), MAX_ERRORS + 1);
         assert!(err.to_string().len() < 20_000);
+    }
+
+    #[test]
+    fn an_input_schema_checks_trigger_payloads() {
+        let mut w = diamond();
+        w.input_schema = Some(json!({"type": "object", "required": ["ref"],
+            "properties": {"ref": {"type": "string"}}}));
+        w.validate(known).unwrap();
+        let w = w.into_workflow(1);
+        // A missing member is the object's fault: jsonschema reports it at
+        // the payload's root, so the pointer is "/payload".
+        let err = w.check_payload(&json!({})).unwrap_err();
+        assert_eq!(pointers(err.clone()), ["/payload"]);
+        assert!(
+            err.errors[0]
+                .detail
+                .contains("\"ref\" is a required property"),
+            "{err}"
+        );
+        // A wrong member is pointed at.
+        let err = w.check_payload(&json!({"ref": 3})).unwrap_err();
+        assert_eq!(pointers(err.clone()), ["/payload/ref"]);
+        assert!(err.errors[0].detail.contains("3 is not of type"), "{err}");
+        w.check_payload(&json!({"ref": "main"})).unwrap();
+        // Without a schema, anything goes.
+        let w = diamond().into_workflow(1);
+        assert_eq!(w.input_schema, None);
+        for payload in [json!(null), json!({}), json!([1, "x"]), json!("x")] {
+            w.check_payload(&payload).unwrap();
+        }
+        let back: Workflow = serde_json::from_value(serde_json::to_value(&w).unwrap()).unwrap();
+        assert_eq!(back, w);
+        assert!(!serde_json::to_string(&w).unwrap().contains("input_schema"));
+    }
+
+    #[test]
+    fn hostile_input_schemas_are_refused_at_registration() {
+        for (schema, at) in [
+            (
+                json!({"$ref": "http://127.0.0.1:9/schema.json"}),
+                "/input_schema/$ref",
+            ),
+            (
+                json!({"properties": {"ref": {"$ref": "file:///etc/passwd"}}}),
+                "/input_schema/properties/ref/$ref",
+            ),
+            (json!({"type": "no-such-type"}), "/input_schema/type"),
+            (json!(3), "/input_schema"),
+        ] {
+            let mut w = diamond();
+            w.input_schema = Some(schema.clone());
+            assert_eq!(pointers(w.validate(known).unwrap_err()), [at], "{schema}");
+        }
+        let mut w = diamond();
+        w.input_schema = Some(json!(true));
+        w.validate(known).unwrap();
     }
 
     #[test]

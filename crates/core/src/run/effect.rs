@@ -16,6 +16,8 @@ pub enum TimerKind {
     Lease,
     /// Time out the run.
     Deadline,
+    /// Fire a cron schedule (not a run's: [`Timer::schedule`] names it).
+    Schedule,
 }
 
 /// A timer: "deliver this to the run at `at_ms`". Kept in the store and
@@ -34,6 +36,21 @@ pub struct Timer {
     /// The attempt it concerns, for retry and lease timers.
     #[serde(default)]
     pub attempt: u32,
+    /// The schedule a [`TimerKind::Schedule`] timer fires (`run_id` is
+    /// empty then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleRef>,
+}
+
+/// The schedule a timer fires, and the epoch of the schedule it was armed
+/// in: a schedule rewritten since (updated, paused, re-armed) has a newer
+/// epoch, and the timer is stale.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ScheduleRef {
+    /// The schedule's name.
+    pub name: String,
+    /// Its epoch when the timer was armed.
+    pub epoch: u64,
 }
 
 /// Work for the caller after a transition is stored.

@@ -30,7 +30,7 @@ use serde_json::Value;
 use crate::agent::Agent;
 use crate::workflow::{Workflow, ancestors};
 
-pub use effect::{Effect, Timer, TimerKind, Transition};
+pub use effect::{Effect, ScheduleRef, Timer, TimerKind, Transition};
 pub use event::{Event, Reject};
 pub use state::{
     Attempt, MAX_EVENTS, MAX_NO_WORKER_ATTEMPTS, PlannedStep, Run, RunEvent, RunSettings,

@@ -142,7 +142,8 @@ fn a_single_step_run_goes_queued_running_succeeded() {
         run_id: "r-1".into(),
         kind: TimerKind::Lease,
         step: Some("scan".into()),
-        attempt: 1
+        attempt: 1,
+        schedule: None,
     })));
 
     let (run, _) = step(
@@ -295,6 +296,7 @@ fn failures_retry_with_backoff_then_fail_the_run_and_skip_the_rest() {
         kind: TimerKind::Retry,
         step: Some("scan".into()),
         attempt: 1,
+        schedule: None,
     };
     assert!(fx.contains(&Effect::Schedule(timer.clone())));
     assert_eq!(run.status, RunStatus::Running);
@@ -359,6 +361,7 @@ fn a_lapsed_lease_times_the_attempt_out_and_stops_the_job() {
         kind: TimerKind::Lease,
         step: Some("scan".into()),
         attempt: 1,
+        schedule: None,
     };
 
     // Renewed in time: the run does not change, but the timer re-arms at
@@ -601,6 +604,7 @@ fn the_deadline_times_the_run_out() {
         kind: TimerKind::Deadline,
         step: None,
         attempt: 0,
+        schedule: None,
     };
     assert!(fx.contains(&Effect::Schedule(deadline.clone())));
     assert!(unchanged(&run, Event::Timer(deadline.clone()), 59_999).is_empty());
@@ -749,6 +753,7 @@ fn attempts_no_worker_took_do_not_use_up_the_retry_budget() {
             kind: TimerKind::Retry,
             step: Some("scan".into()),
             attempt,
+            schedule: None,
         };
         now = at;
         run = step(&run, Event::Timer(timer), now).0;
@@ -763,6 +768,7 @@ fn attempts_no_worker_took_do_not_use_up_the_retry_budget() {
         kind: TimerKind::Retry,
         step: Some("scan".into()),
         attempt: 6,
+        schedule: None,
     };
     run = step(&run, Event::Timer(timer), at).0;
     run = step(&run, failed("r-1.scan.7", ErrorKind::AgentFailed), at + 1).0;
@@ -800,6 +806,7 @@ fn attempts_no_worker_took_are_compacted() {
             kind: TimerKind::Retry,
             step: Some("scan".into()),
             attempt,
+            schedule: None,
         };
         now = timer.at_ms;
         let (next, fx) = step(&run, Event::Timer(timer), now);

@@ -238,6 +238,8 @@ impl Run {
                 self.refresh_status();
                 Ok(true)
             }
+            // Fired by the engine's schedule handler, never delivered to a run.
+            TimerKind::Schedule => Ok(false),
             TimerKind::Lease => {
                 let Some(i) = t.step.as_deref().and_then(|s| self.index(s)) else {
                     return Ok(false);
@@ -291,6 +293,7 @@ impl Run {
             kind: TimerKind::Deadline,
             step: None,
             attempt: 0,
+            schedule: None,
         }
     }
 
@@ -401,6 +404,7 @@ impl Run {
             kind: TimerKind::Lease,
             step: Some(step.clone()),
             attempt: number,
+            schedule: None,
         }));
         fx.push(Effect::Dispatch {
             job_id: job.clone(),
@@ -488,6 +492,7 @@ impl Run {
                 kind: TimerKind::Retry,
                 step: Some(step.clone()),
                 attempt: number,
+                schedule: None,
             }));
             self.log(
                 fx,
