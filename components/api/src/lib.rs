@@ -6,8 +6,10 @@
 //! in `spindle-engine`; who may do what in `spindle-auth`.
 
 mod agents;
+mod hooks;
 mod keys;
 mod runs;
+mod schedules;
 mod workflows;
 
 use spin_sdk::http::{Method, Request};
@@ -45,7 +47,7 @@ async fn route(req: Request) -> Result<Response, Problem> {
     let kv = store().await?;
     let caller = spindle_spin::auth::authorize(&req, &kv, need, class).await?;
     let writes = method != Method::GET;
-    let result = dispatch(req, method.clone(), &segs, &path, &caller).await;
+    let result = dispatch(req, kv, method.clone(), &segs, &path, &caller).await;
     if writes {
         audit(&method, &path, &result);
     }
@@ -54,6 +56,7 @@ async fn route(req: Request) -> Result<Response, Problem> {
 
 async fn dispatch(
     req: Request,
+    kv: Kv,
     method: Method,
     segs: &[&str],
     path: &str,
@@ -92,6 +95,33 @@ async fn dispatch(
         (Method::PUT, ["workflows", name]) => workflows::update(name, req).await,
         (Method::DELETE, ["workflows", name]) => workflows::delete(name).await,
         (_, ["workflows", _]) => Err(Problem::method_not_allowed("GET, PUT, DELETE")),
+
+        (Method::POST, ["sources"]) => hooks::create_source(&kv, req).await,
+        (Method::GET, ["sources"]) => hooks::list_sources(&kv).await,
+        (_, ["sources"]) => Err(Problem::method_not_allowed("GET, POST")),
+        (Method::GET, ["sources", name]) => hooks::get_source(&kv, name).await,
+        (Method::PUT, ["sources", name]) => hooks::update_source(&kv, name, req).await,
+        (Method::DELETE, ["sources", name]) => hooks::delete_source(&kv, name).await,
+        (_, ["sources", _]) => Err(Problem::method_not_allowed("GET, PUT, DELETE")),
+
+        (Method::POST, ["subscriptions"]) => hooks::create_subscription(&kv, req).await,
+        (Method::GET, ["subscriptions"]) => hooks::list_subscriptions(&kv).await,
+        (_, ["subscriptions"]) => Err(Problem::method_not_allowed("GET, POST")),
+        (Method::GET, ["subscriptions", name]) => hooks::get_subscription(&kv, name).await,
+        (Method::PUT, ["subscriptions", name]) => hooks::update_subscription(&kv, name, req).await,
+        (Method::DELETE, ["subscriptions", name]) => hooks::delete_subscription(&kv, name).await,
+        (_, ["subscriptions", _]) => Err(Problem::method_not_allowed("GET, PUT, DELETE")),
+
+        (Method::POST, ["schedules"]) => schedules::create(kv, req).await,
+        (Method::GET, ["schedules"]) => schedules::list(&kv).await,
+        (_, ["schedules"]) => Err(Problem::method_not_allowed("GET, POST")),
+        (Method::GET, ["schedules", name]) => schedules::get(&kv, name).await,
+        (Method::PUT, ["schedules", name]) => schedules::update(kv, name, req).await,
+        (Method::DELETE, ["schedules", name]) => schedules::delete(kv, name).await,
+        (_, ["schedules", _]) => Err(Problem::method_not_allowed("GET, PUT, DELETE")),
+        (Method::POST, ["schedules", name, "pause"]) => schedules::pause(kv, name, true).await,
+        (Method::POST, ["schedules", name, "resume"]) => schedules::pause(kv, name, false).await,
+        (_, ["schedules", _, "pause" | "resume"]) => Err(Problem::method_not_allowed("POST")),
 
         (Method::GET, ["runs"]) => runs::list(req.uri().query().unwrap_or("")).await,
         (_, ["runs"]) => Err(Problem::method_not_allowed("GET")),
@@ -182,4 +212,27 @@ pub(crate) async fn load_indexed<T: serde::de::DeserializeOwned>(
         }
     }
     Ok(docs)
+}
+
+/// A `PUT` body's name must be the path's (or absent: the path names it).
+pub(crate) fn name_from_path(
+    mut doc: serde_json::Value,
+    name: &str,
+) -> Result<serde_json::Value, Problem> {
+    match doc.get("name") {
+        None => {
+            if let Some(obj) = doc.as_object_mut() {
+                obj.insert("name".into(), name.into());
+            }
+        }
+        Some(n) if n == name => {}
+        Some(_) => {
+            return Err(Problem::invalid(
+                "Invalid request body",
+                "/name",
+                format!("must be {name:?}, the name in the path (names cannot change)"),
+            ));
+        }
+    }
+    Ok(doc)
 }

@@ -65,7 +65,11 @@ async fn route(req: Request) -> Result<Response, Problem> {
         actor: Some(caller.actor()),
     };
     let (run, created) = engine
-        .create_run(&workflow, trigger, key.as_deref())
+        .create_run(
+            &workflow,
+            trigger,
+            key.map(|k| format!("manual:{k}")).as_deref(),
+        )
         .await?;
     let url = format!("/api/runs/{}", run.id);
     let mut resp = json(

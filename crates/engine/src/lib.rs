@@ -21,12 +21,15 @@ mod callbacks;
 mod config;
 mod dispatch;
 mod env;
+mod expiry;
 pub mod registry;
 mod retention;
 mod runs;
+pub mod schedules;
 pub mod store;
 pub mod testing;
 mod timers;
+pub mod webhooks;
 
 use std::collections::VecDeque;
 
@@ -58,15 +61,23 @@ pub enum EngineError {
     /// The event does not apply to the run as it is.
     #[error(transparent)]
     Rejected(#[from] Reject),
-    /// A conflicting request is in progress or a precondition failed.
+    /// A precondition failed.
     #[error("{0}")]
     Conflict(String),
+    /// A request doing the same thing (under the same idempotency key) is
+    /// still in progress: retry later.
+    #[error("{0}")]
+    InFlight(String),
     /// A callback's signature is missing or wrong.
     #[error("the signature is missing or does not match")]
     Unauthorized,
     /// A malformed request: JSON Pointer of the field and what is wrong.
     #[error("{0}: {1}")]
     BadRequest(String, String),
+    /// A document failed validation (a trigger payload its workflow's
+    /// input schema, say); nothing was changed.
+    #[error(transparent)]
+    Invalid(#[from] spindle_core::ValidationError),
 }
 
 impl<E: Into<EngineError>> From<UpdateError<E>> for EngineError {

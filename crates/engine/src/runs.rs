@@ -79,6 +79,19 @@ pub fn parse_cursor(cursor: &str) -> Option<u64> {
     cursor.parse().ok().filter(|n| *n > 0)
 }
 
+/// The documents an idempotency key of `workflow` keeps (its record, its
+/// claim and takeover counters), then the key's hash: what a caller that
+/// wants the key forgotten before its run is removed deletes.
+pub(crate) fn idempotency_keys(workflow: &str, key: &str) -> [String; 4] {
+    let hash = sign::digest(format!("{workflow}\n{key}").as_bytes());
+    [
+        keys::idempotency(&hash),
+        keys::counter(&format!("idempotency:{hash}")),
+        keys::counter(&format!("idempotency-takeover:{hash}")),
+        hash,
+    ]
+}
+
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     /// Starts a run of `workflow`. With an idempotency key, a repeated
     /// request returns the run the first one created; the flag says whether
@@ -94,6 +107,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             .get(&keys::workflow(workflow))
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("no workflow named {workflow:?}")))?;
+        // Before anything is claimed or written: a refused payload changes
+        // nothing and does not burn its idempotency key.
+        wf.check_payload(&trigger.payload)?;
         let mut agents = BTreeMap::new();
         for name in wf.agents() {
             let agent_name = AgentName::parse(name)
@@ -115,9 +131,8 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         };
         // Claimed only now, after everything that can refuse the request, so
         // a refused request does not burn the key.
-        let hash = sign::digest(format!("{workflow}\n{key}").as_bytes());
+        let [_, claim_key, takeover_key, hash] = idempotency_keys(workflow, key);
         let request = sign::digest(&serde_json::to_vec(&trigger.payload).unwrap_or_default());
-        let claim_key = keys::counter(&format!("idempotency:{hash}"));
         if self.store.increment(&claim_key, 1).await? == 1 {
             return self
                 .start_keyed(&wf, &agents, trigger, &hash, &request, &claim_key)
@@ -132,7 +147,6 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         // the two, or its store write failed. One waiter takes over (if
         // that one fails too, the key answers 409 from then on: send
         // another key).
-        let takeover_key = keys::counter(&format!("idempotency-takeover:{hash}"));
         if self.store.increment(&takeover_key, 1).await? == 1 {
             return self
                 .start_keyed(&wf, &agents, trigger, &hash, &request, &takeover_key)
@@ -242,7 +256,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                     // The request that began storing it is gone: store it
                     // here (at worst over a run that only just started,
                     // whose first job's lease then retries it).
-                    Err(EngineError::Conflict(_)) => self.host.log(&format!(
+                    Err(EngineError::InFlight(_)) => self.host.log(&format!(
                         "run {id}: its creator never stored it; starting it here"
                     )),
                     Err(e) => return Err(e),
@@ -362,7 +376,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
 }
 
 fn still_processing() -> EngineError {
-    EngineError::Conflict(
+    EngineError::InFlight(
         "a request with this Idempotency-Key is still being processed; retry later".into(),
     )
 }

@@ -19,7 +19,7 @@
 use std::convert::Infallible;
 
 use spindle_core::keys::{self, timer, timer_bucket_of, timer_slots};
-use spindle_core::run::{Effect, Event, Timer};
+use spindle_core::run::{Effect, Event, Timer, TimerKind};
 
 use crate::store::{StoreExt, UpdateError};
 use crate::{Engine, EngineError, Host, MAX_TIMERS_PER_TICK, Store, Workers};
@@ -51,11 +51,18 @@ pub struct TickReport {
     /// milliseconds: five or six seconds normally; growing means nothing
     /// ticks, or the tick cannot keep up.
     pub lag_ms: u64,
-    /// Timers that could not be delivered, tried again later.
+    /// What went wrong, all tried again later: timers that could not be
+    /// delivered, and stages of the tick that failed (firing timers,
+    /// retention, the schedule check, the expiry sweep) or schedules the
+    /// check could not look at.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     /// Finished runs removed by retention.
     pub purged: usize,
+    /// What schedules did.
+    pub schedules: crate::schedules::ScheduleReport,
+    /// Entries of keys with a time to live deleted.
+    pub expired: usize,
 }
 
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
@@ -108,15 +115,37 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
 
     /// Delivers every due timer (at most [`MAX_TIMERS_PER_TICK`]), deletes
     /// the delivered ones, moves the cursor past finished buckets, then
-    /// lets retention remove a bounded batch of old runs. Delivery is
+    /// lets retention remove a bounded batch of old runs, looks at a few
+    /// schedules for a lost timer and deletes expired keys. Delivery is
     /// idempotent, so two ticks racing over the same timer are harmless.
+    ///
+    /// Only a failure to read the timer cursor fails the tick. Each stage
+    /// after it (firing timers, retention, the schedule check, the expiry
+    /// sweep) runs whatever the others did; a failed stage is reported in
+    /// [`TickReport::errors`] and tried again next tick.
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
         let now = self.host.now_ms();
         let mut report = TickReport::default();
-        if let Some(cursor) = self.store.get::<u64>(keys::TIMER_CURSOR).await? {
-            self.fire_due(cursor, now, &mut report).await?;
+        let cursor = self.store.get::<u64>(keys::TIMER_CURSOR).await?;
+        if let Some(cursor) = cursor
+            && let Err(e) = self.fire_due(cursor, now, &mut report).await
+        {
+            report.errors.push(format!("timers: {e}"));
         }
-        report.purged = self.purge_old_runs(now).await?;
+        match self.purge_old_runs(now).await {
+            Ok(n) => report.purged = n,
+            Err(e) => report.errors.push(format!("retention: {e}")),
+        }
+        if let Err(e) = self
+            .check_schedules(now, cursor, &mut report.schedules, &mut report.errors)
+            .await
+        {
+            report.errors.push(format!("schedule check: {e}"));
+        }
+        match self.sweep_expired(now).await {
+            Ok(n) => report.expired = n,
+            Err(e) => report.errors.push(format!("expiry: {e}")),
+        }
         Ok(report)
     }
 
@@ -165,7 +194,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                     continue;
                 }
                 budget -= 1;
-                match self.apply(&t.run_id, Event::Timer(t.clone())).await {
+                let delivered = if t.kind == TimerKind::Schedule {
+                    self.fire_schedule(&t, &mut report.schedules).await
+                } else {
+                    self.apply(&t.run_id, Event::Timer(t.clone()))
+                        .await
+                        .map(drop)
+                };
+                match delivered {
                     // A timer for a run that is gone or finished has
                     // nothing to do.
                     Ok(_) | Err(EngineError::NotFound(_)) | Err(EngineError::Rejected(_)) => {

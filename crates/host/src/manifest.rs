@@ -245,8 +245,10 @@ impl App {
             // A secret that is short or a placeholder would leave the app
             // as good as open: refuse to start rather than run on it. An
             // empty optional secret turns its feature off.
-            let checked = v.secret && (v.required || !value.is_empty());
-            if checked && let Err(e) = spindle_core::secret::check_secret(&value) {
+            // Checked as components read it, blanks trimmed: padding must
+            // not get a short secret past the check.
+            let checked = v.secret && (v.required || !value.trim().is_empty());
+            if checked && let Err(e) = spindle_core::secret::check_secret(value.trim()) {
                 return Err(invalid(field, format!("secret variable ({env_name}) {e}")));
             }
             variables.insert(name.clone(), value, v.secret);

@@ -125,8 +125,28 @@ async fn refuse(
     context::log(&format!("authentication failed: {failure}"));
     // Counting is best effort: the answer is a 401 either way.
     let _ = kv.increment(&failure.counter(), 1).await;
-    let ip = req
-        .headers()
+    let addr = client_addr(req);
+    if let Some(limited) = charge_address(
+        addr.as_deref(),
+        kv,
+        config.limits.of(Class::Write),
+        "failed authentications",
+        now,
+    )
+    .await
+    {
+        return limited;
+    }
+    Problem::of(
+        ProblemKind::Unauthorized,
+        "send a valid API key or bearer token: Authorization: Bearer <credential>",
+    )
+}
+
+/// The client's address as the budget of failed requests counts it: the
+/// IP, an IPv6 address by its /64 (which one client holds).
+pub fn client_addr(req: &Request) -> Option<String> {
+    req.headers()
         .get("spin-client-addr")
         .and_then(|v| v.to_str().ok())
         .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
@@ -140,26 +160,35 @@ async fn refuse(
                     .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
             ),
             ip => ip,
-        });
-    if let Some(ip) = ip {
-        let limit = config.limits.of(Class::Write);
-        let caller = format!("addr:{ip}");
-        if let Ok(Some(decision)) =
-            spindle_auth::ratelimit::take(kv, Class::Write, &caller, limit, now).await
-            && !decision.allowed
-        {
-            context::set_rate(decision);
-            return Problem::of(
-                ProblemKind::RateLimited,
-                format!(
-                    "too many failed authentications from this address; retry in {} s",
-                    decision.retry_after_s()
-                ),
-            );
-        }
+        })
+        .map(|ip| ip.to_string())
+}
+
+/// Takes one failed request from the budget of client address `addr`
+/// ([`client_addr`]; `limit` a minute, the write class): the 429 to answer
+/// once it is spent, naming `what` failed. `None` while there is budget, or
+/// when the address is unknown or the store fails (the caller's own
+/// refusal stands).
+pub async fn charge_address(
+    addr: Option<&str>,
+    kv: &Kv,
+    limit: u64,
+    what: &str,
+    now: u64,
+) -> Option<Problem> {
+    let caller = format!("addr:{}", addr?);
+    let decision = spindle_auth::ratelimit::take(kv, Class::Write, &caller, limit, now)
+        .await
+        .ok()??;
+    if decision.allowed {
+        return None;
     }
-    Problem::of(
-        ProblemKind::Unauthorized,
-        "send a valid API key or bearer token: Authorization: Bearer <credential>",
-    )
+    context::set_rate(decision);
+    Some(Problem::of(
+        ProblemKind::RateLimited,
+        format!(
+            "too many {what} from this address; retry in {} s",
+            decision.retry_after_s()
+        ),
+    ))
 }

@@ -43,11 +43,13 @@ pub fn actor() -> Option<String> {
     CURRENT.with(|c| c.borrow().actor.clone())
 }
 
-pub(crate) fn set_actor(actor: String) {
+/// Records the request's actor (in its log line and audit entries).
+pub fn set_actor(actor: String) {
     CURRENT.with(|c| c.borrow_mut().actor = Some(actor));
 }
 
-pub(crate) fn set_rate(d: Decision) {
+/// Records the rate-limit decision the answer's `RateLimit` headers state.
+pub fn set_rate(d: Decision) {
     CURRENT.with(|c| c.borrow_mut().rate = Some(d));
 }
 

@@ -136,7 +136,7 @@ impl From<EngineError> for Problem {
                 };
                 Problem::of(kind, r.to_string())
             }
-            EngineError::Conflict(m) => Problem::of(K::Conflict, m),
+            EngineError::Conflict(m) | EngineError::InFlight(m) => Problem::of(K::Conflict, m),
             EngineError::Unauthorized => Problem::of(
                 K::Signature,
                 format!(
@@ -144,6 +144,7 @@ impl From<EngineError> for Problem {
                     spindle_core::job::SIGNATURE_HEADER
                 ),
             ),
+            EngineError::Invalid(v) => Problem::validation(v),
             EngineError::BadRequest(pointer, detail) => {
                 Problem::invalid("Invalid request body", pointer, detail)
             }

@@ -67,6 +67,15 @@ impl Problem {
         p
     }
 
+    /// A problem of `kind` about one field (`pointer`, as for
+    /// [`Problem::invalid`]).
+    pub fn at(kind: ProblemKind, pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let mut p = Self::of(kind, detail.clone());
+        p.errors = vec![FieldError::new(pointer, detail)];
+        p
+    }
+
     /// 503 for a store failure: logged in full (the component's stderr),
     /// answered without internals.
     pub fn store(e: impl std::fmt::Display) -> Self {
