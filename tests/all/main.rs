@@ -20,4 +20,5 @@ mod problems;
 mod registry;
 mod request_lifetime;
 mod soak;
+mod webhooks;
 mod worker;

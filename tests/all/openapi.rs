@@ -3,12 +3,28 @@
 //! documented status and match the documented schema. Every protected
 //! operation states the role it needs; `access.rs` proves the application
 //! enforces exactly that role.
+//!
+//! The extensions the driver reads (also listed in the spec's
+//! `info.description`):
+//! - `x-example-from: "<operationId>#<pointer>"` on a path parameter: its
+//!   value comes from an earlier answer (plus `x-example-suffix`);
+//! - `x-example-needs: ["<operationId>", ...]`: those operations' examples
+//!   run first (a schedule's example names the workflow's);
+//! - `x-example-status`: the status the example gets here, when not 2xx;
+//! - `x-auth: "tick"`: sent with the tick secret;
+//! - `x-signed: true`: signed as a worker signs a job callback;
+//!   `x-signed: "github"`: signed as GitHub signs a delivery
+//!   (`X-Hub-Signature-256` under [`TEST_GITHUB_WEBHOOK_SECRET`], the test
+//!   hosts' `github_webhook_secret`);
+//! - a header parameter with an `example` is sent with that value.
 
 use serde_json::Value;
 use spindle_core::job::SIGNATURE_HEADER;
 use spindle_core::sign;
+use spindle_core::webhook::Verification;
 use spindle_tests::{
-    HostBuilder, TEST_ADMIN_KEY, TEST_CALLBACK_SECRET, TEST_TICK_SECRET, client, root,
+    HostBuilder, TEST_ADMIN_KEY, TEST_CALLBACK_SECRET, TEST_GITHUB_WEBHOOK_SECRET,
+    TEST_TICK_SECRET, client, root,
 };
 
 pub(crate) const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
@@ -116,32 +132,81 @@ fn auth_headers(op: &Value, params: &[(String, String)], body: &[u8]) -> Vec<(St
     if op["x-auth"] == "tick" {
         h.push(("authorization".into(), format!("Bearer {TEST_TICK_SECRET}")));
     }
-    if op["x-signed"] == true {
-        let job = &params
-            .iter()
-            .find(|(n, _)| n == "job_id")
-            .expect("signed ops name a job")
-            .1;
-        let token = sign::job_token(TEST_CALLBACK_SECRET, job);
-        h.push((SIGNATURE_HEADER.into(), sign::sign(&token, body)));
+    match &op["x-signed"] {
+        Value::Bool(true) => {
+            let job = &params
+                .iter()
+                .find(|(n, _)| n == "job_id")
+                .expect("signed ops name a job")
+                .1;
+            let token = sign::job_token(TEST_CALLBACK_SECRET, job);
+            h.push((SIGNATURE_HEADER.into(), sign::sign(&token, body)));
+        }
+        // Signed as GitHub signs a delivery: every body the driver sends,
+        // so the checks behind the signature (media type, size) are reached.
+        Value::String(sender) if sender == "github" => {
+            let signature =
+                Verification::github().sign(TEST_GITHUB_WEBHOOK_SECRET.as_bytes(), body, 0);
+            h.push(("x-hub-signature-256".into(), signature));
+        }
+        Value::Null => {}
+        other => panic!("unknown x-signed {other}"),
     }
     h
+}
+
+/// The header parameters (of the path and of the operation) that have an
+/// example, with it: a webhook's event and delivery headers, say.
+pub(crate) fn example_headers(spec: &Value, item: &Value, op: &Value) -> Vec<(String, String)> {
+    item["parameters"]
+        .as_array()
+        .into_iter()
+        .chain(op["parameters"].as_array())
+        .flatten()
+        .map(|p| deref(spec, p))
+        .filter(|p| p["in"] == "header")
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_owned(),
+                p["example"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// One operation as the driver sends it.
+struct Target<'a> {
+    method: &'a str,
+    url_path: &'a str,
+    op: &'a Value,
+    /// The path parameters' values.
+    params: &'a [(String, String)],
+    /// The example header parameters ([`example_headers`]).
+    headers: &'a [(String, String)],
 }
 
 /// Sends one request and checks the answer against the operation.
 async fn exercise(
     spec: &Value,
     host: &spindle_tests::Host,
-    method: &str,
-    url_path: &str,
-    op: &Value,
-    params: &[(String, String)],
+    target: &Target<'_>,
     body: Option<(&str, Vec<u8>)>,
 ) -> (u16, Value) {
+    let Target {
+        method,
+        url_path,
+        op,
+        params,
+        headers,
+    } = *target;
     let what = format!("{} {url_path}", method.to_uppercase());
     let mut req = client().request(method.to_uppercase().parse().unwrap(), host.url(url_path));
     let signed_over = body.as_ref().map(|(_, b)| b.clone()).unwrap_or_default();
-    for (k, v) in auth_headers(op, params, &signed_over) {
+    for (k, v) in headers
+        .iter()
+        .cloned()
+        .chain(auth_headers(op, params, &signed_over))
+    {
         req = req.header(k, v);
     }
     if let Some((ct, bytes)) = body {
@@ -193,7 +258,8 @@ async fn exercise(
 /// Every documented operation as (path, method, path item, operation), in
 /// an order in which each one's example can succeed: create first, then
 /// update, read, and delete (deepest paths first, so a workflow goes
-/// before the agent it uses).
+/// before the agent it uses), and each after the operations its
+/// `x-example-needs` names (a schedule after the workflow it starts).
 pub(crate) fn operations(spec: &Value) -> Vec<(&str, &str, &Value, &Value)> {
     let paths = spec["paths"].as_object().expect("paths");
     let mut ops: Vec<(&str, &str, &Value, &Value)> = paths
@@ -212,7 +278,41 @@ pub(crate) fn operations(spec: &Value) -> Vec<(&str, &str, &Value, &Value)> {
         let len = path.len() as i64;
         (rank, if *m == "delete" { -len } else { len })
     });
-    ops
+    // Then each operation after those its `x-example-needs` names, keeping
+    // that order otherwise: take the first whose needs have all run.
+    let needs = |op: &Value| -> Vec<String> {
+        op["x-example-needs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                n.as_str()
+                    .expect("x-example-needs lists operationIds")
+                    .to_owned()
+            })
+            .collect()
+    };
+    let ids: Vec<&str> = ops
+        .iter()
+        .filter_map(|(_, _, _, op)| op["operationId"].as_str())
+        .collect();
+    for (path, m, _, op) in &ops {
+        for n in needs(op) {
+            assert!(ids.contains(&n.as_str()), "{m} {path}: needs unknown {n}");
+        }
+    }
+    let mut ordered = Vec::with_capacity(ops.len());
+    let mut done: Vec<String> = Vec::new();
+    while !ops.is_empty() {
+        let next = ops
+            .iter()
+            .position(|(_, _, _, op)| needs(op).iter().all(|n| done.contains(n)))
+            .expect("x-example-needs has a cycle");
+        let op = ops.remove(next);
+        done.extend(op.3["operationId"].as_str().map(str::to_owned));
+        ordered.push(op);
+    }
+    ordered
 }
 
 /// The operation's request body example, with `{name}` placeholders
@@ -241,6 +341,7 @@ async fn every_documented_operation_answers_as_documented() {
     let mut seen = Seen::new();
     for (path, method, item, op) in operations(&spec) {
         let (url_path, params) = example_path(&spec, path, item, &seen);
+        let headers = example_headers(&spec, item, op);
         let media = op
             .get("requestBody")
             .map(|rb| deref(&spec, rb)["content"]["application/json"].clone());
@@ -256,13 +357,17 @@ async fn every_documented_operation_answers_as_documented() {
             );
             example_body(&spec, op, &params).expect("an example")
         });
+        let target = Target {
+            method,
+            url_path: &url_path,
+            op,
+            params: &params,
+            headers: &headers,
+        };
         let (status, answer) = exercise(
             &spec,
             &host,
-            method,
-            &url_path,
-            op,
-            &params,
+            &target,
             body.clone().map(|b| ("application/json", b)),
         )
         .await;
@@ -284,10 +389,7 @@ async fn every_documented_operation_answers_as_documented() {
                 let (s, _) = exercise(
                     &spec,
                     &host,
-                    method,
-                    &url_path,
-                    op,
-                    &params,
+                    &target,
                     Some(("application/json", b"{}".to_vec())),
                 )
                 .await;
@@ -296,18 +398,10 @@ async fn every_documented_operation_answers_as_documented() {
                     "{method} {path}: empty object accepted"
                 );
             }
-            let (s, _) = exercise(
-                &spec,
-                &host,
-                method,
-                &url_path,
-                op,
-                &params,
-                Some(("text/plain", b"x".to_vec())),
-            )
-            .await;
+            let (s, _) = exercise(&spec, &host, &target, Some(("text/plain", b"x".to_vec()))).await;
             assert_eq!(s, 415, "{method} {path}: wrong media type");
-            let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+            let mut headers = headers.clone();
+            headers.push(("content-type".to_owned(), "application/json".to_owned()));
             headers.extend(auth_headers(op, &params, b""));
             let headers: Vec<(&str, &str)> = headers
                 .iter()

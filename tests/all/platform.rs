@@ -160,11 +160,13 @@ async fn health_endpoints_and_reserved_routes() {
         c.get(host.url("/nowhere")).send().await.unwrap().status(),
         404
     );
-    for path in ["/webhooks/github", "/approvals/y"] {
-        let resp = c.post(host.url(path)).send().await.unwrap();
-        assert_eq!(resp.status(), 501, "{path}");
-        assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    }
+    let resp = c.post(host.url("/approvals/y")).send().await.unwrap();
+    assert_eq!(resp.status(), 501);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    // An unsigned delivery is refused before anything else.
+    let resp = c.post(host.url("/webhooks/github")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
     // Startup printed the routes, as Spin does.
     let out = host.stdout();
     assert!(out.contains("Available Routes:"), "{out}");

@@ -606,9 +606,14 @@ async fn every_problem_the_app_answers_is_a_catalogue_kind() {
         K::Conflict
     );
     case!(
-        "a reserved webhook route",
+        "an unsigned webhook delivery",
         c.post(host.url("/webhooks/github")),
-        K::NotImplemented
+        K::MissingSignature
+    );
+    case!(
+        "a delivery to a source nobody registered",
+        c.post(host.url("/webhooks/nobody")),
+        K::UnknownSource
     );
     case!(
         "a reserved approval route",

@@ -2,13 +2,17 @@
 //! route through the local host, against a native axum server returning the
 //! same body, measured in the same run and reported as ratios.
 //!
-//! With `trigger`, it measures the trigger path instead (see `trigger.rs`).
+//! With `trigger`, it measures the trigger path instead (see `trigger.rs`);
+//! with `webhook`, signed GitHub deliveries through the host against a
+//! native server running the same engine (see `webhook.rs`).
 //!
 //! Usage: spindle-bench [--secs N] [--connections N]
 //!        spindle-bench trigger [--runs N] [--fill N] [--clients N]
+//!        spindle-bench webhook [--deliveries N] [--fill N] [--clients N]
 //! (run through `scripts/bench`, which builds everything in release mode).
 
 mod trigger;
+mod webhook;
 
 use std::time::{Duration, Instant};
 
@@ -85,6 +89,10 @@ async fn main() -> anyhow::Result<()> {
     if args.peek().map(String::as_str) == Some("trigger") {
         args.next();
         return trigger_main(args).await;
+    }
+    if args.peek().map(String::as_str) == Some("webhook") {
+        args.next();
+        return webhook_main(args).await;
     }
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -170,6 +178,47 @@ async fn trigger_main(mut args: impl Iterator<Item = String>) -> anyhow::Result<
     println!(
         "ratio (after {fill} / empty): {:.2}x",
         last.per_sec() / first.per_sec()
+    );
+    Ok(())
+}
+
+async fn webhook_main(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    let (mut deliveries, mut fill, mut clients) = (1_000, 10_000, 8);
+    while let Some(a) = args.next() {
+        let mut value =
+            || -> anyhow::Result<usize> { Ok(args.next().unwrap_or_default().parse()?) };
+        match a.as_str() {
+            "--deliveries" => deliveries = value()?,
+            "--fill" => fill = value()?,
+            "--clients" => clients = value()?,
+            other => anyhow::bail!(
+                "unknown argument {other:?}; usage: spindle-bench webhook [--deliveries N] [--fill N] [--clients N]"
+            ),
+        }
+    }
+    let [host_first, host_last, native_first, native_last] =
+        webhook::bench(deliveries, fill, clients).await?;
+    println!("| server | store | deliveries | deliveries/s | errors |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for (server, store, r) in [
+        ("host", "empty", &host_first),
+        ("host", &format!("after {fill}") as &str, &host_last),
+        ("native", "empty", &native_first),
+        ("native", &format!("after {fill}") as &str, &native_last),
+    ] {
+        println!(
+            "| {server} | {store} | {} | {:.0} | {} |",
+            r.runs,
+            r.per_sec(),
+            r.errors
+        );
+    }
+    println!();
+    println!(
+        "ratios: host / native {:.2}x (empty), {:.2}x (after {fill}); host after {fill} / empty {:.2}x",
+        host_first.per_sec() / native_first.per_sec(),
+        host_last.per_sec() / native_last.per_sec(),
+        host_last.per_sec() / host_first.per_sec()
     );
     Ok(())
 }

@@ -27,7 +27,7 @@ impl Rate {
 }
 
 /// A worker that takes every job and reports it done at once.
-async fn instant_worker() -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+pub async fn instant_worker() -> anyhow::Result<(String, Arc<AtomicUsize>)> {
     let results = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::new();
     let done = results.clone();

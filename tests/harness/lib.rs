@@ -92,6 +92,11 @@ impl HostBuilder {
         .env("SPIN_VARIABLE_TICK_SECRET", TEST_TICK_SECRET)
         .env("SPIN_VARIABLE_ADMIN_KEY", TEST_ADMIN_KEY)
         .env("SPIN_VARIABLE_JWT_SECRET", TEST_JWT_SECRET)
+        // `/webhooks/github` is live: deliveries signed with this verify.
+        .env(
+            "SPIN_VARIABLE_GITHUB_WEBHOOK_SECRET",
+            TEST_GITHUB_WEBHOOK_SECRET,
+        )
         // Tests register agents running `sh`, `cat`, `sleep`...
         .env("SPIN_VARIABLE_ALLOWED_COMMANDS", "*")
         // Limits high enough that no test but the rate-limit ones meets
@@ -242,6 +247,9 @@ pub const TEST_TICK_SECRET: &str = "test-tick-secret-0123456789abcdefghij";
 pub const TEST_ADMIN_KEY: &str = "test-admin-key-0123456789abcdefghijkl";
 /// The HS256 secret test hosts accept tokens under (`jwt_secret`).
 pub const TEST_JWT_SECRET: &str = "test-jwt-secret-0123456789abcdefghijk";
+/// The GitHub webhook secret test hosts verify `/webhooks/github`
+/// deliveries with (`github_webhook_secret`).
+pub const TEST_GITHUB_WEBHOOK_SECRET: &str = "test-github-webhook-secret-0123456789abc";
 
 /// A free loopback port (there is a small window in which another process
 /// could take it; tests use it at once).
