@@ -135,8 +135,6 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             });
         }
         let claim = keys::counter(&format!("delivery:{hash}"));
-        let now = self.host.now_ms();
-        let expires = now.saturating_add(dedupe_ms);
         let mut retry_of = None;
         if self.store.increment(&claim, 1).await? > 1 {
             match self
@@ -155,6 +153,40 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 // so the runs it did start are found, not started again.
                 None => {}
             }
+        }
+        let outcome = self
+            .record_delivery(ev, digest, dedupe_ms, &hash, retry_of)
+            .await;
+        if outcome.is_err() {
+            // Give the claim back (best effort), so the sender's retry goes
+            // on at once instead of waiting for a record that never comes.
+            let _ = self.store.increment(&claim, -1).await;
+        }
+        outcome
+    }
+
+    /// Matches, starts and records the delivery whose claim this request
+    /// holds (or took over after the wait); `retry_of` is the record of an
+    /// earlier copy whose starts failed.
+    async fn record_delivery(
+        &self,
+        mut ev: InboundEvent,
+        digest: &str,
+        dedupe_ms: u64,
+        hash: &str,
+        retry_of: Option<DeliveryRecord>,
+    ) -> Result<Ingested, EngineError> {
+        let record_key = keys::delivery(hash);
+        let claim = keys::counter(&format!("delivery:{hash}"));
+        let id_key = keys::delivery_id(&delivery_hash(&ev.source, &ev.delivery));
+        let now = self.host.now_ms();
+        let expires = now.saturating_add(dedupe_ms);
+        // A retry matches as the first copy did: event and action come
+        // from headers nobody signed, and a resent body must not reach
+        // other subscriptions under a forged event name.
+        if let Some(first) = &retry_of {
+            ev.event.clone_from(&first.event);
+            ev.action.clone_from(&first.action);
         }
         let subs: Vec<Subscription> = self
             .subscriptions_of(&ev.source)
@@ -183,7 +215,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         }
         for sub in subs.iter().filter(|s| !already_started(&s.name)) {
             let [record, claim, takeover, _] =
-                crate::runs::idempotency_keys(&sub.workflow, &start_key(&hash, &sub.name));
+                crate::runs::idempotency_keys(&sub.workflow, &start_key(hash, &sub.name));
             doomed.extend([record, claim, takeover]);
         }
         if !doomed.is_empty() {
@@ -207,7 +239,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             });
             match started {
                 Some(s) => starts.push(s.clone()),
-                None => starts.push(self.start_for(sub, &ev, &hash).await?),
+                None => starts.push(self.start_for(sub, &ev, hash).await?),
             }
         }
         // A retry keeps the first copy's id, event and action (they come
