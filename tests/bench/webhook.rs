@@ -284,6 +284,15 @@ async fn native_server(dir: &std::path::Path, worker: &str) -> anyhow::Result<St
         config,
     });
     register(&engine).await?;
+    // The host ticks every second (lease timers, retention, expiry); so
+    // does the baseline, or it would skip work the host does.
+    let ticker = engine.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = ticker.tick().await;
+        }
+    });
     let source = Arc::new(
         Source::builtin("github", vec![SECRET.to_owned()], None)
             .ok_or_else(|| anyhow::anyhow!("no github source"))?,
