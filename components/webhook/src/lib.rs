@@ -308,7 +308,11 @@ async fn route(req: Request) -> Result<Response, Problem> {
     // anew); the same delivery id with another body is a replay.
     let digest = spindle_core::sign::digest(&body);
     let engine = spindle_spin::engine::open_on(kv).await?;
-    let (record, duplicate) = match engine.ingest(ev, &digest, settings.dedupe_ms).await? {
+    // A delivery's runs may be removed by retention no earlier than its
+    // window ends: retention deletes their idempotency records, and a copy
+    // inside the window must still find them.
+    let dedupe_ms = settings.dedupe_ms.min(engine.config.retention_ms);
+    let (record, duplicate) = match engine.ingest(ev, &digest, dedupe_ms).await? {
         Ingested::New(record) => (record, false),
         Ingested::Duplicate(record) => (record, true),
         Ingested::Replay { delivery } => {

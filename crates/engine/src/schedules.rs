@@ -427,11 +427,12 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     ) -> Result<Fired, EngineError> {
         let actor = format!("schedule:{}", s.name);
         let still_going = match previous {
-            Some(id) => self
-                .store
-                .get::<Run>(&keys::run(id))
-                .await?
-                .filter(|r| !r.status.is_terminal()),
+            Some(id) => match self.store.get::<Run>(&keys::run(id)).await {
+                Ok(run) => run.filter(|r| !r.status.is_terminal()),
+                // A previous run that no longer decodes is not going.
+                Err(crate::StoreError::Corrupt { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
             None => None,
         };
         if let Some(prev) = still_going {
@@ -473,6 +474,16 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             .await
         {
             Ok((run, _)) => Ok(Fired::Started(run.id)),
+            // A document that no longer decodes (the workflow, an agent)
+            // will not decode on a retry either: the fire fails and the
+            // schedule goes on, rather than retrying it for ever.
+            Err(EngineError::Store(e @ crate::StoreError::Corrupt { .. })) => {
+                self.host.log(&format!(
+                    "schedule {}: fire at {fire_ms} started nothing: {e}",
+                    s.name
+                ));
+                Ok(Fired::Failed)
+            }
             Err(EngineError::Store(e)) => Err(e.into()),
             // The workflow is gone or the payload no longer fits it: this
             // fire cannot start anything; the schedule goes on.

@@ -12,8 +12,9 @@
 //! record after the wait, because the first request died or is slow, goes
 //! on as the first would have and starts only what was not started; a
 //! record whose starts failed is retried the same way by a redelivery.
-//! Which body a delivery id first came with is kept too
-//! (`delivery-id:<hash>`): the same id with another body is a replay. All
+//! Which body a delivery id first came with is kept too, decided by an
+//! increment (`delivery-id:<hash>`): the same id with another body is a
+//! replay, even when the two bodies arrive at the same instant. All
 //! of it, the keyed starts' records included, is deleted when the dedupe
 //! window ends; the same delivery after that is a new one.
 
@@ -34,6 +35,9 @@ pub const MAX_SUBSCRIPTIONS_PER_SOURCE: usize = 100;
 /// How long a duplicate waits for the owner's record, in 20 ms steps (10 s:
 /// the owner records right after starting its runs).
 const RECORD_WAIT_STEPS: u32 = 500;
+/// How long a second body under a delivery id waits for the first body's
+/// claim to be written, in 20 ms steps (1 s: it is written right after).
+const ID_WAIT_STEPS: u32 = 50;
 
 /// What one subscription's match did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,14 +130,40 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     ) -> Result<Ingested, EngineError> {
         let hash = delivery_hash(&ev.source, digest);
         let record_key = keys::delivery(&hash);
-        let id_key = keys::delivery_id(&delivery_hash(&ev.source, &ev.delivery));
-        if let Some(first) = self.store.get::<String>(&id_key).await?
-            && first != hash
-        {
-            return Ok(Ingested::Replay {
-                delivery: ev.delivery,
-            });
+        let id_hash = delivery_hash(&ev.source, &ev.delivery);
+        let id_key = keys::delivery_id(&id_hash);
+        // Which body an id came with first is decided by increment: two
+        // bodies racing under one id cannot both pass as the first.
+        let mut id_first = false;
+        match self.store.get::<String>(&id_key).await? {
+            Some(first) if first != hash => {
+                return Ok(Ingested::Replay {
+                    delivery: ev.delivery,
+                });
+            }
+            Some(_) => {}
+            None => {
+                let id_claim = keys::counter(&format!("delivery-id:{id_hash}"));
+                if self.store.increment(&id_claim, 1).await? == 1 {
+                    self.store.set(&id_key, &hash).await?;
+                    id_first = true;
+                } else if let Some(first) = self.await_doc::<String>(&id_key, ID_WAIT_STEPS).await?
+                    && first != hash
+                {
+                    return Ok(Ingested::Replay {
+                        delivery: ev.delivery,
+                    });
+                }
+            }
         }
+        let id_keys = if id_first {
+            vec![
+                id_key.clone(),
+                keys::counter(&format!("delivery-id:{id_hash}")),
+            ]
+        } else {
+            Vec::new()
+        };
         let claim = keys::counter(&format!("delivery:{hash}"));
         let mut retry_of = None;
         if self.store.increment(&claim, 1).await? > 1 {
@@ -142,6 +172,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 .await?
             {
                 Some(rec) if rec.starts.iter().all(|s| s.run_id.is_some()) => {
+                    // A new id for a body seen before: its id documents
+                    // go with the window too.
+                    if !id_keys.is_empty() {
+                        let until = rec.received_at_ms.saturating_add(dedupe_ms);
+                        self.expire_at(&id_keys, until.max(self.host.now_ms()))
+                            .await?;
+                    }
                     return Ok(Ingested::Duplicate(rec));
                 }
                 // Some starts failed (the workflow was missing, the payload
@@ -155,7 +192,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             }
         }
         let outcome = self
-            .record_delivery(ev, digest, dedupe_ms, &hash, retry_of)
+            .record_delivery(ev, digest, dedupe_ms, &hash, retry_of, id_keys)
             .await;
         if outcome.is_err() {
             // Give the claim back (best effort), so the sender's retry goes
@@ -175,10 +212,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         dedupe_ms: u64,
         hash: &str,
         retry_of: Option<DeliveryRecord>,
+        id_keys: Vec<String>,
     ) -> Result<Ingested, EngineError> {
         let record_key = keys::delivery(hash);
         let claim = keys::counter(&format!("delivery:{hash}"));
-        let id_key = keys::delivery_id(&delivery_hash(&ev.source, &ev.delivery));
         let now = self.host.now_ms();
         let expires = now.saturating_add(dedupe_ms);
         // A retry matches as the first copy did: event and action come
@@ -209,9 +246,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                     .any(|s| s.subscription == name && s.run_id.is_some())
             })
         };
-        let mut doomed = Vec::new();
+        let mut doomed = id_keys;
         if retry_of.is_none() {
-            doomed.extend([record_key.clone(), claim, id_key.clone()]);
+            doomed.extend([record_key.clone(), claim]);
         }
         for sub in subs.iter().filter(|s| !already_started(&s.name)) {
             let [record, claim, takeover, _] =
@@ -224,9 +261,6 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 .as_ref()
                 .map_or(expires, |r| r.received_at_ms.saturating_add(dedupe_ms));
             self.expire_at(&doomed, until).await?;
-        }
-        if retry_of.is_none() {
-            self.store.set(&id_key, &hash).await?;
         }
         let mut starts = Vec::with_capacity(subs.len());
         for sub in &subs {

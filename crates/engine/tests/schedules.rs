@@ -1632,3 +1632,24 @@ fn a_lost_timer_is_rearmed_once_while_the_tick_catches_up() {
     assert_eq!(d.next_fire_at_ms, Some(utc("2026-05-04T14:01:00Z")));
     assert_eq!(d.last_fire_at_ms, Some(utc("2026-05-04T14:00:00Z")));
 }
+
+/// A workflow document that no longer decodes will not decode on a retry
+/// either: its fires count as failed and the schedule goes on, rather than
+/// retrying one fire for ever.
+#[test]
+fn fires_of_a_workflow_that_no_longer_decodes_fail_and_the_schedule_goes_on() {
+    let e = engine_at("2026-05-04T09:59:30Z");
+    put(
+        &e,
+        json!({"name": "every", "workflow": "held", "cron": "* * * * *", "overlap": "allow"}),
+    );
+    e.store.put(&keys::workflow("held"), b"{\"name\": 7");
+    let mut failed = 0;
+    drive(&e, utc("2026-05-04T10:03:00Z"), 30_000, |_, r| {
+        failed += r.schedules.failed;
+    });
+    let d = doc(&e, "every");
+    assert_eq!((d.failed, d.fired), (4, 0), "{d:?}");
+    assert_eq!(failed, 4);
+    assert_eq!(d.next_fire_at_ms, Some(utc("2026-05-04T10:04:00Z")));
+}
