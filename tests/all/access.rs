@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jwt_simple::prelude::{
     ECDSAP256KeyPairLike, ES256KeyPair, Ed25519KeyPair, EdDSAKeyPairLike, HS256Key, JWTClaims,
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use spindle_auth::Role;
 use spindle_auth::jwt::mint_hs256;
 use spindle_tests::{
-    Host, HostBuilder, TEST_ADMIN_KEY, TEST_JWT_SECRET, anon_client, free_port, root,
+    Host, HostBuilder, TEST_ADMIN_KEY, TEST_JWT_SECRET, anon_client, free_port, now_ms, now_s, root,
 };
 
 use crate::openapi;
@@ -30,17 +30,6 @@ use crate::openapi;
 const UNAUTHORIZED: &str = "/docs/problems#unauthorized";
 /// Spindle's rate-limit window.
 const WINDOW_MS: u64 = 60_000;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn now_s() -> u64 {
-    now_ms() / 1000
-}
 
 /// The shipped app with no worker behind it (a job cannot be dispatched,
 /// which no test here needs) and no tick, so the store changes only when a

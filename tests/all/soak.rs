@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spindle_tests::{HostBuilder, Worker, root};
+use spindle_tests::{HostBuilder, Worker, now_ms, root};
 
 use crate::engine::Stack;
 
@@ -690,13 +690,6 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn tail(s: &str, n: usize) -> &str {

@@ -11,13 +11,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spindle_core::webhook::Verification;
 use spindle_tests::{
     Host, HostBuilder, TEST_GITHUB_WEBHOOK_SECRET, Worker, anon_client, client, client_with,
-    free_port, oversized_status, root,
+    free_port, now_ms, now_s, oversized_status, root,
 };
 
 // ---------------------------------------------------------------------------
@@ -216,17 +216,6 @@ fn pointers(a: &Answer) -> Vec<String> {
 fn assert_invalid(a: &Answer, want: &[&str], what: &str) {
     assert_problem(a, 400, "validation", what);
     assert_eq!(pointers(a), want, "{what}: {}", a.text);
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn now_s() -> u64 {
-    now_ms() / 1000
 }
 
 // ---------------------------------------------------------------------------

@@ -535,3 +535,17 @@ pub fn oversized_status(
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {head:?}"))
 }
+
+/// The wall clock in milliseconds since the Unix epoch (what the host's
+/// components read as now).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The wall clock in whole seconds since the Unix epoch (JWT and signed
+/// webhook timestamps).
+pub fn now_s() -> u64 {
+    now_ms() / 1000
+}
