@@ -7,22 +7,10 @@ use spin_sdk::http::Request;
 use spindle_core::keys;
 use spindle_core::source::{Source, SourceSpec};
 use spindle_core::subscription::{Subscription, SubscriptionSpec};
-use spindle_spin::http::{
-    DEFAULT_MAX_BODY, Problem, Response, json, no_content, read_body, require_json,
-};
+use spindle_spin::http::{Problem, Response, json, no_content};
 use spindle_spin::store::{Kv, StoreExt};
 
-use crate::{load_indexed, name_from_path, registry, registry_problem};
-
-fn check_path_name(name: &str, what: &str) -> Result<(), Problem> {
-    spindle_core::agent::check_name(name)
-        .map_err(|e| Problem::invalid(&format!("Invalid {what} name"), "/path/name", e))
-}
-
-async fn body(req: Request) -> Result<bytes::Bytes, Problem> {
-    require_json(&req)?;
-    read_body(req, DEFAULT_MAX_BODY).await
-}
+use crate::{check_path_name, load_indexed, read_spec, registry, registry_problem};
 
 fn located(status: u16, value: &impl serde::Serialize, location: String) -> Response {
     let mut resp = json(status, value);
@@ -33,7 +21,7 @@ fn located(status: u16, value: &impl serde::Serialize, location: String) -> Resp
 }
 
 pub async fn create_source(kv: &Kv, req: Request) -> Result<Response, Problem> {
-    let spec = SourceSpec::parse(&body(req).await?).map_err(Problem::validation)?;
+    let spec: SourceSpec = read_spec(req, None).await?;
     let source = registry(kv)
         .put_source(spec, true)
         .await
@@ -47,10 +35,7 @@ pub async fn create_source(kv: &Kv, req: Request) -> Result<Response, Problem> {
 
 pub async fn update_source(kv: &Kv, name: &str, req: Request) -> Result<Response, Problem> {
     check_path_name(name, "source")?;
-    let doc: serde_json::Value =
-        serde_json::from_slice(&body(req).await?).map_err(|e| Problem::not_json(&e))?;
-    let spec: SourceSpec = serde_json::from_value(name_from_path(doc, name)?)
-        .map_err(|e| Problem::validation(spindle_core::error::from_json_error(&e)))?;
+    let spec: SourceSpec = read_spec(req, Some(name)).await?;
     let source = registry(kv)
         .put_source(spec, false)
         .await
@@ -87,8 +72,7 @@ pub async fn list_sources(kv: &Kv) -> Result<Response, Problem> {
 }
 
 pub async fn create_subscription(kv: &Kv, req: Request) -> Result<Response, Problem> {
-    let spec: SubscriptionSpec = serde_json::from_slice(&body(req).await?)
-        .map_err(|e| Problem::validation(spindle_core::error::from_json_error(&e)))?;
+    let spec: SubscriptionSpec = read_spec(req, None).await?;
     let sub = registry(kv)
         .put_subscription(spec, true)
         .await
@@ -102,10 +86,7 @@ pub async fn create_subscription(kv: &Kv, req: Request) -> Result<Response, Prob
 
 pub async fn update_subscription(kv: &Kv, name: &str, req: Request) -> Result<Response, Problem> {
     check_path_name(name, "subscription")?;
-    let doc: serde_json::Value =
-        serde_json::from_slice(&body(req).await?).map_err(|e| Problem::not_json(&e))?;
-    let spec: SubscriptionSpec = serde_json::from_value(name_from_path(doc, name)?)
-        .map_err(|e| Problem::validation(spindle_core::error::from_json_error(&e)))?;
+    let spec: SubscriptionSpec = read_spec(req, Some(name)).await?;
     let sub = registry(kv)
         .put_subscription(spec, false)
         .await

@@ -236,3 +236,28 @@ pub(crate) fn name_from_path(
     }
     Ok(doc)
 }
+
+/// A name in the path (`/api/<what>s/{name}`), by the naming rule of agents.
+pub(crate) fn check_path_name(name: &str, what: &str) -> Result<(), Problem> {
+    spindle_core::agent::check_name(name)
+        .map_err(|e| Problem::invalid(&format!("Invalid {what} name"), "/path/name", e))
+}
+
+/// A JSON request body as a spec document. With `path_name` (a `PUT`), the
+/// body's `name` may be left out and must otherwise be the path's.
+pub(crate) async fn read_spec<T: serde::de::DeserializeOwned>(
+    req: Request,
+    path_name: Option<&str>,
+) -> Result<T, Problem> {
+    spindle_spin::http::require_json(&req)?;
+    let body = spindle_spin::http::read_body(req, spindle_spin::http::DEFAULT_MAX_BODY).await?;
+    let invalid =
+        |e: serde_json::Error| Problem::validation(spindle_core::error::from_json_error(&e));
+    match path_name {
+        None => serde_json::from_slice(&body).map_err(invalid),
+        Some(name) => {
+            let doc = serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?;
+            serde_json::from_value(name_from_path(doc, name)?).map_err(invalid)
+        }
+    }
+}

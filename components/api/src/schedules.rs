@@ -5,32 +5,13 @@
 use spin_sdk::http::Request;
 use spindle_core::keys;
 use spindle_core::schedule::{Schedule, ScheduleSpec};
-use spindle_spin::http::{
-    DEFAULT_MAX_BODY, Problem, Response, json, no_content, read_body, require_json,
-};
+use spindle_spin::http::{Problem, Response, json, no_content};
 use spindle_spin::store::{Kv, StoreExt};
 
-use crate::{load_indexed, name_from_path, registry_problem};
-
-fn check_path_name(name: &str) -> Result<(), Problem> {
-    spindle_core::agent::check_name(name)
-        .map_err(|e| Problem::invalid("Invalid schedule name", "/path/name", e))
-}
-
-async fn spec(req: Request, name: Option<&str>) -> Result<ScheduleSpec, Problem> {
-    require_json(&req)?;
-    let body = read_body(req, DEFAULT_MAX_BODY).await?;
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?;
-    if let Some(name) = name {
-        doc = name_from_path(doc, name)?;
-    }
-    serde_json::from_value(doc)
-        .map_err(|e| Problem::validation(spindle_core::error::from_json_error(&e)))
-}
+use crate::{check_path_name, load_indexed, read_spec, registry_problem};
 
 pub async fn create(kv: Kv, req: Request) -> Result<Response, Problem> {
-    let spec = spec(req, None).await?;
+    let spec: ScheduleSpec = read_spec(req, None).await?;
     let engine = spindle_spin::engine::open_on(kv).await?;
     let s = engine
         .put_schedule(spec, true)
@@ -44,8 +25,8 @@ pub async fn create(kv: Kv, req: Request) -> Result<Response, Problem> {
 }
 
 pub async fn update(kv: Kv, name: &str, req: Request) -> Result<Response, Problem> {
-    check_path_name(name)?;
-    let spec = spec(req, Some(name)).await?;
+    check_path_name(name, "schedule")?;
+    let spec: ScheduleSpec = read_spec(req, Some(name)).await?;
     let engine = spindle_spin::engine::open_on(kv).await?;
     let s = engine
         .put_schedule(spec, false)
@@ -55,7 +36,7 @@ pub async fn update(kv: Kv, name: &str, req: Request) -> Result<Response, Proble
 }
 
 pub async fn pause(kv: Kv, name: &str, paused: bool) -> Result<Response, Problem> {
-    check_path_name(name)?;
+    check_path_name(name, "schedule")?;
     let engine = spindle_spin::engine::open_on(kv).await?;
     let s = engine
         .pause_schedule(name, paused)
@@ -65,7 +46,7 @@ pub async fn pause(kv: Kv, name: &str, paused: bool) -> Result<Response, Problem
 }
 
 pub async fn get(kv: &Kv, name: &str) -> Result<Response, Problem> {
-    check_path_name(name)?;
+    check_path_name(name, "schedule")?;
     match kv
         .get::<Schedule>(&keys::schedule(name))
         .await
@@ -77,7 +58,7 @@ pub async fn get(kv: &Kv, name: &str) -> Result<Response, Problem> {
 }
 
 pub async fn delete(kv: Kv, name: &str) -> Result<Response, Problem> {
-    check_path_name(name)?;
+    check_path_name(name, "schedule")?;
     let engine = spindle_spin::engine::open_on(kv).await?;
     engine
         .delete_schedule(name)

@@ -8,12 +8,7 @@ use spindle_spin::http::{
 };
 use spindle_spin::store::StoreExt;
 
-use crate::{load_indexed, registry, registry_problem, store};
-
-fn check_path_name(name: &str) -> Result<(), Problem> {
-    spindle_core::agent::check_name(name)
-        .map_err(|e| Problem::invalid("Invalid workflow name", "/path/name", e))
-}
+use crate::{check_path_name, load_indexed, registry, registry_problem, store};
 
 async fn spec(req: Request) -> Result<WorkflowSpec, Problem> {
     require_json(&req)?;
@@ -36,7 +31,7 @@ pub async fn create(req: Request) -> Result<Response, Problem> {
 }
 
 pub async fn get(name: &str) -> Result<Response, Problem> {
-    check_path_name(name)?;
+    check_path_name(name, "workflow")?;
     let kv = store().await?;
     match kv
         .get::<Workflow>(&keys::workflow(name))
@@ -49,7 +44,7 @@ pub async fn get(name: &str) -> Result<Response, Problem> {
 }
 
 pub async fn update(name: &str, req: Request) -> Result<Response, Problem> {
-    check_path_name(name)?;
+    check_path_name(name, "workflow")?;
     let spec = spec(req).await?;
     let kv = store().await?;
     let wf = registry(&kv)
@@ -60,7 +55,7 @@ pub async fn update(name: &str, req: Request) -> Result<Response, Problem> {
 }
 
 pub async fn delete(name: &str) -> Result<Response, Problem> {
-    check_path_name(name)?;
+    check_path_name(name, "workflow")?;
     let kv = store().await?;
     registry(&kv)
         .delete_workflow(name)
