@@ -185,7 +185,17 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             run_status: run.status,
             rejected_output,
         };
+        let digest = sign::digest(body);
         if already_applied(&run, &job, &event) {
+            // Only a retry of the body that was applied is answered as
+            // done; another body for a finished job is refused, however
+            // quickly the first one finished.
+            let first: Option<String> = self.store.get(&result_record(job_id)).await?;
+            if first.is_some_and(|d| d != digest) {
+                return Err(EngineError::Conflict(format!(
+                    "a different result for job {job_id} was already received"
+                )));
+            }
             return Ok(outcome(&run, rejected_output));
         }
         // A stale result is refused before it takes the claim.
@@ -199,7 +209,6 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         // records which body it carried. A later delivery of the same body
         // is a retry and completes what the first began; another body is
         // refused, so two bodies never race on the output document.
-        let digest = sign::digest(body);
         let claim = self
             .store
             .increment(&keys::counter(&format!("result:{job_id}")), 1)

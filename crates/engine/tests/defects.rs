@@ -138,6 +138,9 @@ fn a_result_that_failed_part_way_is_completed_by_its_retry() {
     assert_eq!(out, json!({"findings": 2}));
     // The worker never saw the answer and sends it again: the same answer.
     assert_eq!(deliver(&e, &result).unwrap(), outcome);
+    // Another body after the job finished is still refused, not answered
+    // as done.
+    assert!(matches!(deliver(&e, &other), Err(EngineError::Conflict(_))));
 }
 
 /// Defect 4 (run write): The run's compare-and-swap fails after the output is
