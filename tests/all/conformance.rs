@@ -186,8 +186,17 @@ async fn outbound_http_is_limited_to_allowed_hosts() {
         v["error"].as_str().unwrap().contains("HttpRequestDenied"),
         "{v}"
     );
-    // The denial is logged by the host.
-    let err = host.stderr();
+    // The denial is logged by the host (its log line may land a moment
+    // after the answer).
+    let want = format!(":{other}/hello");
+    let mut err = host.stderr();
+    for _ in 0..50 {
+        if err.contains("outbound request denied") && err.contains(&want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        err = host.stderr();
+    }
     assert!(
         err.contains("outbound request denied") && err.contains(&format!(":{other}/hello")),
         "{err}"
