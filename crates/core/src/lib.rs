@@ -19,6 +19,7 @@ pub mod job;
 pub mod keys;
 pub mod problem;
 pub mod retry;
+pub mod risk;
 pub mod run;
 pub mod schedule;
 pub mod schema;
