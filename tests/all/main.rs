@@ -9,6 +9,7 @@
 
 mod access;
 mod agents;
+mod approvals;
 mod conformance;
 mod engine;
 mod hostile;

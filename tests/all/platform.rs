@@ -161,7 +161,7 @@ async fn health_endpoints_and_reserved_routes() {
         404
     );
     let resp = c.post(host.url("/approvals/y")).send().await.unwrap();
-    assert_eq!(resp.status(), 501);
+    assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     // An unsigned delivery is refused before anything else.
     let resp = c.post(host.url("/webhooks/github")).send().await.unwrap();

@@ -616,9 +616,14 @@ async fn every_problem_the_app_answers_is_a_catalogue_kind() {
         K::UnknownSource
     );
     case!(
-        "a reserved approval route",
+        "an approval that does not exist",
         c.get(host.url("/approvals/x")),
-        K::NotImplemented
+        K::NotFound
+    );
+    case!(
+        "a forged approval link",
+        c.post(host.url("/approvals/link/e30.AAAA")),
+        K::BadLink
     );
 
     // A finished run refuses changes.

@@ -8,6 +8,7 @@
 mod agents;
 mod hooks;
 mod keys;
+mod policy;
 mod runs;
 mod schedules;
 mod workflows;
@@ -122,6 +123,11 @@ async fn dispatch(
         (Method::POST, ["schedules", name, "pause"]) => schedules::pause(kv, name, true).await,
         (Method::POST, ["schedules", name, "resume"]) => schedules::pause(kv, name, false).await,
         (_, ["schedules", _, "pause" | "resume"]) => Err(Problem::method_not_allowed("POST")),
+
+        (Method::GET, ["policies", "approvals"]) => policy::get(&kv).await,
+        (Method::PUT, ["policies", "approvals"]) => policy::put(&kv, req).await,
+        (Method::DELETE, ["policies", "approvals"]) => policy::reset(&kv).await,
+        (_, ["policies", "approvals"]) => Err(Problem::method_not_allowed("GET, PUT, DELETE")),
 
         (Method::GET, ["runs"]) => runs::list(req.uri().query().unwrap_or("")).await,
         (_, ["runs"]) => Err(Problem::method_not_allowed("GET")),

@@ -173,6 +173,31 @@ pub fn expiry(bucket: u64, slot: i64) -> String {
 /// it already done.
 pub const EXPIRY_CURSOR: &str = "expire:cursor";
 
+/// An approval document (what a gated step asks; `id` is `<run>.<step>`).
+pub fn approval(id: &str) -> String {
+    format!("approval:{id}")
+}
+
+/// The approval with listing number `seq` (its id), written once when the
+/// approval is asked for: the listing walks these down from the counter.
+pub fn approval_at(seq: u64) -> String {
+    format!("approvals:seq:{seq}")
+}
+
+/// The counter of approvals ever asked for.
+pub fn approval_counter() -> String {
+    counter("approvals")
+}
+
+/// The approval policy (rules and levels); absent: the shipped default.
+pub const APPROVAL_POLICY: &str = "policy:approvals";
+
+/// The claim that makes an approval link single-use (`hash`: the token's
+/// digest).
+pub fn approval_link_claim(hash: &str) -> String {
+    counter(&format!("approval-link:{hash}"))
+}
+
 /// A key that only ever holds an 8-byte counter (see the store facts in the
 /// architecture doc: never store anything else under an incremented key).
 pub fn counter(name: &str) -> String {

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod approval;
 pub mod error;
 pub mod exec_policy;
 pub mod ids;

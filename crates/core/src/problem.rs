@@ -65,11 +65,23 @@ pub enum ProblemKind {
     UnknownSource,
     /// A verified webhook delivery could not be read as an event.
     MalformedPayload,
+    /// The approval's time ran out before the decision came.
+    ApprovalExpired,
+    /// This approver already decided on this approval.
+    AlreadyDecided,
+    /// The policy does not let whoever started a run approve its steps.
+    SelfApproval,
+    /// The decision names another input than the one waiting for approval.
+    InputChanged,
+    /// A signed approval link that is forged, malformed or expired.
+    BadLink,
+    /// A signed approval link that was used already.
+    LinkUsed,
 }
 
 impl ProblemKind {
     /// Every kind, in the order `docs/problems.md` lists them.
-    pub const ALL: [ProblemKind; 29] = [
+    pub const ALL: [ProblemKind; 35] = [
         Self::Validation,
         Self::Body,
         Self::TooLarge,
@@ -99,6 +111,12 @@ impl ProblemKind {
         Self::Replay,
         Self::UnknownSource,
         Self::MalformedPayload,
+        Self::ApprovalExpired,
+        Self::AlreadyDecided,
+        Self::SelfApproval,
+        Self::InputChanged,
+        Self::BadLink,
+        Self::LinkUsed,
     ];
 
     /// The slug: the anchor in `docs/problems.md`.
@@ -157,6 +175,12 @@ impl ProblemKind {
             Self::Replay => ("replay", 409, "Delivery replayed with other content"),
             Self::UnknownSource => ("unknown-source", 404, "Unknown webhook source"),
             Self::MalformedPayload => ("malformed-payload", 400, "Malformed webhook payload"),
+            Self::ApprovalExpired => ("approval-expired", 409, "Approval expired"),
+            Self::AlreadyDecided => ("already-decided", 409, "Already decided by this approver"),
+            Self::SelfApproval => ("self-approval", 403, "Requester may not approve"),
+            Self::InputChanged => ("input-changed", 409, "Input differs from the one waiting"),
+            Self::BadLink => ("bad-link", 401, "Approval link not valid"),
+            Self::LinkUsed => ("link-used", 409, "Approval link already used"),
         }
     }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use spindle_core::job::{ErrorKind, Job, JobAgent, JobError, SIGNATURE_HEADER};
 use spindle_core::retry::fnv1a;
 use spindle_core::run::{Event, Run};
-use spindle_core::{keys, schema, sign, template};
+use spindle_core::{approval, keys, schema, sign, template};
 
 use crate::store::StoreExt;
 use crate::{Engine, Host, Sent, Store, Workers};
@@ -19,7 +19,52 @@ fn not_dispatched(job_id: &str, kind: ErrorKind, message: String) -> Option<Even
     })
 }
 
+/// Why a step's input could not be rendered.
+pub(crate) enum Render {
+    /// Reading an ancestor's output failed: worth trying again.
+    Store(String),
+    /// The template or the agent's input schema refuses it: for good.
+    Invalid(JobError),
+}
+
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
+    /// Renders `step`'s input from the trigger and its ancestors' outputs,
+    /// and checks it against the agent's input schema.
+    pub(crate) async fn render_input(&self, run: &Run, step: &str) -> Result<Value, Render> {
+        let invalid = |message: String| {
+            Render::Invalid(JobError {
+                kind: ErrorKind::InvalidInput,
+                message,
+            })
+        };
+        let planned = run
+            .planned(step)
+            .ok_or_else(|| invalid(format!("the run has no step {step}")))?;
+        let mut outputs = BTreeMap::new();
+        for (ancestor, job) in run.readable_outputs(step) {
+            match self.store.get::<Value>(&keys::output(&job)).await {
+                Ok(Some(v)) => {
+                    outputs.insert(ancestor, v);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Render::Store(format!(
+                        "reading the output of step {ancestor} failed: {e}"
+                    )));
+                }
+            }
+        }
+        let input = template::render(&planned.input, &run.template_context(outputs))
+            .map_err(|e| invalid(format!("input template {e}")))?;
+        schema::check(&planned.agent.input_schema, &input).map_err(|e| {
+            invalid(format!(
+                "input does not match agent {}'s input schema: {e}",
+                planned.agent.name
+            ))
+        })?;
+        Ok(input)
+    }
+
     /// Sends one job, at most once (the claim counter decides), to the first
     /// worker of the pool that takes it, starting from a worker chosen by the
     /// job id so jobs spread over the pool. Returns what the run must learn:
@@ -42,43 +87,27 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             }
         }
         let planned = run.planned(step)?;
-
-        let mut outputs = BTreeMap::new();
-        for (ancestor, job) in run.readable_outputs(step) {
-            match self.store.get::<Value>(&keys::output(&job)).await {
-                Ok(Some(v)) => {
-                    outputs.insert(ancestor, v);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.host.log(&format!(
-                        "job {job_id}: reading the output of {ancestor}: {e}"
-                    ));
-                    return not_dispatched(
-                        job_id,
-                        ErrorKind::DispatchFailed,
-                        format!("reading the output of step {ancestor} failed: {e}"),
-                    );
-                }
-            }
-        }
-        let input = match template::render(&planned.input, &run.template_context(outputs)) {
+        let input = match self.render_input(run, step).await {
             Ok(v) => v,
-            Err(e) => {
-                return not_dispatched(
-                    job_id,
-                    ErrorKind::InvalidInput,
-                    format!("input template {e}"),
-                );
+            Err(Render::Store(e)) => {
+                self.host.log(&format!("job {job_id}: {e}"));
+                return not_dispatched(job_id, ErrorKind::DispatchFailed, e);
             }
+            Err(Render::Invalid(e)) => return not_dispatched(job_id, e.kind, e.message),
         };
-        if let Err(e) = schema::check(&planned.agent.input_schema, &input) {
+        // Exactly the input that was assessed (and approved, if it had to
+        // be): the ancestors' outputs are written once, so a difference here
+        // means a document changed under the run, and nothing is sent.
+        if let Some(gate) = run.step(step).and_then(|s| s.gate.as_ref())
+            && approval::input_digest(&input) != gate.input_sha256
+        {
             return not_dispatched(
                 job_id,
                 ErrorKind::InvalidInput,
                 format!(
-                    "input does not match agent {}'s input schema: {e}",
-                    planned.agent.name
+                    "the rendered input (sha256 {}) is not the one assessed and approved (sha256 {})",
+                    approval::input_digest(&input),
+                    gate.input_sha256
                 ),
             );
         }

@@ -17,6 +17,7 @@
 //! components get them from `spindle-spin`; [`testing`] has in-memory ones
 //! with fault injection, so every rule here is tested natively.
 
+mod approvals;
 mod callbacks;
 mod config;
 mod dispatch;
@@ -36,6 +37,9 @@ use std::collections::VecDeque;
 use spindle_core::keys;
 use spindle_core::run::{Effect, Event, Reject, Run};
 
+pub use approvals::{
+    ApprovalFilter, ApprovalPage, AssessorCache, Decided, DecisionRequest, DecisionResult,
+};
 pub use callbacks::ResultOutcome;
 pub use config::{Config, VARIABLES};
 pub use env::{Host, Sent, Workers};
@@ -74,6 +78,15 @@ pub enum EngineError {
     /// A malformed request: JSON Pointer of the field and what is wrong.
     #[error("{0}: {1}")]
     BadRequest(String, String),
+    /// The caller is authenticated but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A signed approval link that is forged, malformed or expired.
+    #[error(transparent)]
+    Link(#[from] spindle_core::approval::LinkError),
+    /// A signed approval link that was used already.
+    #[error("this approval link was used already")]
+    LinkUsed,
     /// A document failed validation (a trigger payload its workflow's
     /// input schema, say); nothing was changed.
     #[error(transparent)]
@@ -105,6 +118,8 @@ pub struct Engine<S, W, H> {
     pub host: H,
     /// Settings.
     pub config: Config,
+    /// The approval policy compiled last.
+    pub assessors: AssessorCache,
 }
 
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
@@ -152,6 +167,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             match self.transition(&run.id, &next).await {
                 Ok((r, effects)) => {
                     run = r;
+                    self.drop_unrecorded_pointer(&run, &next).await;
                     queue.extend(self.carry_out(&run, effects).await);
                 }
                 // Overtaken by another request (the job already finished,
@@ -214,6 +230,11 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 ),
                 Effect::Dispatch { job_id, step } => {
                     if let Some(ev) = self.dispatch(run, &job_id, &step).await {
+                        follow.push(ev);
+                    }
+                }
+                Effect::Assess { step } => {
+                    if let Some(ev) = self.assess(run, &step).await {
                         follow.push(ev);
                     }
                 }

@@ -140,6 +140,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             return Ok(false);
         }
         for step in &run.steps {
+            if let Some(a) = step.gate.as_ref().and_then(|g| g.approval.as_ref()) {
+                self.store.delete(&keys::approval(&a.id)).await?;
+                self.store.delete(&keys::approval_at(a.seq)).await?;
+            }
             // Attempts no worker took may have been compacted out of the
             // run; their documents go too, up to a bound, so one run's
             // purge stays a bounded amount of work.

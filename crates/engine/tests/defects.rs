@@ -199,38 +199,50 @@ fn an_idempotency_key_whose_run_was_never_stored_starts_it_on_retry() {
 }
 
 /// Defect 9: A store failure while preparing a job counts against the retry
-/// budget: it fails the run in the end instead of retrying forever.
+/// budget: it fails the run in the end instead of retrying forever. Before
+/// the first dispatch the same read happens for the step's risk
+/// assessment, whose own timer gives up after a bounded number of tries.
 #[test]
 fn store_failures_while_dispatching_count_against_the_budget() {
-    let e = engine();
-    agent(&e, "scanner", 2);
-    agent(&e, "notifier", 2);
-    workflow(
-        &e,
-        json!({"name": "two", "steps": [
-            {"id": "scan", "agent": "scanner"},
-            {"id": "notify", "agent": "notifier", "needs": ["scan"],
-             "input": {"f": "{{ steps.scan.output.findings }}"}}
-        ]}),
-    );
-    let id = start(&e, "two").id;
-    e.store.fail(Op::Get, "output:", 0, 100);
-    // The result itself does not read outputs, the next dispatch does.
-    deliver(
-        &e,
-        &success(&format!("{id}.scan.1"), json!({"findings": 1})),
-    )
-    .unwrap();
-    tick_until(&e, 200, 20_000, |e| is_terminal(e, &id));
-    let r = run(&e, &id);
-    assert_eq!(r.status, RunStatus::Failed);
-    let n = r.step("notify").unwrap();
-    assert_eq!(n.attempts.len(), 2, "{:?}", n.attempts);
-    assert!(
-        n.attempts
-            .iter()
-            .all(|a| a.error.as_ref().unwrap().kind == ErrorKind::DispatchFailed)
-    );
+    // skip 0: the assessment's read fails; skip 1: it succeeds, and every
+    // dispatch's read fails.
+    for skip in [0, 1] {
+        let e = engine();
+        agent(&e, "scanner", 2);
+        agent(&e, "notifier", 2);
+        workflow(
+            &e,
+            json!({"name": "two", "steps": [
+                {"id": "scan", "agent": "scanner"},
+                {"id": "notify", "agent": "notifier", "needs": ["scan"],
+                 "input": {"f": "{{ steps.scan.output.findings }}"}}
+            ]}),
+        );
+        let id = start(&e, "two").id;
+        e.store.fail(Op::Get, "output:", skip, 100);
+        // The result itself does not read outputs, the next step does.
+        deliver(
+            &e,
+            &success(&format!("{id}.scan.1"), json!({"findings": 1})),
+        )
+        .unwrap();
+        tick_until(&e, 200, 300_000, |e| is_terminal(e, &id));
+        let r = run(&e, &id);
+        assert_eq!(r.status, RunStatus::Failed);
+        let n = r.step("notify").unwrap();
+        if skip == 0 {
+            assert!(n.attempts.is_empty(), "never dispatched: {:?}", n.attempts);
+            assert_eq!(n.error.as_ref().unwrap().kind, ErrorKind::DispatchFailed);
+            assert!(n.error.as_ref().unwrap().message.contains("assessed"));
+            continue;
+        }
+        assert_eq!(n.attempts.len(), 2, "{:?}", n.attempts);
+        assert!(
+            n.attempts
+                .iter()
+                .all(|a| a.error.as_ref().unwrap().kind == ErrorKind::DispatchFailed)
+        );
+    }
 }
 
 /// A worker pool that never answers: attempts stay in flight, the lease

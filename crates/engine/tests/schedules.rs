@@ -450,6 +450,7 @@ fn two_instances(seed: u64) -> (Rc<MemStore>, SharedEngine, SharedEngine) {
         workers: FakeWorkers::accepting(),
         host: TestHost::at(now(&base)),
         config: spindle_engine::testing::config(),
+        assessors: Default::default(),
     };
     let (a, b) = (instance(), instance());
     (store, a, b)
@@ -865,9 +866,11 @@ fn a_claimer_failing_after_its_claim_gives_it_back_and_the_retried_timer_fires()
         json!({"name": "every", "workflow": "held", "cron": "* * * * *", "overlap": "allow"}),
     );
     drive_to(&e, "2026-05-04T10:00:30Z");
-    // The tick at 10:01 starts the run of 10:01, then fails to arm 10:02.
+    // The tick at 10:01 starts the run of 10:01 (writing its own two
+    // timers: its step's assessment and its approval's expiry), then fails
+    // to arm 10:02.
     e.host.set(utc("2026-05-04T10:01:00Z"));
-    e.store.fail(Op::Set, "timers:", 0, 1);
+    e.store.fail(Op::Set, "timers:", 2, 1);
     let report = block_on(e.tick()).unwrap();
     assert_eq!(report.errors.len(), 1, "{report:?}");
     assert_eq!(report.schedules.started, 0, "counted once it is recorded");
@@ -1275,6 +1278,7 @@ fn a_write_races_the_fire_of_1001(
         workers: FakeWorkers::accepting(),
         host: TestHost::at(at),
         config: spindle_engine::testing::config(),
+        assessors: Default::default(),
     };
     let e = Engine {
         store: Hooked {
@@ -1284,6 +1288,7 @@ fn a_write_races_the_fire_of_1001(
         workers: FakeWorkers::accepting(),
         host: TestHost::at(at),
         config: spindle_engine::testing::config(),
+        assessors: Default::default(),
     };
     let report = block_on(e.tick()).unwrap();
     assert!(report.errors.is_empty(), "{report:?}");

@@ -29,6 +29,7 @@ pub async fn open_on(store: Kv) -> Result<SpinEngine, Problem> {
         workers: SpinWorkers,
         host: SpinHost,
         config,
+        assessors: Default::default(),
     })
 }
 
@@ -133,6 +134,10 @@ impl From<EngineError> for Problem {
                     Reject::JobNotActive { .. } => K::JobNotActive,
                     Reject::RunFinished { .. } => K::RunFinished,
                     Reject::NotWaitingApproval { .. } => K::NotWaitingApproval,
+                    Reject::ApprovalExpired { .. } => K::ApprovalExpired,
+                    Reject::AlreadyDecided { .. } => K::AlreadyDecided,
+                    Reject::SelfApproval { .. } => K::SelfApproval,
+                    Reject::InputChanged { .. } => K::InputChanged,
                 };
                 Problem::of(kind, r.to_string())
             }
@@ -145,6 +150,12 @@ impl From<EngineError> for Problem {
                 ),
             ),
             EngineError::Invalid(v) => Problem::validation(v),
+            EngineError::Forbidden(m) => Problem::of(K::Forbidden, m),
+            EngineError::Link(e) => Problem::of(K::BadLink, e.to_string()),
+            EngineError::LinkUsed => Problem::of(
+                K::LinkUsed,
+                "this approval link was used already; ask for a new one",
+            ),
             EngineError::BadRequest(pointer, detail) => {
                 Problem::invalid("Invalid request body", pointer, detail)
             }

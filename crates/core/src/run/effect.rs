@@ -18,6 +18,12 @@ pub enum TimerKind {
     Deadline,
     /// Fire a cron schedule (not a run's: [`Timer::schedule`] names it).
     Schedule,
+    /// Assess a step again if the assessment asked for never arrived
+    /// (`attempt` counts the tries); once a low-risk step was dispatched at
+    /// once, the lease timer of its first attempt.
+    Assess,
+    /// End a step's wait for approval.
+    ApprovalExpiry,
 }
 
 /// A timer: "deliver this to the run at `at_ms`". Kept in the store and
@@ -61,6 +67,12 @@ pub enum Effect {
     Dispatch {
         /// The job.
         job_id: String,
+        /// The step.
+        step: String,
+    },
+    /// Render the step's input, assess its risk and answer with
+    /// [`super::Event::Gated`] (or [`super::Event::AssessFailed`]).
+    Assess {
         /// The step.
         step: String,
     },

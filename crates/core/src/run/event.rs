@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{RunStatus, StepStatus, Timer};
+use crate::approval::{GateRequest, Verdict};
 use crate::job::JobError;
 
 /// Something that happened to a run.
@@ -69,14 +70,41 @@ pub enum Event {
         /// Who, when a caller did.
         by: Option<String>,
     },
-    /// A human decided on a step waiting for approval.
+    /// A step's input was rendered and its risk assessed.
+    Gated {
+        /// The step.
+        step: String,
+        /// The verdict.
+        gate: GateRequest,
+    },
+    /// A step's input cannot be built (its template or the agent's input
+    /// schema refuses it): the step fails for good.
+    AssessFailed {
+        /// The step.
+        step: String,
+        /// Why.
+        error: JobError,
+    },
+    /// An approver decided on a step waiting for approval.
     Decide {
         /// The step.
         step: String,
-        /// Approved or not.
-        approved: bool,
+        /// The approval decided on.
+        approval: String,
+        /// Approve or reject.
+        decision: Verdict,
         /// Who decided.
         by: String,
+        /// Why, in their words.
+        #[serde(default)]
+        comment: String,
+        /// Whether it came through a signed link.
+        #[serde(default)]
+        via_link: bool,
+        /// The input digest the approver saw, when they sent it: a decision
+        /// on another input than the one waiting is refused.
+        #[serde(default)]
+        input_sha256: Option<String>,
     },
 }
 
@@ -109,10 +137,41 @@ pub enum Reject {
         /// Its final status.
         status: RunStatus,
     },
-    /// An approval decision for a step that is not waiting for one.
+    /// An approval decision for a step that is not waiting for one (or
+    /// for an approval the step no longer waits on).
     #[error("step {step} is not waiting for approval")]
     NotWaitingApproval {
         /// The step.
         step: String,
+    },
+    /// The approval's time is up; the tick carries out its expiry.
+    #[error("approval {approval} has expired")]
+    ApprovalExpired {
+        /// The approval.
+        approval: String,
+    },
+    /// This approver already decided on this approval.
+    #[error("{by} already decided on approval {approval}")]
+    AlreadyDecided {
+        /// The approval.
+        approval: String,
+        /// The approver.
+        by: String,
+    },
+    /// The policy does not let whoever started a run approve its steps.
+    #[error("{by} started this run and may not approve its steps")]
+    SelfApproval {
+        /// The approver.
+        by: String,
+    },
+    /// The decision names another input than the one waiting.
+    #[error("approval {approval} is for input {expected}, not {got}")]
+    InputChanged {
+        /// The approval.
+        approval: String,
+        /// The waiting input's digest.
+        expected: String,
+        /// The digest the decision named.
+        got: String,
     },
 }

@@ -36,6 +36,7 @@ pub use state::{
     Attempt, MAX_EVENTS, MAX_NO_WORKER_ATTEMPTS, PlannedStep, Run, RunEvent, RunSettings,
     RunStatus, StepState, StepStatus, Trigger, TriggerKind,
 };
+pub use transition::MAX_ASSESS_TRIES;
 
 pub use crate::ids::valid_run_id;
 
@@ -83,6 +84,7 @@ impl Run {
                 retry_at_ms: None,
                 output_bytes: None,
                 error: None,
+                gate: None,
             })
             .collect();
         let run = Run {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::agent::Agent;
+use crate::approval::Gate;
 use crate::job::JobError;
 use crate::retry::RetryPolicy;
 
@@ -81,7 +82,9 @@ impl RunStatus {
 pub enum StepStatus {
     /// Waiting for the steps it needs.
     Pending,
-    /// Ready, but its agent needs a human approval first.
+    /// Ready: its input is being rendered and its risk assessed.
+    Assessing,
+    /// Assessed as needing a human approval; waits for it.
     WaitingApproval,
     /// Sent (or being sent) to a worker; no heartbeat yet.
     Dispatched,
@@ -213,6 +216,9 @@ pub struct StepState {
     /// The final error, once it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// Its risk assessment and approval, once assessed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
 }
 
 impl StepState {

@@ -1,6 +1,8 @@
 use super::*;
-use crate::agent::AgentSpec;
+use crate::agent::{AgentSpec, RiskLevel};
+use crate::approval::{ApprovalRef, GateRequest, Outcome, Verdict};
 use crate::job::{ErrorKind, JobError};
+use crate::risk::{Level, LevelPolicy, OnExpiry};
 use crate::workflow::WorkflowSpec;
 use serde_json::json;
 
@@ -76,7 +78,77 @@ fn start(w: &Workflow, risky: &[&str]) -> (Run, Vec<Effect>) {
         Some(&Effect::Audit(queued.events[0].clone())),
         "the creation is audited first"
     );
-    (run, t.effects)
+    settle(run, t.effects, 0)
+}
+
+/// The verdict of an assessment that lets a step run at once.
+fn auto_gate(step: &str) -> Event {
+    Event::Gated {
+        step: step.into(),
+        gate: GateRequest {
+            level: Level::Low,
+            score: 0,
+            matched: vec![],
+            rules_checked: 40,
+            input_sha256: "0".repeat(64),
+            approval: None,
+            policy: LevelPolicy {
+                expires_in_secs: 3600,
+                approvers: 1,
+                on_expiry: OnExpiry::Reject,
+            },
+            allow_self_approval: false,
+        },
+    }
+}
+
+/// The verdict of an assessment that asks `approvers` approvers, for
+/// `secs` seconds, with `on_expiry`.
+fn approval_gate(step: &str, approvers: u8, secs: u32, on_expiry: OnExpiry) -> Event {
+    Event::Gated {
+        step: step.into(),
+        gate: GateRequest {
+            level: Level::High,
+            score: 40,
+            matched: vec!["env-file".into()],
+            rules_checked: 40,
+            input_sha256: "a".repeat(64),
+            approval: Some(ApprovalRef {
+                id: format!("r-1.{step}"),
+                seq: 1,
+            }),
+            policy: LevelPolicy {
+                expires_in_secs: secs,
+                approvers,
+                on_expiry,
+            },
+            allow_self_approval: false,
+        },
+    }
+}
+
+/// Answers every assessment `fx` asks for the way the engine would with
+/// a policy that matches nothing: auto agents run, risky ones wait for one
+/// approver. Returns the run and every effect, the answers' included.
+fn settle(mut run: Run, mut fx: Vec<Effect>, now: u64) -> (Run, Vec<Effect>) {
+    let mut i = 0;
+    while i < fx.len() {
+        if let Effect::Assess { step } = &fx[i] {
+            let risky = run.planned(step).unwrap().agent.risk_level == RiskLevel::ApprovalRequired;
+            let e = if risky {
+                approval_gate(step, 1, 3600, OnExpiry::Reject)
+            } else {
+                auto_gate(step)
+            };
+            let t = run.apply(&e, now).unwrap();
+            if let Some(next) = t.run {
+                run = next;
+            }
+            fx.extend(t.effects);
+        }
+        i += 1;
+    }
+    (run, fx)
 }
 
 /// Applies an event that must change nothing; returns its effects.
@@ -86,12 +158,13 @@ fn unchanged(run: &Run, e: Event, now: u64) -> Vec<Effect> {
     t.effects
 }
 
-/// Applies an event that must change the run.
+/// Applies an event that must change the run, and answers the
+/// assessments it asks for.
 fn step(run: &Run, e: Event, now: u64) -> (Run, Vec<Effect>) {
     let t = run.apply(&e, now).unwrap();
     let next = t.run.unwrap_or_else(|| panic!("{e:?} changed nothing"));
     assert_eq!(next.revision, run.revision + 1);
-    (next, t.effects)
+    settle(next, t.effects, now)
 }
 
 fn dispatched(fx: &[Effect]) -> Vec<String> {
@@ -137,14 +210,18 @@ fn a_single_step_run_goes_queued_running_succeeded() {
     let (run, fx) = start(&w, &[]);
     assert_eq!(run.status, RunStatus::Running);
     assert_eq!(dispatched(&fx), ["r-1.scan.1"]);
-    assert!(fx.contains(&Effect::Schedule(Timer {
-        at_ms: LEASE,
-        run_id: "r-1".into(),
-        kind: TimerKind::Lease,
-        step: Some("scan".into()),
-        attempt: 1,
-        schedule: None,
-    })));
+    // One timer: the assessment's, which watches the first attempt's lease.
+    assert_eq!(
+        scheduled(&fx),
+        [Timer {
+            at_ms: LEASE,
+            run_id: "r-1".into(),
+            kind: TimerKind::Assess,
+            step: Some("scan".into()),
+            attempt: 0,
+            schedule: None,
+        }]
+    );
 
     let (run, _) = step(
         &run,
@@ -260,12 +337,11 @@ fn duplicated_results_in_any_order_never_double_dispatch() {
             for _ in 0..=((seed >> 20) % 3) {
                 now += 1;
                 if let Ok(t) = run.apply(&ok(&job), now) {
-                    let new = dispatched(&t.effects);
+                    let (next, fx) = settle(t.run.unwrap_or_else(|| run.clone()), t.effects, now);
+                    let new = dispatched(&fx);
                     sent.extend(new.iter().cloned());
                     pending.extend(new);
-                    if let Some(next) = t.run {
-                        run = next;
-                    }
+                    run = next;
                 }
             }
             pending.retain(|j| j != &job);
@@ -628,55 +704,325 @@ fn unknown_and_future_jobs_are_told_apart_from_stale_ones() {
     ));
 }
 
-#[test]
-fn risky_steps_wait_for_approval() {
-    let w = workflow(json!({"name": "fix", "steps": [
+fn decide(step: &str, verdict: Verdict, by: &str) -> Event {
+    Event::Decide {
+        step: step.into(),
+        approval: format!("r-1.{step}"),
+        decision: verdict,
+        by: by.into(),
+        comment: "looks fine".into(),
+        via_link: false,
+        input_sha256: None,
+    }
+}
+
+fn fix_workflow() -> Workflow {
+    workflow(json!({"name": "fix", "steps": [
         {"id": "scan", "agent": "scanner"},
         {"id": "patch", "agent": "patcher", "needs": ["scan"]}
-    ]}));
-    let (run, _) = start(&w, &["patcher"]);
-    let (run, fx) = step(&run, ok("r-1.scan.1"), 10);
+    ]}))
+}
+
+/// A run of `fix` whose patch step waits for `approvers` approvers.
+fn waiting(approvers: u8, secs: u32, on_expiry: OnExpiry) -> Run {
+    let (run, _) = start(&fix_workflow(), &[]);
+    let t = run.apply(&ok("r-1.scan.1"), 10).unwrap();
+    let run = t.run.unwrap();
+    assert!(t.effects.contains(&Effect::Assess {
+        step: "patch".into()
+    }));
+    assert_eq!(status_of(&run, "patch"), StepStatus::Assessing);
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "assessing is work in progress"
+    );
+    let (run, fx) = step(&run, approval_gate("patch", approvers, secs, on_expiry), 10);
     assert!(dispatched(&fx).is_empty());
+    assert!(
+        scheduled(&fx)
+            .iter()
+            .any(|t| t.kind == TimerKind::ApprovalExpiry && t.at_ms == 10 + u64::from(secs) * 1000)
+    );
     assert_eq!(run.status, RunStatus::WaitingApproval);
     assert_eq!(status_of(&run, "patch"), StepStatus::WaitingApproval);
-    assert!(matches!(
-        run.apply(
-            &Event::Decide {
-                step: "scan".into(),
-                approved: true,
-                by: "bob".into()
+    run
+}
+
+fn gate_of<'a>(run: &'a Run, s: &str) -> &'a crate::approval::Gate {
+    run.step(s).unwrap().gate.as_ref().unwrap()
+}
+
+#[test]
+fn every_step_is_assessed_before_its_first_dispatch() {
+    let w = fix_workflow();
+    let t = Run::create("r-1".into(), &w, &agents(&[]), trigger(), settings(), 0).unwrap();
+    assert!(dispatched(&t.effects).is_empty(), "nothing runs unassessed");
+    assert!(t.effects.contains(&Effect::Assess {
+        step: "scan".into()
+    }));
+    assert!(
+        scheduled(&t.effects)
+            .iter()
+            .any(|x| x.kind == TimerKind::Assess)
+    );
+    let run = t.run.unwrap();
+    let (run, fx) = step(&run, auto_gate("scan"), 1);
+    assert_eq!(dispatched(&fx), ["r-1.scan.1"]);
+    let gate = gate_of(&run, "scan");
+    assert_eq!(gate.outcome, Some(Outcome::AutoApproved));
+    assert!(
+        run.events
+            .iter()
+            .any(|e| e.kind == "step_auto_approved" && e.detail.contains("40 rules checked"))
+    );
+    // A second verdict (a retried assessment) changes nothing.
+    assert!(unchanged(&run, auto_gate("scan"), 2).is_empty());
+}
+
+fn trigger() -> Trigger {
+    Trigger {
+        kind: TriggerKind::Manual,
+        payload: json!({"repo": "acme/app"}),
+        actor: Some("key:ci".into()),
+    }
+}
+
+#[test]
+fn an_assessment_that_never_comes_is_asked_again_then_fails_the_step() {
+    let w = fix_workflow();
+    let t = Run::create("r-1".into(), &w, &agents(&[]), trigger(), settings(), 0).unwrap();
+    let mut run = t.run.unwrap();
+    let mut timer = scheduled(&t.effects)
+        .into_iter()
+        .find(|x| x.kind == TimerKind::Assess)
+        .unwrap();
+    for tries in 1..MAX_ASSESS_TRIES {
+        let fx = unchanged(&run, Event::Timer(timer.clone()), timer.at_ms);
+        assert!(fx.contains(&Effect::Assess {
+            step: "scan".into()
+        }));
+        timer = scheduled(&fx).into_iter().next().unwrap();
+        assert_eq!(timer.attempt, tries);
+    }
+    let t = run
+        .apply(&Event::Timer(timer.clone()), timer.at_ms)
+        .unwrap();
+    run = t.run.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(status_of(&run, "scan"), StepStatus::Failed);
+}
+
+#[test]
+fn the_assessment_timer_of_a_step_dispatched_at_once_watches_its_lease() {
+    let (run, fx) = start(&fix_workflow(), &[]);
+    let assess = scheduled(&fx).pop().unwrap();
+    assert_eq!(assess.kind, TimerKind::Assess);
+    // No heartbeat by then: the attempt times out like on a lease timer.
+    let (lapsed, fx) = step(&run, Event::Timer(assess.clone()), LEASE);
+    assert_eq!(status_of(&lapsed, "scan"), StepStatus::RetryWait);
+    assert!(fx.iter().any(|e| matches!(e, Effect::CancelJob { .. })));
+    // Renewed: it re-arms as the lease timer at the new end.
+    let (renewed, _) = step(
+        &run,
+        Event::Heartbeat {
+            job_id: "r-1.scan.1".into(),
+            worker: "w1".into(),
+        },
+        900,
+    );
+    let fx = unchanged(&renewed, Event::Timer(assess), LEASE);
+    assert_eq!(scheduled(&fx)[0].kind, TimerKind::Lease);
+    assert_eq!(scheduled(&fx)[0].at_ms, 900 + LEASE);
+}
+
+#[test]
+fn an_input_that_cannot_be_built_fails_the_run() {
+    let w = fix_workflow();
+    let t = Run::create("r-1".into(), &w, &agents(&[]), trigger(), settings(), 0).unwrap();
+    let run = t.run.unwrap();
+    let (run, _) = step(
+        &run,
+        Event::AssessFailed {
+            step: "scan".into(),
+            error: JobError {
+                kind: ErrorKind::InvalidInput,
+                message: "input template refers to a missing field".into(),
             },
-            11
-        ),
+        },
+        1,
+    );
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(status_of(&run, "patch"), StepStatus::Skipped);
+}
+
+#[test]
+fn an_approval_dispatches_the_step_once_and_a_rejection_fails_it() {
+    let run = waiting(1, 3600, OnExpiry::Reject);
+    assert!(matches!(
+        run.apply(&decide("scan", Verdict::Approve, "bob"), 11),
+        Err(Reject::NotWaitingApproval { .. })
+    ));
+    let mut wrong = decide("patch", Verdict::Approve, "bob");
+    if let Event::Decide { approval, .. } = &mut wrong {
+        *approval = "r-1.other".into();
+    }
+    assert!(matches!(
+        run.apply(&wrong, 11),
         Err(Reject::NotWaitingApproval { .. })
     ));
 
-    let (approved, fx) = step(
-        &run,
-        Event::Decide {
-            step: "patch".into(),
-            approved: true,
-            by: "bob".into(),
-        },
-        20,
-    );
+    let (approved, fx) = step(&run, decide("patch", Verdict::Approve, "bob"), 20);
     assert_eq!(dispatched(&fx), ["r-1.patch.1"]);
     assert_eq!(approved.status, RunStatus::Running);
+    assert_eq!(gate_of(&approved, "patch").outcome, Some(Outcome::Approved));
+    let audit = approved
+        .events
+        .iter()
+        .find(|e| e.kind == "step_approved")
+        .unwrap();
+    assert_eq!(audit.actor.as_deref(), Some("bob"));
+    assert!(audit.detail.contains("looks fine") && audit.detail.contains(&"a".repeat(64)));
+    // Late decisions change nothing.
+    assert!(matches!(
+        approved.apply(&decide("patch", Verdict::Reject, "carol"), 21),
+        Err(Reject::NotWaitingApproval { .. })
+    ));
 
-    let (rejected, _) = step(
-        &run,
-        Event::Decide {
-            step: "patch".into(),
-            approved: false,
-            by: "bob".into(),
-        },
-        20,
-    );
+    let (rejected, fx) = step(&run, decide("patch", Verdict::Reject, "bob"), 20);
+    assert!(dispatched(&fx).is_empty());
     assert_eq!(rejected.status, RunStatus::Failed);
+    assert_eq!(gate_of(&rejected, "patch").outcome, Some(Outcome::Rejected));
     assert_eq!(
         rejected.step("patch").unwrap().error.as_ref().unwrap().kind,
         ErrorKind::Rejected
     );
+}
+
+#[test]
+fn two_approvers_are_needed_and_one_counts_once() {
+    let run = waiting(2, 3600, OnExpiry::Reject);
+    let (run, fx) = step(&run, decide("patch", Verdict::Approve, "bob"), 20);
+    assert!(dispatched(&fx).is_empty());
+    assert_eq!(run.status, RunStatus::WaitingApproval);
+    assert_eq!(gate_of(&run, "patch").approvals(), 1);
+    assert!(matches!(
+        run.apply(&decide("patch", Verdict::Approve, "bob"), 21),
+        Err(Reject::AlreadyDecided { .. })
+    ));
+    let (run, fx) = step(&run, decide("patch", Verdict::Approve, "carol"), 22);
+    assert_eq!(dispatched(&fx), ["r-1.patch.1"]);
+    assert_eq!(gate_of(&run, "patch").decisions.len(), 2);
+}
+
+#[test]
+fn the_requester_may_reject_but_not_approve_their_own_run() {
+    let run = waiting(1, 3600, OnExpiry::Reject);
+    assert!(matches!(
+        run.apply(&decide("patch", Verdict::Approve, "key:ci"), 20),
+        Err(Reject::SelfApproval { .. })
+    ));
+    let (run, _) = step(&run, decide("patch", Verdict::Reject, "key:ci"), 20);
+    assert_eq!(run.status, RunStatus::Failed);
+}
+
+#[test]
+fn a_decision_on_another_input_is_refused() {
+    let run = waiting(1, 3600, OnExpiry::Reject);
+    let mut e = decide("patch", Verdict::Approve, "bob");
+    if let Event::Decide { input_sha256, .. } = &mut e {
+        *input_sha256 = Some("b".repeat(64));
+    }
+    assert!(matches!(
+        run.apply(&e, 20),
+        Err(Reject::InputChanged { .. })
+    ));
+    if let Event::Decide { input_sha256, .. } = &mut e {
+        *input_sha256 = Some("a".repeat(64));
+    }
+    let (_, fx) = step(&run, e, 20);
+    assert_eq!(dispatched(&fx), ["r-1.patch.1"]);
+}
+
+#[test]
+fn expiry_carries_out_the_policy_and_beats_late_decisions() {
+    for (action, status, kind) in [
+        (
+            OnExpiry::Reject,
+            RunStatus::Failed,
+            Some(ErrorKind::Rejected),
+        ),
+        (OnExpiry::Fail, RunStatus::Failed, Some(ErrorKind::Timeout)),
+        (OnExpiry::Cancel, RunStatus::Cancelled, None),
+    ] {
+        let run = waiting(2, 60, action);
+        let (run, _) = step(&run, decide("patch", Verdict::Approve, "bob"), 20);
+        let expires = gate_of(&run, "patch").expires_at_ms.unwrap();
+        assert_eq!(expires, 10 + 60_000);
+        let timer = Timer {
+            at_ms: expires,
+            run_id: "r-1".into(),
+            kind: TimerKind::ApprovalExpiry,
+            step: Some("patch".into()),
+            attempt: 0,
+            schedule: None,
+        };
+        // Early: nothing. A decision at the deadline is refused.
+        assert!(unchanged(&run, Event::Timer(timer.clone()), expires - 1).is_empty());
+        assert!(matches!(
+            run.apply(&decide("patch", Verdict::Approve, "carol"), expires),
+            Err(Reject::ApprovalExpired { .. })
+        ));
+        let (done, fx) = step(&run, Event::Timer(timer.clone()), expires);
+        assert!(dispatched(&fx).is_empty());
+        assert_eq!(done.status, status, "{action:?}");
+        assert_eq!(gate_of(&done, "patch").outcome, Some(Outcome::Expired));
+        assert_eq!(
+            done.step("patch").unwrap().error.as_ref().map(|e| e.kind),
+            kind
+        );
+        assert!(done.events.iter().any(|e| e.kind == "approval_expired"));
+        // Expired once: the timer again, or a decision, changes nothing.
+        assert!(unchanged(&done, Event::Timer(timer), expires + 5).is_empty());
+        assert!(
+            done.apply(&decide("patch", Verdict::Approve, "carol"), expires + 5)
+                .is_err()
+        );
+    }
+}
+
+#[test]
+fn an_approval_cannot_be_used_after_the_run_ended() {
+    let run = waiting(1, 3600, OnExpiry::Reject);
+    let (run, _) = step(
+        &run,
+        Event::Cancel {
+            reason: "no longer needed".into(),
+            by: Some("key:ops".into()),
+        },
+        30,
+    );
+    assert_eq!(status_of(&run, "patch"), StepStatus::Skipped);
+    assert_eq!(gate_of(&run, "patch").outcome, Some(Outcome::Cancelled));
+    assert!(matches!(
+        run.apply(&decide("patch", Verdict::Approve, "bob"), 31),
+        Err(Reject::RunFinished { .. })
+    ));
+}
+
+#[test]
+fn retries_of_an_approved_step_are_not_asked_again() {
+    let run = waiting(1, 3600, OnExpiry::Reject);
+    let (run, _) = step(&run, decide("patch", Verdict::Approve, "bob"), 20);
+    let (run, fx) = step(&run, failed("r-1.patch.1", ErrorKind::AgentFailed), 30);
+    let retry = scheduled(&fx)
+        .into_iter()
+        .find(|t| t.kind == TimerKind::Retry)
+        .unwrap();
+    let (run, fx) = step(&run, Event::Timer(retry.clone()), retry.at_ms);
+    assert_eq!(dispatched(&fx), ["r-1.patch.2"]);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Assess { .. })));
+    assert_eq!(gate_of(&run, "patch").outcome, Some(Outcome::Approved));
 }
 
 #[test]

@@ -4,9 +4,15 @@ use super::{
     Attempt, Effect, Event, MAX_EVENTS, MAX_NO_WORKER_ATTEMPTS, Reject, Run, RunEvent, RunStatus,
     StepStatus, Timer, TimerKind, Transition,
 };
-use crate::agent::RiskLevel;
+use crate::approval::{Decision, Gate, GateRequest, Outcome, Verdict};
 use crate::ids::{JobRef, job_id, parse_job_id};
 use crate::job::{ErrorKind, JobError};
+use crate::risk::OnExpiry;
+
+/// Most times a step's assessment is asked for (one lease apart) before
+/// the step fails: an assessment that never arrives is a broken store or
+/// policy, not something waiting fixes.
+pub const MAX_ASSESS_TRIES: u32 = 5;
 
 impl Run {
     /// Applies `event` at `now`: the next run (`None` when the event
@@ -59,47 +65,98 @@ impl Run {
                 );
                 Ok(true)
             }
-            Event::Decide { step, approved, by } => {
-                self.refuse_if_finished()?;
-                let i = self
-                    .index(step)
-                    .filter(|i| self.steps[*i].status == StepStatus::WaitingApproval)
-                    .ok_or_else(|| Reject::NotWaitingApproval { step: step.clone() })?;
-                if *approved {
-                    let actor = Some(by.clone());
-                    self.log_by(
-                        fx,
-                        now,
-                        "step_approved",
-                        Some(step),
-                        format!("by {by}"),
-                        actor,
-                    );
-                    self.dispatch(i, now, fx);
-                    self.refresh_status();
-                } else {
-                    let error = JobError {
-                        kind: ErrorKind::Rejected,
-                        message: format!("rejected by {by}"),
-                    };
-                    self.steps[i].status = StepStatus::Failed;
-                    self.steps[i].error = Some(error.clone());
-                    let actor = Some(by.clone());
-                    self.log_by(
-                        fx,
-                        now,
-                        "step_rejected",
-                        Some(step),
-                        format!("by {by}"),
-                        actor,
-                    );
-                    self.finish(
-                        RunStatus::Failed,
-                        format!("step {step} {}", error.message),
-                        now,
-                        fx,
-                    );
+            Event::Gated { step, gate } => {
+                let Some(i) = self.index(step) else {
+                    return Ok(false);
+                };
+                if self.steps[i].status != StepStatus::Assessing || self.status.is_terminal() {
+                    // Assessed twice (a retried assessment): the first won.
+                    return Ok(false);
                 }
+                self.gate(i, gate, now, fx);
+                Ok(true)
+            }
+            Event::AssessFailed { step, error } => {
+                let Some(i) = self.index(step) else {
+                    return Ok(false);
+                };
+                if self.steps[i].status != StepStatus::Assessing || self.status.is_terminal() {
+                    return Ok(false);
+                }
+                self.steps[i].status = StepStatus::Failed;
+                self.steps[i].error = Some(error.clone());
+                self.log(
+                    fx,
+                    now,
+                    "assessment_failed",
+                    Some(step),
+                    format!("{:?}: {}", error.kind, error.message),
+                );
+                self.finish(
+                    RunStatus::Failed,
+                    format!("step {step} failed (not retryable): {}", error.message),
+                    now,
+                    fx,
+                );
+                Ok(true)
+            }
+            Event::Decide {
+                step,
+                approval,
+                decision,
+                by,
+                comment,
+                via_link,
+                input_sha256,
+            } => {
+                self.refuse_if_finished()?;
+                let not_waiting = || Reject::NotWaitingApproval { step: step.clone() };
+                let i = self.index(step).ok_or_else(not_waiting)?;
+                let s = &self.steps[i];
+                let gate = s
+                    .gate
+                    .as_ref()
+                    .filter(|g| g.approval.as_ref().is_some_and(|a| &a.id == approval))
+                    .filter(|_| s.status == StepStatus::WaitingApproval)
+                    .ok_or_else(not_waiting)?;
+                if gate.expires_at_ms.is_some_and(|at| now >= at) {
+                    return Err(Reject::ApprovalExpired {
+                        approval: approval.clone(),
+                    });
+                }
+                if gate.decisions.iter().any(|d| &d.by == by) {
+                    return Err(Reject::AlreadyDecided {
+                        approval: approval.clone(),
+                        by: by.clone(),
+                    });
+                }
+                if *decision == Verdict::Approve
+                    && !gate.allow_self_approval
+                    && gate.requested_by.as_ref() == Some(by)
+                {
+                    return Err(Reject::SelfApproval { by: by.clone() });
+                }
+                if let Some(got) = input_sha256
+                    && got != &gate.input_sha256
+                {
+                    return Err(Reject::InputChanged {
+                        approval: approval.clone(),
+                        expected: gate.input_sha256.clone(),
+                        got: got.clone(),
+                    });
+                }
+                self.decide(
+                    i,
+                    Decision {
+                        by: by.clone(),
+                        decision: *decision,
+                        at_ms: now,
+                        comment: comment.clone(),
+                        via_link: *via_link,
+                    },
+                    now,
+                    fx,
+                );
                 Ok(true)
             }
             Event::Accepted { job_id, worker } => {
@@ -240,6 +297,65 @@ impl Run {
             }
             // Fired by the engine's schedule handler, never delivered to a run.
             TimerKind::Schedule => Ok(false),
+            TimerKind::Assess => {
+                let Some(i) = t.step.as_deref().and_then(|s| self.index(s)) else {
+                    return Ok(false);
+                };
+                let s = &self.steps[i];
+                let auto = s
+                    .gate
+                    .as_ref()
+                    .is_some_and(|g| g.outcome == Some(Outcome::AutoApproved));
+                if auto && s.status.is_active() && s.attempt_number() == 1 {
+                    // Dispatched at once when assessed: this timer is the
+                    // first attempt's lease timer.
+                    let lease = Timer {
+                        kind: TimerKind::Lease,
+                        attempt: 1,
+                        ..t.clone()
+                    };
+                    return self.on_timer(&lease, now, fx);
+                }
+                if s.status != StepStatus::Assessing {
+                    return Ok(false);
+                }
+                let tries = t.attempt.saturating_add(1);
+                if tries >= MAX_ASSESS_TRIES {
+                    let step = self.steps[i].id.clone();
+                    let error = JobError {
+                        kind: ErrorKind::DispatchFailed,
+                        message: format!("its input could not be assessed in {tries} tries"),
+                    };
+                    self.steps[i].status = StepStatus::Failed;
+                    self.steps[i].error = Some(error.clone());
+                    self.finish(
+                        RunStatus::Failed,
+                        format!("step {step} failed: {}", error.message),
+                        now,
+                        fx,
+                    );
+                    return Ok(true);
+                }
+                // The assessment asked for never arrived (its request died,
+                // or the store failed): ask again, and keep the timer armed.
+                self.ask_assessment(i, tries, now, fx);
+                Ok(false)
+            }
+            TimerKind::ApprovalExpiry => {
+                let Some(i) = t.step.as_deref().and_then(|s| self.index(s)) else {
+                    return Ok(false);
+                };
+                let due = self.steps[i]
+                    .gate
+                    .as_ref()
+                    .and_then(|g| g.expires_at_ms)
+                    .is_some_and(|at| now >= at);
+                if self.steps[i].status != StepStatus::WaitingApproval || !due {
+                    return Ok(false);
+                }
+                self.expire(i, now, fx);
+                Ok(true)
+            }
             TimerKind::Lease => {
                 let Some(i) = t.step.as_deref().and_then(|s| self.index(s)) else {
                     return Ok(false);
@@ -375,8 +491,15 @@ impl Run {
         self.events.push(event);
     }
 
-    /// Starts the next attempt of step `i`.
+    /// Starts the next attempt of step `i`, with a timer on its lease.
     fn dispatch(&mut self, i: usize, now: u64, fx: &mut Vec<Effect>) {
+        self.dispatch_leased(i, now, fx, true);
+    }
+
+    /// Starts the next attempt of step `i`; `arm` says whether it needs a
+    /// lease timer of its own (not when the step's assessment timer, still
+    /// armed, watches its first attempt).
+    fn dispatch_leased(&mut self, i: usize, now: u64, fx: &mut Vec<Effect>, arm: bool) {
         let lease_ms = self.settings.lease_ms;
         let timeout_ms = u64::from(self.plan[i].timeout_secs) * 1000;
         let s = &mut self.steps[i];
@@ -398,14 +521,16 @@ impl Run {
             logs_tail: String::new(),
         });
         let step = s.id.clone();
-        fx.push(Effect::Schedule(Timer {
-            at_ms: now.saturating_add(lease_ms),
-            run_id: self.id.clone(),
-            kind: TimerKind::Lease,
-            step: Some(step.clone()),
-            attempt: number,
-            schedule: None,
-        }));
+        if arm {
+            fx.push(Effect::Schedule(Timer {
+                at_ms: now.saturating_add(lease_ms),
+                run_id: self.id.clone(),
+                kind: TimerKind::Lease,
+                step: Some(step.clone()),
+                attempt: number,
+                schedule: None,
+            }));
+        }
         fx.push(Effect::Dispatch {
             job_id: job.clone(),
             step: step.clone(),
@@ -540,9 +665,16 @@ impl Run {
                         worker: a.worker.clone(),
                     });
                 }
-                StepStatus::Pending | StepStatus::WaitingApproval | StepStatus::RetryWait => {
+                StepStatus::Pending
+                | StepStatus::Assessing
+                | StepStatus::WaitingApproval
+                | StepStatus::RetryWait => {
                     s.status = StepStatus::Skipped;
                     s.retry_at_ms = None;
+                    if let Some(g) = s.gate.as_mut().filter(|g| g.outcome.is_none()) {
+                        g.outcome = Some(Outcome::Cancelled);
+                        g.decided_at_ms = Some(now);
+                    }
                 }
                 StepStatus::Succeeded
                 | StepStatus::Failed
@@ -571,20 +703,10 @@ impl Run {
             if !ready {
                 continue;
             }
-            if self.plan[i].agent.risk_level == RiskLevel::ApprovalRequired {
-                self.steps[i].status = StepStatus::WaitingApproval;
-                let step = self.steps[i].id.clone();
-                let agent = self.plan[i].agent.name.to_string();
-                self.log(
-                    fx,
-                    now,
-                    "approval_requested",
-                    Some(&step),
-                    format!("agent {agent} requires approval"),
-                );
-            } else {
-                self.dispatch(i, now, fx);
-            }
+            // Every step is assessed before its first dispatch: the risk
+            // lies in the rendered input as much as in the agent.
+            self.steps[i].status = StepStatus::Assessing;
+            self.ask_assessment(i, 0, now, fx);
         }
         if self.steps.iter().all(|s| s.status == StepStatus::Succeeded) {
             self.finish(RunStatus::Succeeded, "every step succeeded".into(), now, fx);
@@ -593,14 +715,212 @@ impl Run {
         }
     }
 
+    /// Asks the caller to assess step `i` (try `tries`), with a timer that
+    /// asks again if the answer never comes.
+    fn ask_assessment(&mut self, i: usize, tries: u32, now: u64, fx: &mut Vec<Effect>) {
+        let step = self.steps[i].id.clone();
+        fx.push(Effect::Schedule(Timer {
+            at_ms: now.saturating_add(self.settings.lease_ms),
+            run_id: self.id.clone(),
+            kind: TimerKind::Assess,
+            step: Some(step.clone()),
+            attempt: tries,
+            schedule: None,
+        }));
+        fx.push(Effect::Assess { step });
+    }
+
+    /// Records step `i`'s assessment: dispatches it at once, or parks it
+    /// until approvers decide or the approval expires.
+    fn gate(&mut self, i: usize, req: &GateRequest, now: u64, fx: &mut Vec<Effect>) {
+        let step = self.steps[i].id.clone();
+        let rules = if req.matched.is_empty() {
+            "no rule matched".to_owned()
+        } else {
+            format!("matched {}", req.matched.join(", "))
+        };
+        let mut gate = Gate {
+            level: req.level,
+            score: req.score,
+            matched: req.matched.clone(),
+            rules_checked: req.rules_checked,
+            input_sha256: req.input_sha256.clone(),
+            approval: req.approval.clone(),
+            needed: 0,
+            requested_by: self.trigger.actor.clone(),
+            allow_self_approval: req.allow_self_approval,
+            expires_at_ms: None,
+            on_expiry: req.policy.on_expiry,
+            decisions: Vec::new(),
+            outcome: None,
+            decided_at_ms: None,
+        };
+        let Some(approval) = req.approval.clone() else {
+            gate.outcome = Some(Outcome::AutoApproved);
+            gate.decided_at_ms = Some(now);
+            self.steps[i].gate = Some(gate);
+            self.log(
+                fx,
+                now,
+                "step_auto_approved",
+                Some(&step),
+                format!(
+                    "risk {} (score {}), {} rules checked, {rules}; input sha256 {}",
+                    req.level.as_str(),
+                    req.score,
+                    req.rules_checked,
+                    req.input_sha256
+                ),
+            );
+            // The assessment's timer, armed and not yet due, watches the
+            // first attempt's lease: one timer per step, not two.
+            self.dispatch_leased(i, now, fx, false);
+            self.refresh_status();
+            return;
+        };
+        let expires = now.saturating_add(u64::from(req.policy.expires_in_secs) * 1000);
+        gate.needed = req.policy.approvers.max(1);
+        gate.expires_at_ms = Some(expires);
+        self.steps[i].gate = Some(gate);
+        self.steps[i].status = StepStatus::WaitingApproval;
+        fx.push(Effect::Schedule(Timer {
+            at_ms: expires,
+            run_id: self.id.clone(),
+            kind: TimerKind::ApprovalExpiry,
+            step: Some(step.clone()),
+            attempt: 0,
+            schedule: None,
+        }));
+        self.log(
+            fx,
+            now,
+            "approval_requested",
+            Some(&step),
+            format!(
+                "approval {}: risk {} (score {}), {rules}; {} approver(s) needed; expires at {expires}; input sha256 {}",
+                approval.id,
+                req.level.as_str(),
+                req.score,
+                req.policy.approvers.max(1),
+                req.input_sha256
+            ),
+        );
+        self.refresh_status();
+    }
+
+    /// Records a decision on step `i`'s approval (already checked): the
+    /// last approval needed dispatches it, a rejection fails it.
+    fn decide(&mut self, i: usize, d: Decision, now: u64, fx: &mut Vec<Effect>) {
+        let step = self.steps[i].id.clone();
+        let by = d.by.clone();
+        let verdict = d.decision;
+        let via = if d.via_link { " via a signed link" } else { "" };
+        let comment = if d.comment.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", d.comment)
+        };
+        let gate = self.steps[i]
+            .gate
+            .as_mut()
+            .expect("a waiting step has a gate");
+        gate.decisions.push(d);
+        let (approvals, needed) = (gate.approvals(), usize::from(gate.needed));
+        let hash = gate.input_sha256.clone();
+        let actor = Some(by.clone());
+        if verdict == Verdict::Reject {
+            gate.outcome = Some(Outcome::Rejected);
+            gate.decided_at_ms = Some(now);
+            let error = JobError {
+                kind: ErrorKind::Rejected,
+                message: format!("rejected by {by}{comment}"),
+            };
+            self.steps[i].status = StepStatus::Failed;
+            self.steps[i].error = Some(error.clone());
+            self.log_by(
+                fx,
+                now,
+                "step_rejected",
+                Some(&step),
+                format!("by {by}{via}{comment}; input sha256 {hash}"),
+                actor,
+            );
+            self.finish(
+                RunStatus::Failed,
+                format!("step {step} {}", error.message),
+                now,
+                fx,
+            );
+        } else if approvals >= needed {
+            gate.outcome = Some(Outcome::Approved);
+            gate.decided_at_ms = Some(now);
+            self.log_by(
+                fx,
+                now,
+                "step_approved",
+                Some(&step),
+                format!("by {by}{via} ({approvals} of {needed}){comment}; input sha256 {hash}"),
+                actor,
+            );
+            self.dispatch(i, now, fx);
+            self.refresh_status();
+        } else {
+            self.log_by(
+                fx,
+                now,
+                "approval_recorded",
+                Some(&step),
+                format!("by {by}{via} ({approvals} of {needed}){comment}; input sha256 {hash}"),
+                actor,
+            );
+        }
+    }
+
+    /// Step `i`'s approval ran out of time: carries out its on-expiry
+    /// action.
+    fn expire(&mut self, i: usize, now: u64, fx: &mut Vec<Effect>) {
+        let step = self.steps[i].id.clone();
+        let gate = self.steps[i]
+            .gate
+            .as_mut()
+            .expect("a waiting step has a gate");
+        gate.outcome = Some(Outcome::Expired);
+        gate.decided_at_ms = Some(now);
+        let action = gate.on_expiry;
+        let detail = format!(
+            "{} of {} approval(s) when it expired; on expiry: {}",
+            gate.approvals(),
+            gate.needed,
+            action.as_str()
+        );
+        self.log(fx, now, "approval_expired", Some(&step), detail);
+        let why = format!("the approval for step {step} expired");
+        match action {
+            OnExpiry::Cancel => self.finish(RunStatus::Cancelled, why, now, fx),
+            OnExpiry::Reject | OnExpiry::Fail => {
+                let kind = if action == OnExpiry::Reject {
+                    ErrorKind::Rejected
+                } else {
+                    ErrorKind::Timeout
+                };
+                self.steps[i].status = StepStatus::Failed;
+                self.steps[i].error = Some(JobError {
+                    kind,
+                    message: why.clone(),
+                });
+                self.finish(RunStatus::Failed, why, now, fx);
+            }
+        }
+    }
+
     fn refresh_status(&mut self) {
         if self.status.is_terminal() || self.status == RunStatus::Queued {
             return;
         }
-        let busy = self
-            .steps
-            .iter()
-            .any(|s| s.status.is_active() || s.status == StepStatus::RetryWait);
+        let busy = self.steps.iter().any(|s| {
+            s.status.is_active()
+                || matches!(s.status, StepStatus::RetryWait | StepStatus::Assessing)
+        });
         let waiting = self
             .steps
             .iter()
