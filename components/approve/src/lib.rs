@@ -41,10 +41,12 @@ async fn route(req: Request) -> Result<Response, Problem> {
             _ => Err(Problem::method_not_allowed("GET, POST")),
         };
     }
-    let (need, class) = if method == Method::GET {
-        (Role::Viewer, Class::Read)
-    } else {
-        (Role::Approver, Class::Write)
+    let (need, class) = match (&method, segs.as_slice()) {
+        (&Method::GET, _) => (Role::Viewer, Class::Read),
+        // A link is a bearer credential for someone else: an admin's to
+        // hand out.
+        (_, [_, "links"]) => (Role::Admin, Class::Write),
+        _ => (Role::Approver, Class::Write),
     };
     let kv = spindle_spin::store::Kv::open("default")
         .await
@@ -229,6 +231,9 @@ pub(crate) fn answer(d: &Decided) -> serde_json::Value {
         ),
         spindle_engine::DecisionResult::Rejected => {
             "rejected; the step failed and the run with it".to_owned()
+        }
+        spindle_engine::DecisionResult::ApprovedNotDispatched => {
+            "approved, but the step could not be dispatched; see the run".to_owned()
         }
     };
     json!({

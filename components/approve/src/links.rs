@@ -41,8 +41,8 @@ fn valid_approver(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-' | b'@'))
 }
 
-/// `POST /approvals/{id}/links`: an approve link and a reject link for
-/// one approver: the caller, or (for an admin) whoever the body names.
+/// `POST /approvals/{id}/links` (admin): an approve link and a reject link
+/// for one approver: whoever the body names (by default the caller).
 pub async fn mint(
     req: Request,
     kv: spindle_spin::store::Kv,
@@ -68,10 +68,10 @@ pub async fn mint(
             ),
         ));
     }
-    if by != me && caller.role != Role::Admin {
+    if caller.role != Role::Admin {
         return Err(Problem::of(
             ProblemKind::Forbidden,
-            "only an admin may mint links for another approver",
+            "only an admin may mint approval links",
         ));
     }
     let secs = b.expires_in_secs.unwrap_or(DEFAULT_LINK_SECS);
@@ -83,6 +83,10 @@ pub async fn mint(
         ));
     }
     let engine = spindle_spin::engine::open_on(kv).await?;
+    let roles = engine.approval(id).await?.approval.approver_roles;
+    if let Err(why) = may_approve(&engine.store, &by, &roles).await? {
+        return Err(Problem::at(ProblemKind::Validation, "/approver", why));
+    }
     let base = public_url().await;
     let exp = spindle_spin::now_ms().saturating_add(secs * 1000);
     let mut links = serde_json::Map::new();
@@ -113,6 +117,49 @@ pub async fn mint(
             "reject": links["reject"],
         }),
     ))
+}
+
+/// Whether `by` may approve under `roles`: an API key's actor
+/// (`key:<name>`) needs a key of that name that still works and has one of
+/// the roles (so revoking or downgrading an approver's key disables the
+/// links minted for them); the bootstrap admin, the admin role. A token's
+/// subject (`token:<sub>`) comes from an identity provider Spindle cannot
+/// ask: the admin who mints the link vouches for it. `Err` says why not.
+async fn may_approve(
+    store: &spindle_spin::store::Kv,
+    by: &str,
+    roles: &[String],
+) -> Result<Result<(), String>, Problem> {
+    let allowed = |role: Role| roles.iter().any(|r| r == role.as_str());
+    let Some(name) = by.strip_prefix("key:") else {
+        return Ok(if by.starts_with("token:") {
+            Ok(())
+        } else {
+            Err("must name an API key (key:<name>) or a token subject (token:<sub>)".into())
+        });
+    };
+    if name == spindle_auth::caller::BOOTSTRAP_NAME {
+        return Ok(if allowed(Role::Admin) {
+            Ok(())
+        } else {
+            Err("the bootstrap admin is not among the policy's approver roles".into())
+        });
+    }
+    let now = spindle_spin::now_ms();
+    let keys = spindle_auth::keys::list(store)
+        .await
+        .map_err(Problem::store)?;
+    let ok = keys
+        .iter()
+        .any(|k| k.name == name && k.check(now).is_ok() && allowed(k.role));
+    Ok(if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "no working API key named {name:?} has a role that may approve ({})",
+            roles.join(", ")
+        ))
+    })
 }
 
 /// Where links point: the `public_url` variable.
@@ -191,8 +238,21 @@ pub async fn use_link(req: Request, token: &str) -> Result<Response, Problem> {
     // The page's button posts a form; API clients post JSON.
     let declared = if form { Ok(()) } else { require_json(&req) };
     let engine = spindle_spin::engine::open().await?;
-    if let Err(e) = engine.read_link(token) {
-        return Err(refuse(&req, e).await);
+    let claims = match engine.read_link(token) {
+        Ok(c) => c,
+        Err(e) => return Err(refuse(&req, e).await),
+    };
+    // The approver may have lost the right since the link was minted.
+    let roles = engine
+        .approval(&claims.approval)
+        .await?
+        .approval
+        .approver_roles;
+    if let Err(why) = may_approve(&engine.store, &claims.by, &roles).await? {
+        return Err(Problem::of(
+            ProblemKind::Forbidden,
+            format!("{} may no longer approve: {why}", claims.by),
+        ));
     }
     let body = read_body(req, 4096).await?;
     let comment = if body.iter().all(u8::is_ascii_whitespace) {

@@ -268,7 +268,10 @@ pub struct Approval {
     pub agent_version: u32,
     /// What is asked, in a sentence.
     pub asked: String,
-    /// The rendered input the step will be dispatched with.
+    /// The rendered input the step will be dispatched with: kept in a
+    /// document of its own (it may be large), filled in when one approval
+    /// is read, left out of listings.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub input: Value,
     /// Its SHA-256 (hex).
     pub input_sha256: String,
@@ -322,17 +325,24 @@ pub struct ApprovalView {
 }
 
 impl ApprovalView {
-    /// Joins `approval` with its run; `None` if the run's step holds no
-    /// gate for it (a document written by an assessment the run never
-    /// recorded).
-    pub fn of(approval: Approval, run: &Run) -> Option<Self> {
+    /// Joins `approval` with its run as of `now`; `None` if the run's step
+    /// holds no gate for it (a document written by an assessment the run
+    /// never recorded). An approval past its expiry shows as expired even
+    /// before the tick carries the expiry out: no decision is taken then.
+    pub fn of(approval: Approval, run: &Run, now_ms: u64) -> Option<Self> {
         let step = run.step(&approval.step)?;
         let gate = step.gate.as_ref()?;
         if gate.approval.as_ref().map(|a| a.id.as_str()) != Some(approval.id.as_str()) {
             return None;
         }
+        let status = match gate.status() {
+            ApprovalStatus::Pending if gate.expires_at_ms.is_some_and(|at| now_ms >= at) => {
+                ApprovalStatus::Expired
+            }
+            s => s,
+        };
         Some(Self {
-            status: gate.status(),
+            status,
             approvers_needed: gate.needed,
             approvals: gate.approvals(),
             allow_self_approval: gate.allow_self_approval,

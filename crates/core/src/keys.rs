@@ -173,9 +173,17 @@ pub fn expiry(bucket: u64, slot: i64) -> String {
 /// it already done.
 pub const EXPIRY_CURSOR: &str = "expire:cursor";
 
-/// An approval document (what a gated step asks; `id` is `<run>.<step>`).
-pub fn approval(id: &str) -> String {
-    format!("approval:{id}")
+/// An approval document (what a gated step asks; `id` is `<run>.<step>`)
+/// as assessment number `seq` filed it: a second assessment of the step
+/// (a retried one) files its own, and never overwrites the one the run
+/// recorded.
+pub fn approval(id: &str, seq: u64) -> String {
+    format!("approval:{id}:{seq}")
+}
+
+/// The rendered input an approval asks about, beside its document.
+pub fn approval_input(id: &str, seq: u64) -> String {
+    format!("approval-input:{id}:{seq}")
 }
 
 /// The approval with listing number `seq` (its id), written once when the

@@ -128,7 +128,7 @@ pub enum OnExpiry {
     /// As if an approver had said no.
     #[default]
     Reject,
-    /// The step fails (and may be retried like any failure).
+    /// The step fails as timed out (and the run with it).
     Fail,
     /// The whole run is cancelled.
     Cancel,
@@ -348,7 +348,9 @@ impl ApprovalPolicy {
             None
         };
         let compiled: Vec<OnceLock<Regex>> = match &set {
-            Some(_) if self.shape_errors().is_empty() => {
+            // A rule matching empty text would match every input: `check`
+            // refuses it, and so does this, by taking the long way.
+            Some(set) if !set.is_match("") && self.shape_errors().is_empty() => {
                 self.rules.iter().map(|_| OnceLock::new()).collect()
             }
             _ => {
@@ -551,9 +553,13 @@ impl Form {
 
 /// A pattern rewritten to compile fast, matching the same normalised text:
 /// its letters lower-cased (the text is, so no case-insensitive matching
-/// is needed, the costliest part of compiling), and `\b`, `\B`, `\w`,
-/// `\d`, `\s` and their negations as their ASCII meanings. Unicode
-/// classes cost twice: compiling the shipped rules with them took 22 ms,
+/// is needed, the costliest part of compiling), `\b` and `\B` as ASCII
+/// word boundaries, and `\w`, `\d`, `\s` and their negations as small
+/// sets that match at least what they did: `\w` and `\d` take every
+/// non-ASCII character too (so `ф(){ ф|ф& };ф` or `TRUNCATE заказы` are
+/// still caught), `\W` and `\D` are the complements of the ASCII sets,
+/// and `\s` is ASCII whitespace (the normalised text has no other).
+/// Unicode classes cost twice: compiling the shipped rules with them took 22 ms,
 /// for every step assessed (components keep nothing between requests),
 /// against about 2 ms this way; and a Unicode `\b` keeps the regex crate's
 /// fast engines off any text with a non-ASCII character (a 1 MiB string of
@@ -564,33 +570,42 @@ impl Form {
 /// classes (`\p{Lu}`, `[:alpha:]`) are kept as written; a negated shorthand
 /// inside a class (`[^\W]`) keeps its Unicode meaning.
 fn fast_form(pattern: &str) -> String {
-    const WORD: &str = "0-9a-z_";
-    const DIGIT: &str = "0-9";
+    // Wide sets: every non-ASCII character counts as a word character and
+    // a digit, a superset of the Unicode classes; where a class is negated,
+    // the ASCII sets, so the negation excludes no more than it did.
+    const WORD: [&str; 2] = ["0-9a-z_\\x{80}-\\x{10FFFF}", "0-9a-z_"];
+    const DIGIT: [&str; 2] = ["0-9\\x{80}-\\x{10FFFF}", "0-9"];
     const SPACE: &str = "\\t\\n\\x0B\\x0C\\r ";
     let mut out = String::with_capacity(pattern.len() + 64);
     let mut chars = pattern.chars().peekable();
-    // Depth of character classes we are in.
-    let mut class = 0usize;
+    // The classes we are in, innermost last: whether each is negated.
+    let mut classes: Vec<bool> = Vec::new();
     while let Some(c) = chars.next() {
+        // Whether a set written here is (an odd number of times) negated.
+        let negated = classes.iter().filter(|n| **n).count() % 2 == 1;
         match c {
             '\\' => {
                 let Some(e) = chars.next() else {
                     out.push(c);
                     break;
                 };
-                let set = match e {
-                    'w' | 'W' => Some(WORD),
-                    'd' | 'D' => Some(DIGIT),
-                    's' | 'S' => Some(SPACE),
-                    _ => None,
+                let (wide, ascii) = match e {
+                    'w' | 'W' => (WORD[0], WORD[1]),
+                    'd' | 'D' => (DIGIT[0], DIGIT[1]),
+                    's' | 'S' => (SPACE, SPACE),
+                    _ => ("", ""),
                 };
-                match (set, class, e) {
-                    (Some(set), 0, _) => {
-                        let neg = if e.is_ascii_uppercase() { "^" } else { "" };
-                        out.push_str(&format!("[{neg}{set}]"));
-                    }
-                    (Some(set), _, 'w' | 'd' | 's') => out.push_str(set),
-                    (None, 0, 'b' | 'B') if chars.peek() != Some(&'{') => {
+                let upper = e.is_ascii_uppercase();
+                match (wide.is_empty(), classes.is_empty(), upper) {
+                    // `\w` outside a class: the wide set; `\W`: the
+                    // complement of the ASCII one (a superset of `\W`).
+                    (false, true, false) => out.push_str(&format!("[{wide}]")),
+                    (false, true, true) => out.push_str(&format!("[^{ascii}]")),
+                    (false, false, false) => out.push_str(if negated { ascii } else { wide }),
+                    _ if classes.is_empty()
+                        && matches!(e, 'b' | 'B')
+                        && chars.peek() != Some(&'{') =>
+                    {
                         out.push_str("(?-u:\\");
                         out.push(e);
                         out.push(')');
@@ -611,7 +626,7 @@ fn fast_form(pattern: &str) -> String {
                     }
                 }
             }
-            '(' if chars.peek() == Some(&'?') => {
+            '(' if classes.is_empty() && chars.peek() == Some(&'?') => {
                 // Flags and group names, `(?U)`, `(?-u:`, `(?P<Name>`, are
                 // copied as written.
                 out.push(c);
@@ -624,7 +639,7 @@ fn fast_form(pattern: &str) -> String {
             }
             '[' => {
                 out.push(c);
-                if class > 0 && chars.peek() == Some(&':') {
+                if !classes.is_empty() && chars.peek() == Some(&':') {
                     // A POSIX class, `[:alpha:]`: copied whole.
                     for p in chars.by_ref() {
                         out.push(p);
@@ -634,19 +649,20 @@ fn fast_form(pattern: &str) -> String {
                     }
                     continue;
                 }
-                class += 1;
                 // `]` first in a class (after an optional `^`) is literal.
-                if chars.peek() == Some(&'^') {
+                let neg = chars.peek() == Some(&'^');
+                if neg {
                     out.push('^');
                     chars.next();
                 }
+                classes.push(neg);
                 if chars.peek() == Some(&']') {
                     out.push(']');
                     chars.next();
                 }
             }
-            ']' if class > 0 => {
-                class -= 1;
+            ']' if !classes.is_empty() => {
+                classes.pop();
                 out.push(c);
             }
             c => out.extend(c.to_lowercase()),
@@ -1416,6 +1432,24 @@ mod tests {
     }
 
     #[test]
+    fn compile_refuses_what_check_refuses() {
+        for pattern in ["x*", "(", "a|"] {
+            let policy = ApprovalPolicy {
+                rules: vec![Rule {
+                    id: "r".into(),
+                    category: "c".into(),
+                    level: Level::High,
+                    pattern: pattern.into(),
+                    reason: "r".into(),
+                }],
+                ..Default::default()
+            };
+            assert!(policy.check().is_err(), "{pattern}");
+            assert!(policy.compile().is_err(), "{pattern}");
+        }
+    }
+
+    #[test]
     fn an_argv_is_read_as_one_command() {
         let a = assess(json!({"command": ["rm", "-rf", "/"]}));
         assert_eq!(a.level, Level::Critical, "{a:?}");
@@ -1597,7 +1631,7 @@ mod tests {
         }
     }
 
-    /// The fast forms match exactly what the rules as written match,
+    /// The fast forms match at least what the rules as written match,
     /// case-insensitively, on normalised text.
     fn agree(text: &str) -> Result<(), String> {
         static BOTH: LazyLock<Vec<(String, Regex, Regex)>> = LazyLock::new(|| {
@@ -1614,8 +1648,8 @@ mod tests {
                 .collect()
         });
         for (id, written, fast) in BOTH.iter() {
-            if written.is_match(text) != fast.is_match(text) {
-                return Err(format!("{id}: {text:?}"));
+            if written.is_match(text) && !fast.is_match(text) {
+                return Err(format!("{id} misses {text:?}"));
             }
         }
         Ok(())
@@ -1651,12 +1685,12 @@ mod tests {
             agree(text).unwrap();
         }
         assert_eq!(
-            fast_form(r"\bRM\s+-[A-Z]*\w"),
-            r"(?-u:\b)rm[\t\n\x0B\x0C\r ]+-[a-z]*[0-9a-z_]"
+            fast_form(r"\bRM\s+-[A-Z]*\w\W"),
+            r"(?-u:\b)rm[\t\n\x0B\x0C\r ]+-[a-z]*[0-9a-z_\x{80}-\x{10FFFF}][^0-9a-z_]"
         );
         assert_eq!(
-            fast_form(r"(?U)A[^\W\d]\p{Lu}\x41"),
-            r"(?U)a[^\W0-9]\p{Lu}\x41"
+            fast_form(r"(?U)A[^\W\d][\w-]\p{Lu}\x41[(?]\w"),
+            r"(?U)a[^\W0-9][0-9a-z_\x{80}-\x{10FFFF}-]\p{Lu}\x41[(?][0-9a-z_\x{80}-\x{10FFFF}]"
         );
         // A pattern naming an upper-case letter by escape keeps matching it.
         let f = Form::of(r"\x41BC").build().unwrap();
@@ -1674,6 +1708,7 @@ mod tests {
                     "child_process", "subprocess.run(", "shell=true", "refund", "payment",
                     "id_rsa", "key.pem", "-----begin", "private", "key-----", ";", "&&", "git",
                     "push", "--force", "terraform", "destroy", "kubectl", "$(curl", "<(curl",
+                    "ф", "заказы", "clé", "(){", "|ф&", "};", "—", "٣", "truncate",
                 ]),
                 0..12,
             )

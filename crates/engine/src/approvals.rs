@@ -21,7 +21,7 @@ use spindle_core::approval::{
 };
 use spindle_core::keys;
 use spindle_core::risk::{ApprovalPolicy, Assessor, Level};
-use spindle_core::run::{Event, Run};
+use spindle_core::run::{Event, Run, StepStatus};
 
 use crate::dispatch::Render;
 use crate::runs::MAX_SCAN;
@@ -88,6 +88,8 @@ pub enum DecisionResult {
     WaitingForApprovers,
     /// Rejected: the step failed, and with it the run.
     Rejected,
+    /// Approved, but the step could not be dispatched (see the run).
+    ApprovedNotDispatched,
 }
 
 /// A decision's answer.
@@ -235,18 +237,39 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         Some(assessor)
     }
 
-    /// Writes an approval's listing pointer, then its document; returns
-    /// its listing number.
+    /// Files an approval under a new listing number: its input, its
+    /// document, then its listing pointer. Returns the number.
     async fn file_approval(&self, doc: &Approval) -> Result<u64, EngineError> {
         let seq = self.store.increment(&keys::approval_counter(), 1).await? as u64;
+        self.store
+            .set(&keys::approval_input(&doc.id, seq), &doc.input)
+            .await?;
+        let summary = Approval {
+            input: serde_json::Value::Null,
+            ..doc.clone()
+        };
+        self.store
+            .set(&keys::approval(&doc.id, seq), &summary)
+            .await?;
         self.store.set(&keys::approval_at(seq), &doc.id).await?;
-        self.store.set(&keys::approval(&doc.id), doc).await?;
         Ok(seq)
     }
 
-    /// Drops the listing pointer of an assessment the run did not record
-    /// (another one won): the listing would skip it, and retention only
-    /// knows the recorded one.
+    /// Forgets what an assessment filed for approval `id` under `seq`.
+    pub(crate) async fn forget_approval(&self, id: &str, seq: u64) -> Result<(), EngineError> {
+        for key in [
+            keys::approval_at(seq),
+            keys::approval(id, seq),
+            keys::approval_input(id, seq),
+        ] {
+            self.store.delete(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets what an assessment the run did not record filed (another
+    /// one won, or the step moved on): the listing would skip it, and
+    /// retention only knows the recorded one.
     pub(crate) async fn drop_unrecorded_pointer(&self, run: &Run, event: &Event) {
         let Event::Gated { step, gate } = event else {
             return;
@@ -260,26 +283,44 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             .and_then(|g| g.approval.as_ref())
             .map(|a| a.seq);
         if recorded != Some(mine.seq)
-            && let Err(e) = self.store.delete(&keys::approval_at(mine.seq)).await
+            && let Err(e) = self.forget_approval(&mine.id, mine.seq).await
         {
             self.host.log(&format!(
-                "approval {}: removing an unused pointer: {e}",
+                "approval {}: removing an unrecorded filing: {e}",
                 mine.id
             ));
         }
     }
 
-    /// An approval with where it stands.
+    /// An approval with where it stands, and the input it asks about.
     pub async fn approval(&self, id: &str) -> Result<ApprovalView, EngineError> {
+        let (mut view, seq) = self.recorded(id).await?;
+        view.approval.input = self
+            .store
+            .get(&keys::approval_input(id, seq))
+            .await?
+            .unwrap_or_default();
+        Ok(view)
+    }
+
+    /// The approval the run recorded under `id` (without its input), and
+    /// its listing number.
+    async fn recorded(&self, id: &str) -> Result<(ApprovalView, u64), EngineError> {
         let not_found = || EngineError::NotFound(format!("no approval {id:?}"));
-        let (run_id, _) = approval::parse_approval_id(id).ok_or_else(not_found)?;
+        let (run_id, step) = approval::parse_approval_id(id).ok_or_else(not_found)?;
+        let run = match self.run(run_id).await {
+            Ok(run) => run,
+            Err(EngineError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e),
+        };
+        let seq = recorded_seq(&run, step).ok_or_else(not_found)?;
         let doc: Approval = self
             .store
-            .get(&keys::approval(id))
+            .get(&keys::approval(id, seq))
             .await?
             .ok_or_else(not_found)?;
-        let run = self.run(run_id).await.map_err(|_| not_found())?;
-        ApprovalView::of(doc, &run).ok_or_else(not_found)
+        let view = ApprovalView::of(doc, &run, self.host.now_ms()).ok_or_else(not_found)?;
+        Ok((view, seq))
     }
 
     /// Lists approvals newest first, per `filter`; looks at most at
@@ -346,8 +387,11 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             let Some(a) = s.gate.as_ref().and_then(|g| g.approval.as_ref()) else {
                 continue;
             };
-            if let Some(doc) = self.store.get::<Approval>(&keys::approval(&a.id)).await?
-                && let Some(view) = ApprovalView::of(doc, &run)
+            if let Some(doc) = self
+                .store
+                .get::<Approval>(&keys::approval(&a.id, a.seq))
+                .await?
+                && let Some(view) = ApprovalView::of(doc, &run, self.host.now_ms())
                 && matches(filter, &view)
             {
                 approvals.push(view);
@@ -373,18 +417,20 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         let Some(run) = self.store.get::<Run>(&keys::run(run_id)).await? else {
             return Ok(None);
         };
-        let recorded = run
-            .step(step)
-            .and_then(|s| s.gate.as_ref())
-            .and_then(|g| g.approval.as_ref())
-            .map(|a| a.seq);
-        if seq.is_some() && recorded != seq {
-            return Ok(None);
-        }
-        let Some(doc) = self.store.get::<Approval>(&keys::approval(id)).await? else {
+        let Some(recorded) = recorded_seq(&run, step) else {
             return Ok(None);
         };
-        Ok(ApprovalView::of(doc, &run))
+        if seq.is_some_and(|s| s != recorded) {
+            return Ok(None);
+        }
+        let Some(doc) = self
+            .store
+            .get::<Approval>(&keys::approval(id, recorded))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(ApprovalView::of(doc, &run, self.host.now_ms()))
     }
 
     /// Decides on approval `id`. Exactly one of approval, rejection and
@@ -394,11 +440,8 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     pub async fn decide(&self, id: &str, req: DecisionRequest) -> Result<Decided, EngineError> {
         let not_found = || EngineError::NotFound(format!("no approval {id:?}"));
         let (run_id, step) = approval::parse_approval_id(id).ok_or_else(not_found)?;
-        let doc: Approval = self
-            .store
-            .get(&keys::approval(id))
-            .await?
-            .ok_or_else(not_found)?;
+        let (before, _) = self.recorded(id).await?;
+        let doc = before.approval;
         if let Some(role) = &req.role
             && !doc.approver_roles.iter().any(|r| r == role)
         {
@@ -421,12 +464,21 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 },
             )
             .await?;
-        let view = ApprovalView::of(doc, &run).ok_or_else(not_found)?;
+        let view = ApprovalView::of(doc, &run, self.host.now_ms()).ok_or_else(not_found)?;
         let remaining = usize::from(view.approvers_needed).saturating_sub(view.approvals);
-        let result = match view.status {
-            ApprovalStatus::Rejected => DecisionResult::Rejected,
-            ApprovalStatus::Pending => DecisionResult::WaitingForApprovers,
-            _ => DecisionResult::ApprovedAndDispatched,
+        let result = match (view.status, view.step_status) {
+            (ApprovalStatus::Rejected, _) => DecisionResult::Rejected,
+            (ApprovalStatus::Pending, _) => DecisionResult::WaitingForApprovers,
+            (
+                _,
+                StepStatus::Dispatched
+                | StepStatus::Running
+                | StepStatus::RetryWait
+                | StepStatus::Succeeded,
+            ) => DecisionResult::ApprovedAndDispatched,
+            // Approved, but the dispatch was refused (the input is not the
+            // one approved) or the run ended meanwhile.
+            _ => DecisionResult::ApprovedNotDispatched,
         };
         Ok(Decided {
             result,
@@ -445,7 +497,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         exp_ms: u64,
         nonce: &str,
     ) -> Result<(String, u64), EngineError> {
-        let view = self.approval(id).await?;
+        let (view, _) = self.recorded(id).await?;
         if view.status != ApprovalStatus::Pending {
             return Err(EngineError::Rejected(
                 spindle_core::run::Reject::NotWaitingApproval {
@@ -508,6 +560,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         }
         decided
     }
+}
+
+/// The listing number of the approval the run recorded for `step`.
+fn recorded_seq(run: &Run, step: &str) -> Option<u64> {
+    run.step(step)
+        .and_then(|s| s.gate.as_ref())
+        .and_then(|g| g.approval.as_ref())
+        .map(|a| a.seq)
 }
 
 fn matches(filter: &ApprovalFilter, view: &ApprovalView) -> bool {

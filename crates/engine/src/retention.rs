@@ -141,8 +141,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         }
         for step in &run.steps {
             if let Some(a) = step.gate.as_ref().and_then(|g| g.approval.as_ref()) {
-                self.store.delete(&keys::approval(&a.id)).await?;
-                self.store.delete(&keys::approval_at(a.seq)).await?;
+                self.forget_approval(&a.id, a.seq).await?;
             }
             // Attempts no worker took may have been compacted out of the
             // run; their documents go too, up to a bound, so one run's

@@ -14,7 +14,9 @@ use spindle_core::keys;
 use spindle_core::risk::{ApprovalPolicy, Level, OnExpiry};
 use spindle_core::run::{Run, RunStatus, StepStatus, Trigger, TriggerKind};
 use spindle_engine::testing::Op;
-use spindle_engine::{ApprovalFilter, DecisionRequest, DecisionResult, EngineError, StoreExt};
+use spindle_engine::{
+    ApprovalFilter, DecisionRequest, DecisionResult, EngineError, Store, StoreExt,
+};
 
 const HOUR: u64 = 3_600_000;
 
@@ -520,6 +522,92 @@ fn listings_filter_and_page_without_duplicates() {
 }
 
 #[test]
+fn an_approval_past_its_expiry_shows_expired_and_takes_no_link() {
+    let e = engine();
+    fix(&e);
+    let (_, id) = parked(&e, "key:ci", ENV_DIFF);
+    e.host.advance(4 * HOUR);
+    let view = block_on(e.approval(&id)).unwrap();
+    assert_eq!(view.status, ApprovalStatus::Expired, "before any tick");
+    assert!(block_on(e.approval_link(&id, Verdict::Approve, "key:x", T0 + 5 * HOUR, "n")).is_err());
+}
+
+#[test]
+fn racing_assessments_of_a_step_leave_one_filing() {
+    let mut raced = 0;
+    for seed in 1..=8 {
+        let e = engine();
+        fix(&e);
+        let run_id = block_on(e.create_run("fix", manual(json!({"repo": "acme/app"})), None))
+            .unwrap()
+            .0
+            .id;
+        // The first assessment cannot read the policy: the patch step
+        // stays assessing until its timer asks again.
+        e.store.fail(Op::Get, keys::APPROVAL_POLICY, 0, 1);
+        deliver(
+            &e,
+            &success(&format!("{run_id}.scan.1"), json!({"diff": ENV_DIFF})),
+        )
+        .unwrap();
+        assert_eq!(step_status(&e, &run_id, "patch"), StepStatus::Assessing);
+        e.host.advance(31_000);
+        // Two ticks at once may both fire the timer: two assessments.
+        e.store.interleave(seed);
+        let (a, b) = block_on(futures::future::join(e.tick(), e.tick()));
+        a.unwrap();
+        b.unwrap();
+        let r = run(&e, &run_id);
+        assert_eq!(
+            r.step("patch").unwrap().status,
+            StepStatus::WaitingApproval,
+            "seed {seed}"
+        );
+        let recorded = r
+            .step("patch")
+            .unwrap()
+            .gate
+            .as_ref()
+            .unwrap()
+            .approval
+            .clone()
+            .unwrap();
+        let filed: Vec<String> = e
+            .store
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("approval"))
+            .collect();
+        assert_eq!(
+            filed,
+            [
+                keys::approval_input(&recorded.id, recorded.seq),
+                keys::approval(&recorded.id, recorded.seq),
+                keys::approval_at(recorded.seq),
+            ],
+            "seed {seed}: only what the run recorded stays"
+        );
+        let listed = block_on(e.list_approvals(&ApprovalFilter {
+            limit: 10,
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(listed.approvals.len(), 1, "seed {seed}");
+        assert!(
+            listed.approvals[0].approval.input.is_null(),
+            "not with a listing"
+        );
+        let view = block_on(e.approval(&recorded.id)).unwrap();
+        assert!(
+            view.approval.input.is_object(),
+            "the input comes with one approval"
+        );
+        raced += usize::from(block_on(e.store.counter(&keys::approval_counter())).unwrap() > 1);
+    }
+    assert!(raced > 0, "no seed made two assessments race");
+}
+
+#[test]
 fn retention_removes_approvals_with_their_runs() {
     let e = engine();
     fix(&e);
@@ -542,6 +630,7 @@ fn retention_removes_approvals_with_their_runs() {
         e.store.raw(&keys::run(&run_id)).is_none(),
         "the run is purged"
     );
-    assert!(e.store.raw(&keys::approval(&id)).is_none());
+    assert!(e.store.raw(&keys::approval(&id, seq)).is_none());
+    assert!(e.store.raw(&keys::approval_input(&id, seq)).is_none());
     assert!(e.store.raw(&keys::approval_at(seq)).is_none());
 }
