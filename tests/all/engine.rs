@@ -159,8 +159,7 @@ pub(crate) fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
 }
 
 const ECHO: &str = "cat";
-const SCAN: &str =
-    r#"cat >/dev/null; echo '{"findings":[{"severity":"high","file":".env","rule":"secret"}]}'"#;
+const SCAN: &str = r#"cat >/dev/null; echo '{"findings":[{"severity":"high","file":"src/app.py","rule":"secret"}]}'"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_single_step_run_stores_the_agents_output() {
@@ -236,7 +235,7 @@ async fn templates_carry_one_steps_output_into_the_next() {
     let v = s.finished(&run, 30).await;
     assert_eq!(v["status"], "succeeded", "{v:#}");
     let out = &step(&v, "notify")["output"];
-    assert_eq!(out["findings"][0]["file"], ".env");
+    assert_eq!(out["findings"][0]["file"], "src/app.py");
     assert_eq!(out["summary"], "high finding in acme/app");
 }
 

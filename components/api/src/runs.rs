@@ -6,19 +6,14 @@ use spin_sdk::http::Request;
 use spindle_core::keys;
 use spindle_core::run::{Run, RunStatus};
 use spindle_engine::RunFilter;
-use spindle_spin::http::{Problem, Response, json, read_body, require_json};
+use spindle_spin::http::{
+    Problem, Response, bad_query, json, page_cursor, page_limit, read_body, require_json,
+};
 use spindle_spin::store::StoreExt;
 
 /// Default and largest page size.
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 100;
-
-fn bad_query(field: &str, detail: impl Into<String>) -> Problem {
-    let detail = detail.into();
-    let mut p = Problem::invalid("Invalid query", format!("/query/{field}"), detail.clone());
-    p.detail = format!("{field}: {detail}");
-    p
-}
 
 fn parse_filter(query: &str) -> Result<RunFilter, Problem> {
     let mut f = RunFilter {
@@ -48,19 +43,8 @@ fn parse_filter(query: &str) -> Result<RunFilter, Problem> {
                     f.until = Some(ms);
                 }
             }
-            "limit" => {
-                f.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| bad_query(k, format!("must be between 1 and {MAX_LIMIT}")))?;
-            }
-            "cursor" => {
-                if spindle_engine::parse_cursor(v).is_none() {
-                    return Err(bad_query(k, "must be a next_cursor from an earlier page"));
-                }
-                f.cursor = Some(v.to_owned());
-            }
+            "limit" => f.limit = page_limit(v, MAX_LIMIT)?,
+            "cursor" => f.cursor = Some(page_cursor(v)?),
             other => {
                 return Err(bad_query(
                     other,

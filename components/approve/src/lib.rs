@@ -15,7 +15,9 @@ use spindle_auth::{Class, Role};
 use spindle_core::approval::{ApprovalStatus, MAX_COMMENT, Verdict};
 use spindle_core::risk::Level;
 use spindle_engine::{ApprovalFilter, Decided, DecisionRequest};
-use spindle_spin::http::{Problem, Response, json, read_body, require_json};
+use spindle_spin::http::{
+    Problem, Response, bad_query, json, page_cursor, page_limit, read_body, require_json,
+};
 
 /// Default and largest page size.
 const DEFAULT_LIMIT: usize = 20;
@@ -68,13 +70,6 @@ async fn route(req: Request) -> Result<Response, Problem> {
     }
 }
 
-fn bad_query(field: &str, detail: impl Into<String>) -> Problem {
-    let detail = detail.into();
-    let mut p = Problem::invalid("Invalid query", format!("/query/{field}"), detail.clone());
-    p.detail = format!("{field}: {detail}");
-    p
-}
-
 fn parse_filter(query: &str) -> Result<ApprovalFilter, Problem> {
     let mut f = ApprovalFilter {
         limit: DEFAULT_LIMIT,
@@ -109,19 +104,8 @@ fn parse_filter(query: &str) -> Result<ApprovalFilter, Problem> {
                 spindle_core::agent::check_name(v).map_err(|e| bad_query(k, e))?;
                 f.workflow = Some(v.to_owned());
             }
-            "limit" => {
-                f.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| bad_query(k, format!("must be between 1 and {MAX_LIMIT}")))?;
-            }
-            "cursor" => {
-                if spindle_engine::parse_cursor(v).is_none() {
-                    return Err(bad_query(k, "must be a next_cursor from an earlier page"));
-                }
-                f.cursor = Some(v.to_owned());
-            }
+            "limit" => f.limit = page_limit(v, MAX_LIMIT)?,
+            "cursor" => f.cursor = Some(page_cursor(v)?),
             other => {
                 return Err(bad_query(
                     other,

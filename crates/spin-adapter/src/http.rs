@@ -140,6 +140,35 @@ impl IntoResponse for Problem {
     }
 }
 
+/// A refused query parameter: the pointer is `/query/<field>` and the
+/// detail names the parameter.
+pub fn bad_query(field: &str, detail: impl Into<String>) -> Problem {
+    let detail = detail.into();
+    let mut p = Problem::invalid("Invalid query", format!("/query/{field}"), detail.clone());
+    p.detail = format!("{field}: {detail}");
+    p
+}
+
+/// A listing's page size (`limit`): 1 to `max`.
+pub fn page_limit(value: &str, max: usize) -> Result<usize, Problem> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| bad_query("limit", format!("must be between 1 and {max}")))
+}
+
+/// A listing's `cursor`: a `next_cursor` from an earlier page.
+pub fn page_cursor(value: &str) -> Result<String, Problem> {
+    match spindle_engine::parse_cursor(value) {
+        Some(_) => Ok(value.to_owned()),
+        None => Err(bad_query(
+            "cursor",
+            "must be a next_cursor from an earlier page",
+        )),
+    }
+}
+
 /// `204 No Content`.
 pub fn no_content() -> Response {
     ::http::Response::builder()
