@@ -282,7 +282,6 @@ async fn native_server(dir: &std::path::Path, worker: &str) -> anyhow::Result<St
         workers: NativeWorkers(reqwest::Client::new()),
         host: NativeHost,
         config,
-        assessors: Default::default(),
     });
     register(&engine).await?;
     // The host ticks every second (lease timers, retention, expiry); so

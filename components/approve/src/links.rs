@@ -13,7 +13,7 @@ use spindle_auth::Role;
 use spindle_core::approval::{ApprovalView, LinkClaims, Verdict};
 use spindle_core::problem::ProblemKind;
 use spindle_spin::http::{Problem, Response, json, read_body, require_json};
-use spindle_spin::store::Store;
+use spindle_spin::store::{Store, StoreExt};
 
 /// Longest an approval link lasts when the caller does not say (it never
 /// outlives its approval either).
@@ -84,16 +84,19 @@ pub async fn mint(
     }
     let engine = spindle_spin::engine::open_on(kv).await?;
     let roles = engine.approval(id).await?.approval.approver_roles;
-    if let Err(why) = may_approve(&engine.store, &by, &roles).await? {
-        return Err(Problem::at(ProblemKind::Validation, "/approver", why));
-    }
+    let key = match may_approve(&engine.store, &by, None, &roles).await? {
+        Ok(key) => key,
+        Err(why) => return Err(Problem::at(ProblemKind::Validation, "/approver", why)),
+    };
     let base = public_url().await;
     let exp = spindle_spin::now_ms().saturating_add(secs * 1000);
     let mut links = serde_json::Map::new();
     let mut expires_at = exp;
     for verdict in [Verdict::Approve, Verdict::Reject] {
         let nonce = hex::encode(spindle_spin::random::<16>()?);
-        let (token, at) = engine.approval_link(id, verdict, &by, exp, &nonce).await?;
+        let (token, at) = engine
+            .approval_link(id, verdict, &by, key.as_deref(), exp, &nonce)
+            .await?;
         expires_at = at;
         links.insert(
             verdict.as_str().to_owned(),
@@ -119,47 +122,81 @@ pub async fn mint(
     ))
 }
 
-/// Whether `by` may approve under `roles`: an API key's actor
-/// (`key:<name>`) needs a key of that name that still works and has one of
-/// the roles (so revoking or downgrading an approver's key disables the
-/// links minted for them); the bootstrap admin, the admin role. A token's
-/// subject (`token:<sub>`) comes from an identity provider Spindle cannot
-/// ask: the admin who mints the link vouches for it. `Err` says why not.
+/// Whether `by` may approve under `roles`, and through which API key.
+/// An API key's actor (`key:<name>`) needs a working key of that name with
+/// one of the roles; once a link is minted it names that key (`key`), and
+/// only that key keeps it working, so revoking or downgrading it disables
+/// the link even if another key shares the name. The bootstrap admin needs
+/// the admin role allowed and its key still configured. A token's subject
+/// (`token:<sub>`) comes from an identity provider Spindle cannot ask: the
+/// admin who mints the link vouches for it. `Err` says why not.
 async fn may_approve(
     store: &spindle_spin::store::Kv,
     by: &str,
+    key: Option<&str>,
     roles: &[String],
-) -> Result<Result<(), String>, Problem> {
+) -> Result<Result<Option<String>, String>, Problem> {
     let allowed = |role: Role| roles.iter().any(|r| r == role.as_str());
     let Some(name) = by.strip_prefix("key:") else {
         return Ok(if by.starts_with("token:") {
-            Ok(())
+            Ok(None)
         } else {
             Err("must name an API key (key:<name>) or a token subject (token:<sub>)".into())
         });
     };
     if name == spindle_auth::caller::BOOTSTRAP_NAME {
-        return Ok(if allowed(Role::Admin) {
-            Ok(())
+        let configured = spin_sdk::variables::get("admin_key")
+            .await
+            .is_ok_and(|k| !k.trim().is_empty());
+        return Ok(if allowed(Role::Admin) && configured {
+            Ok(None)
         } else {
-            Err("the bootstrap admin is not among the policy's approver roles".into())
+            Err("the bootstrap admin key is not configured, or admins may not approve".into())
         });
     }
     let now = spindle_spin::now_ms();
-    let keys = spindle_auth::keys::list(store)
-        .await
-        .map_err(Problem::store)?;
-    let ok = keys
-        .iter()
-        .any(|k| k.name == name && k.check(now).is_ok() && allowed(k.role));
-    Ok(if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    let works = |k: &spindle_auth::keys::KeyRecord| {
+        k.name == name && k.check(now).is_ok() && allowed(k.role)
+    };
+    let found = match key {
+        Some(id) if spindle_auth::keys::valid_id(id) => store
+            .get::<spindle_auth::keys::KeyRecord>(&spindle_auth::keys::record_key(id))
+            .await
+            .map_err(Problem::store)?
+            .filter(|k| works(k)),
+        Some(_) => None,
+        None => spindle_auth::keys::list(store)
+            .await
+            .map_err(Problem::store)?
+            .into_iter()
+            .find(|k| works(k)),
+    };
+    Ok(match found {
+        Some(k) => Ok(Some(k.id)),
+        None => Err(format!(
             "no working API key named {name:?} has a role that may approve ({})",
             roles.join(", ")
-        ))
+        )),
     })
+}
+
+/// Refuses a link whose approver lost the right since it was minted.
+async fn still_approver(
+    engine: &spindle_spin::engine::SpinEngine,
+    claims: &LinkClaims,
+) -> Result<(), Problem> {
+    let roles = engine
+        .approval(&claims.approval)
+        .await?
+        .approval
+        .approver_roles;
+    match may_approve(&engine.store, &claims.by, claims.key.as_deref(), &roles).await? {
+        Ok(_) => Ok(()),
+        Err(why) => Err(Problem::of(
+            ProblemKind::Forbidden,
+            format!("{} may no longer approve: {why}", claims.by),
+        )),
+    }
 }
 
 /// Where links point: the `public_url` variable.
@@ -205,7 +242,10 @@ pub async fn show(req: &Request, token: &str) -> Result<Response, Problem> {
         Ok(c) => c,
         Err(e) => return Err(refuse(req, e).await),
     };
-    let view = engine.approval(&claims.approval).await?;
+    still_approver(&engine, &claims).await?;
+    let mut view = engine.approval(&claims.approval).await?;
+    // The preview is what a link shows; the full input stays behind the API.
+    view.approval.input = serde_json::Value::Null;
     if wants_html(req) {
         return Ok(html(200, &confirm_page(&claims, &view, token)));
     }
@@ -242,18 +282,7 @@ pub async fn use_link(req: Request, token: &str) -> Result<Response, Problem> {
         Ok(c) => c,
         Err(e) => return Err(refuse(&req, e).await),
     };
-    // The approver may have lost the right since the link was minted.
-    let roles = engine
-        .approval(&claims.approval)
-        .await?
-        .approval
-        .approver_roles;
-    if let Err(why) = may_approve(&engine.store, &claims.by, &roles).await? {
-        return Err(Problem::of(
-            ProblemKind::Forbidden,
-            format!("{} may no longer approve: {why}", claims.by),
-        ));
-    }
+    still_approver(&engine, &claims).await?;
     let body = read_body(req, 4096).await?;
     let comment = if body.iter().all(u8::is_ascii_whitespace) {
         String::new()

@@ -404,6 +404,10 @@ pub struct LinkClaims {
     pub decision: Verdict,
     /// The approver it is recorded as.
     pub by: String,
+    /// The id of the API key that made `by` an approver when the link was
+    /// minted: the link works while that key does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// When it stops working (ms since the epoch).
     pub exp_ms: u64,
     /// Tells two links with the same fields apart.
@@ -479,6 +483,7 @@ mod tests {
             approval: "r1-1.patch".into(),
             decision: Verdict::Approve,
             by: "token:alice".into(),
+            key: None,
             exp_ms: 10_000,
             nonce: "n1".into(),
         }

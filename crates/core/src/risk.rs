@@ -502,7 +502,14 @@ fn compile_pattern(pattern: &str) -> Result<Regex, String> {
     if pattern.chars().count() > MAX_PATTERN_CHARS {
         return Err(format!("must be at most {MAX_PATTERN_CHARS} characters"));
     }
-    // Should neither form compile, the pattern as written names its fault.
+    // The pattern as written must be valid (a rewrite might accept what
+    // it does not); then the form assessment uses.
+    RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .nest_limit(64)
+        .build()
+        .map_err(|e| regex_problem(&e))?;
     let regex = Form::of(pattern).build().map_err(|e| regex_problem(&e))?;
     // Such a pattern would match every string of every input.
     if regex.is_match("") {
@@ -522,16 +529,15 @@ struct Form {
 
 impl Form {
     fn of(pattern: &str) -> Form {
-        let mut fast = fast_form(pattern);
-        // An escape may name an upper-case letter (`\x41`, `\p{Lu}`),
-        // which the lower-cased text never holds: such a pattern keeps
-        // case-insensitive matching.
-        let names_case = ["\\x", "\\u", "\\U", "\\p", "\\P", ":upper:", ":lower:"]
-            .iter()
-            .any(|e| pattern.contains(e));
-        if names_case {
-            fast = format!("(?i:{fast})");
-        }
+        // The shipped rules are proven to lose nothing in their fast form
+        // (a differential property test); a rule an admin wrote gets it only
+        // when it keeps to plain syntax, else it is matched as written.
+        let shipped = DEFAULT_RULES.iter().any(|r| r.4 == pattern);
+        let fast = if shipped || plain(pattern) {
+            fast_form(pattern)
+        } else {
+            format!("(?i:{pattern})")
+        };
         Form {
             written: pattern.to_owned(),
             fast,
@@ -549,6 +555,21 @@ impl Form {
         };
         build(&self.fast, false).or_else(|_| build(&self.written, true))
     }
+}
+
+/// Whether a pattern keeps to the syntax whose fast form matches at least
+/// what it says: no word boundaries (ASCII ones are no superset next to
+/// the wide `\w`), no flags or group options (`(?x)` changes what spaces and
+/// `#` mean), no escapes naming characters or classes (`\x41`, `\p{Lu}`),
+/// no class set operations or POSIX classes, no upper-case letters in a
+/// class (`[A-z]` lower-cased is another range).
+fn plain(pattern: &str) -> bool {
+    const SPECIAL: [&str; 13] = [
+        "\\b", "\\B", "(?", "\\x", "\\u", "\\U", "\\p", "\\P", "[:", "--", "~~", "&&", "#",
+    ];
+    let special = SPECIAL.iter().any(|s| pattern.contains(s));
+    let upper_in_class = pattern.contains('[') && pattern.chars().any(char::is_uppercase);
+    !special && !upper_in_class
 }
 
 /// A pattern rewritten to compile fast, matching the same normalised text:
@@ -575,7 +596,8 @@ fn fast_form(pattern: &str) -> String {
     // the ASCII sets, so the negation excludes no more than it did.
     const WORD: [&str; 2] = ["0-9a-z_\\x{80}-\\x{10FFFF}", "0-9a-z_"];
     const DIGIT: [&str; 2] = ["0-9\\x{80}-\\x{10FFFF}", "0-9"];
-    const SPACE: &str = "\\t\\n\\x0B\\x0C\\r ";
+    // `\\x20`, not a space: under `(?x)` a space in a class is ignored.
+    const SPACE: &str = "\\t\\n\\x0B\\x0C\\r\\x20";
     let mut out = String::with_capacity(pattern.len() + 64);
     let mut chars = pattern.chars().peekable();
     // The classes we are in, innermost last: whether each is negated.
@@ -947,7 +969,12 @@ fn normalise(s: &str, shell: bool) -> String {
         if c == '\\' && skip_line_break(&mut chars) {
             continue;
         }
-        let c = fullwidth_to_ascii(c);
+        // `ſ` (long s) is an `s` to Python's NFKC identifiers and to
+        // case-insensitive matching, but not to lower-casing.
+        let c = match fullwidth_to_ascii(c) {
+            'ſ' => 's',
+            c => c,
+        };
         if is_invisible(c) || (shell && matches!(c, '\'' | '"' | '`' | '\\')) {
             continue;
         }
@@ -1686,15 +1713,27 @@ mod tests {
         }
         assert_eq!(
             fast_form(r"\bRM\s+-[A-Z]*\w\W"),
-            r"(?-u:\b)rm[\t\n\x0B\x0C\r ]+-[a-z]*[0-9a-z_\x{80}-\x{10FFFF}][^0-9a-z_]"
+            r"(?-u:\b)rm[\t\n\x0B\x0C\r\x20]+-[a-z]*[0-9a-z_\x{80}-\x{10FFFF}][^0-9a-z_]"
         );
         assert_eq!(
             fast_form(r"(?U)A[^\W\d][\w-]\p{Lu}\x41[(?]\w"),
             r"(?U)a[^\W0-9][0-9a-z_\x{80}-\x{10FFFF}-]\p{Lu}\x41[(?][0-9a-z_\x{80}-\x{10FFFF}]"
         );
-        // A pattern naming an upper-case letter by escape keeps matching it.
-        let f = Form::of(r"\x41BC").build().unwrap();
-        assert!(f.is_match("abc"));
+        // A pattern an admin wrote beyond plain syntax is matched as written.
+        for (pattern, text) in [
+            (r"\x41BC", "abc"),
+            (r"(?x) drop \s+ table", "drop table"),
+            (r"\bпароль\b", "мой пароль тут"),
+            (r"secret[A-z]*key", "secret_key"),
+            (r"[\w--\d]+x", "éx"),
+        ] {
+            let f = Form::of(pattern).build().unwrap();
+            assert!(f.is_match(text), "{pattern} on {text}");
+        }
+        assert!(plain("drop\\s+table"));
+        assert!(!plain("\\bdrop"));
+        // The long s is an s.
+        assert!(rules(&assess(json!("os.ſyſtem('id')"))).contains(&"shell-call"));
     }
 
     proptest! {

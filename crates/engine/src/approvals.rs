@@ -21,7 +21,7 @@ use spindle_core::approval::{
 };
 use spindle_core::keys;
 use spindle_core::risk::{ApprovalPolicy, Assessor, Level};
-use spindle_core::run::{Event, Run, StepStatus};
+use spindle_core::run::{Event, Run};
 
 use crate::dispatch::Render;
 use crate::runs::MAX_SCAN;
@@ -29,9 +29,9 @@ use crate::store::StoreExt;
 use crate::{Engine, EngineError, Host, Store, Workers};
 
 /// The approval policy compiled last, and its compiled rules: compiling
-/// costs milliseconds, and an engine assesses every step it starts.
+/// costs milliseconds (several in Wasm), and every step is assessed.
 #[derive(Debug, Default)]
-pub struct AssessorCache(std::sync::Mutex<Option<(ApprovalPolicy, Assessor)>>);
+struct AssessorCache(std::sync::Mutex<Option<(ApprovalPolicy, Assessor)>>);
 
 /// Which approvals to list.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -209,10 +209,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     }
 
     /// The policy compiled, from the cache when it is the policy compiled
-    /// last (a request assessing several steps compiles it once).
+    /// last. The cache lives as long as the component instance (the local
+    /// host reuses an instance for many requests; `spin up` makes one per
+    /// request, where it still serves every step a request assesses). It
+    /// holds no state: it is keyed by the whole policy, read from the store
+    /// for every assessment, so a changed policy is compiled anew at once.
     fn assessor(&self, policy: &ApprovalPolicy) -> Option<Assessor> {
-        let mut cache = self
-            .assessors
+        static COMPILED: AssessorCache = AssessorCache(std::sync::Mutex::new(None));
+        let mut cache = COMPILED
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -466,16 +470,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             .await?;
         let view = ApprovalView::of(doc, &run, self.host.now_ms()).ok_or_else(not_found)?;
         let remaining = usize::from(view.approvers_needed).saturating_sub(view.approvals);
-        let result = match (view.status, view.step_status) {
-            (ApprovalStatus::Rejected, _) => DecisionResult::Rejected,
-            (ApprovalStatus::Pending, _) => DecisionResult::WaitingForApprovers,
-            (
-                _,
-                StepStatus::Dispatched
-                | StepStatus::Running
-                | StepStatus::RetryWait
-                | StepStatus::Succeeded,
-            ) => DecisionResult::ApprovedAndDispatched,
+        // What the decision did, from the run as it stored it (not from the
+        // clock, which may have passed the expiry since).
+        let s = run.step(step).ok_or_else(not_found)?;
+        let gate = s.gate.as_ref().ok_or_else(not_found)?;
+        let result = match gate.status() {
+            ApprovalStatus::Rejected => DecisionResult::Rejected,
+            ApprovalStatus::Pending => DecisionResult::WaitingForApprovers,
+            _ if !s.attempts.is_empty() => DecisionResult::ApprovedAndDispatched,
             // Approved, but the dispatch was refused (the input is not the
             // one approved) or the run ended meanwhile.
             _ => DecisionResult::ApprovedNotDispatched,
@@ -494,6 +496,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         id: &str,
         decision: Verdict,
         by: &str,
+        key: Option<&str>,
         exp_ms: u64,
         nonce: &str,
     ) -> Result<(String, u64), EngineError> {
@@ -510,6 +513,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             approval: id.to_owned(),
             decision,
             by: by.to_owned(),
+            key: key.map(str::to_owned),
             exp_ms,
             nonce: nonce.to_owned(),
         };

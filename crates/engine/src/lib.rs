@@ -37,9 +37,7 @@ use std::collections::VecDeque;
 use spindle_core::keys;
 use spindle_core::run::{Effect, Event, Reject, Run};
 
-pub use approvals::{
-    ApprovalFilter, ApprovalPage, AssessorCache, Decided, DecisionRequest, DecisionResult,
-};
+pub use approvals::{ApprovalFilter, ApprovalPage, Decided, DecisionRequest, DecisionResult};
 pub use callbacks::ResultOutcome;
 pub use config::{Config, VARIABLES};
 pub use env::{Host, Sent, Workers};
@@ -118,8 +116,6 @@ pub struct Engine<S, W, H> {
     pub host: H,
     /// Settings.
     pub config: Config,
-    /// The approval policy compiled last.
-    pub assessors: AssessorCache,
 }
 
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {

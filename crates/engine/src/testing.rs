@@ -448,6 +448,5 @@ pub fn engine(now_ms: u64) -> Engine<MemStore, FakeWorkers, TestHost> {
         workers: FakeWorkers::accepting(),
         host: TestHost::at(now_ms),
         config: config(),
-        assessors: Default::default(),
     }
 }

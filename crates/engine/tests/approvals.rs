@@ -264,7 +264,7 @@ fn signed_links_decide_once_as_the_approver_they_name() {
     let (run_id, id) = parked(&e, "key:ci", ENV_DIFF);
     let far = T0 + 100 * HOUR;
     let (token, exp) =
-        block_on(e.approval_link(&id, Verdict::Approve, "token:carol", far, "n1")).unwrap();
+        block_on(e.approval_link(&id, Verdict::Approve, "token:carol", None, far, "n1")).unwrap();
     assert_eq!(exp, T0 + 4 * HOUR, "a link never outlives its approval");
     // Forged: another decision under the same signature.
     let (payload, sig) = token.split_once('.').unwrap();
@@ -285,8 +285,15 @@ fn signed_links_decide_once_as_the_approver_they_name() {
 
     // An expired link is refused.
     let (_, id2) = parked(&e, "key:ci", ENV_DIFF);
-    let (token, _) =
-        block_on(e.approval_link(&id2, Verdict::Reject, "token:carol", T0 + 60_000, "n2")).unwrap();
+    let (token, _) = block_on(e.approval_link(
+        &id2,
+        Verdict::Reject,
+        "token:carol",
+        None,
+        T0 + 60_000,
+        "n2",
+    ))
+    .unwrap();
     e.host.advance(60_000);
     assert!(matches!(
         block_on(e.use_link(&token, String::new())),
@@ -529,7 +536,10 @@ fn an_approval_past_its_expiry_shows_expired_and_takes_no_link() {
     e.host.advance(4 * HOUR);
     let view = block_on(e.approval(&id)).unwrap();
     assert_eq!(view.status, ApprovalStatus::Expired, "before any tick");
-    assert!(block_on(e.approval_link(&id, Verdict::Approve, "key:x", T0 + 5 * HOUR, "n")).is_err());
+    assert!(
+        block_on(e.approval_link(&id, Verdict::Approve, "key:x", None, T0 + 5 * HOUR, "n"))
+            .is_err()
+    );
 }
 
 #[test]

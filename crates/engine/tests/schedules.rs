@@ -450,7 +450,6 @@ fn two_instances(seed: u64) -> (Rc<MemStore>, SharedEngine, SharedEngine) {
         workers: FakeWorkers::accepting(),
         host: TestHost::at(now(&base)),
         config: spindle_engine::testing::config(),
-        assessors: Default::default(),
     };
     let (a, b) = (instance(), instance());
     (store, a, b)
@@ -1278,7 +1277,6 @@ fn a_write_races_the_fire_of_1001(
         workers: FakeWorkers::accepting(),
         host: TestHost::at(at),
         config: spindle_engine::testing::config(),
-        assessors: Default::default(),
     };
     let e = Engine {
         store: Hooked {
@@ -1288,7 +1286,6 @@ fn a_write_races_the_fire_of_1001(
         workers: FakeWorkers::accepting(),
         host: TestHost::at(at),
         config: spindle_engine::testing::config(),
-        assessors: Default::default(),
     };
     let report = block_on(e.tick()).unwrap();
     assert!(report.errors.is_empty(), "{report:?}");

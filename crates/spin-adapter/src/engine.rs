@@ -29,7 +29,6 @@ pub async fn open_on(store: Kv) -> Result<SpinEngine, Problem> {
         workers: SpinWorkers,
         host: SpinHost,
         config,
-        assessors: Default::default(),
     })
 }
 
