@@ -134,6 +134,17 @@ impl App {
         a
     }
 
+    /// Links for `approver` to approval `id`, minted as `who`.
+    async fn mint(&self, who: &str, id: &str, approver: &str) -> (u16, Value) {
+        self.call(
+            Some(who),
+            "POST",
+            &format!("/approvals/{id}/links"),
+            Some(json!({"approver": approver})),
+        )
+        .await
+    }
+
     async fn decide(&self, who: Option<&str>, id: &str, decision: &str) -> (u16, Value) {
         self.call(
             who,
@@ -259,43 +270,27 @@ async fn rejection_self_approval_and_two_approvers() {
     );
 }
 
+/// The path of a link's URL (its base is the app's `public_url`).
+fn link_path(url: &str) -> &str {
+    &url[url.find("/approvals/").unwrap()..]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_links_work_once_and_forged_ones_never() {
     let a = app().await;
     let (run, approval) = a.parked("carl", DIFF).await;
     let id = approval["id"].as_str().unwrap();
     // Only an admin mints links for someone else.
-    let (st, _) = a
-        .call(
-            Some("alice"),
-            "POST",
-            &format!("/approvals/{id}/links"),
-            Some(json!({"approver": "key:bob"})),
-        )
-        .await;
+    let (st, _) = a.mint("alice", id, "key:bob").await;
     assert_eq!(st, 403);
-    let (st, links) = a
-        .call(
-            Some("admin"),
-            "POST",
-            &format!("/approvals/{id}/links"),
-            Some(json!({"approver": "key:bob"})),
-        )
-        .await;
+    let (st, links) = a.mint("admin", id, "key:bob").await;
     assert_eq!(st, 201, "{links}");
     // Only for someone who may approve: not an operator's key.
-    let (st, p) = a
-        .call(
-            Some("admin"),
-            "POST",
-            &format!("/approvals/{id}/links"),
-            Some(json!({"approver": "key:olga"})),
-        )
-        .await;
+    let (st, p) = a.mint("admin", id, "key:olga").await;
     assert_eq!(st, 400, "{p}");
     assert_eq!(p["errors"][0]["pointer"], "/approver");
     let url = links["approve"]["url"].as_str().unwrap();
-    let path = &url[url.find("/approvals/").unwrap()..];
+    let path = link_path(url);
 
     // Opening it decides nothing (chat previews fetch links).
     let page = client_with(None)
@@ -341,16 +336,9 @@ async fn signed_links_work_once_and_forged_ones_never() {
     // A link dies with its approver's key.
     let (run, approval) = a.parked("carl", DIFF).await;
     let id = approval["id"].as_str().unwrap();
-    let (_, links) = a
-        .call(
-            Some("admin"),
-            "POST",
-            &format!("/approvals/{id}/links"),
-            Some(json!({"approver": "key:bob"})),
-        )
-        .await;
+    let (_, links) = a.mint("admin", id, "key:bob").await;
     let url = links["approve"]["url"].as_str().unwrap();
-    let path = url[url.find("/approvals/").unwrap()..].to_owned();
+    let path = link_path(url).to_owned();
     let (_, keys) = a.call(Some("admin"), "GET", "/api/keys", None).await;
     let bob = keys["items"]
         .as_array()

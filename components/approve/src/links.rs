@@ -184,13 +184,9 @@ async fn may_approve(
 async fn still_approver(
     engine: &spindle_spin::engine::SpinEngine,
     claims: &LinkClaims,
+    roles: &[String],
 ) -> Result<(), Problem> {
-    let roles = engine
-        .approval(&claims.approval)
-        .await?
-        .approval
-        .approver_roles;
-    match may_approve(&engine.store, &claims.by, claims.key.as_deref(), &roles).await? {
+    match may_approve(&engine.store, &claims.by, claims.key.as_deref(), roles).await? {
         Ok(_) => Ok(()),
         Err(why) => Err(Problem::of(
             ProblemKind::Forbidden,
@@ -242,8 +238,8 @@ pub async fn show(req: &Request, token: &str) -> Result<Response, Problem> {
         Ok(c) => c,
         Err(e) => return Err(refuse(req, e).await),
     };
-    still_approver(&engine, &claims).await?;
     let mut view = engine.approval(&claims.approval).await?;
+    still_approver(&engine, &claims, &view.approval.approver_roles).await?;
     // The preview is what a link shows; the full input stays behind the API.
     view.approval.input = serde_json::Value::Null;
     if wants_html(req) {
@@ -282,7 +278,12 @@ pub async fn use_link(req: Request, token: &str) -> Result<Response, Problem> {
         Ok(c) => c,
         Err(e) => return Err(refuse(&req, e).await),
     };
-    still_approver(&engine, &claims).await?;
+    let roles = engine
+        .approval(&claims.approval)
+        .await?
+        .approval
+        .approver_roles;
+    still_approver(&engine, &claims, &roles).await?;
     let body = read_body(req, 4096).await?;
     let comment = if body.iter().all(u8::is_ascii_whitespace) {
         String::new()

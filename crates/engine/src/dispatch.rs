@@ -98,18 +98,18 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         // Exactly the input that was assessed (and approved, if it had to
         // be): the ancestors' outputs are written once, so a difference here
         // means a document changed under the run, and nothing is sent.
-        if let Some(gate) = run.step(step).and_then(|s| s.gate.as_ref())
-            && approval::input_digest(&input) != gate.input_sha256
-        {
-            return not_dispatched(
-                job_id,
-                ErrorKind::InvalidInput,
-                format!(
-                    "the rendered input (sha256 {}) is not the one assessed and approved (sha256 {})",
-                    approval::input_digest(&input),
-                    gate.input_sha256
-                ),
-            );
+        if let Some(gate) = run.step(step).and_then(|s| s.gate.as_ref()) {
+            let digest = approval::input_digest(&input);
+            if digest != gate.input_sha256 {
+                return not_dispatched(
+                    job_id,
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the rendered input (sha256 {digest}) is not the one assessed and approved (sha256 {})",
+                        gate.input_sha256
+                    ),
+                );
+            }
         }
         // Kept for the run's read API; a failed write only loses that view.
         if let Err(e) = self.store.set(&keys::input(job_id), &input).await {
