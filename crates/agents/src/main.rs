@@ -8,6 +8,8 @@
 //! links statically and runs in a busybox container as well as on the host.
 
 mod diff;
+mod http;
+mod http_check;
 mod notifier;
 mod patcher;
 mod review;
@@ -38,6 +40,7 @@ const AGENTS: &[(&str, AgentFn)] = &[
     ("compliance-checker", review::compliance),
     ("patcher", patcher::run),
     ("notifier", notifier::run),
+    ("http-check", http_check::run),
 ];
 
 fn main() -> ExitCode {

@@ -7,48 +7,40 @@
 //! (retried); a malformed URL a permanent one. Its agent definition turns the
 //! container network on, which agents otherwise run without.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{Failure, field};
+use crate::{Failure, field, http};
 
 fn post_http(url: &str, body: &[u8]) -> Result<u16, Failure> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| Failure::Permanent(format!("not an http URL: {url}")))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return Err(Failure::Permanent(format!("no host in {url}")));
+    let target = http::Target::parse(url).map_err(Failure::Permanent)?;
+    if target.scheme != http::Scheme::Http {
+        return Err(Failure::Permanent(format!("not an http URL: {url}")));
     }
-    let addr = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut s = TcpStream::connect(&addr)
-        .map_err(|e| Failure::Transient(format!("connecting to {addr}: {e}")))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nuser-agent: spindle-notifier\r\n\r\n",
-        body.len()
+    let length = body.len().to_string();
+    let answer = http::exchange(
+        &target,
+        &http::Request {
+            method: "POST",
+            user_agent: "spindle-notifier",
+            headers: &[
+                ("content-type", "application/json"),
+                ("content-length", &length),
+            ],
+            body,
+        },
+        Duration::from_secs(10),
     );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body))
-        .map_err(|e| Failure::Transient(format!("sending to {addr}: {e}")))?;
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| Failure::Transient(format!("no HTTP answer from {addr}")))
+    // A status means the hook got the summary, even if its answer broke off.
+    answer.status.ok_or_else(|| {
+        Failure::Transient(format!(
+            "{url}: {}",
+            answer.error.as_deref().unwrap_or("no answer")
+        ))
+    })
 }
 
 fn post_curl(url: &str, body: &[u8]) -> Result<u16, Failure> {
@@ -114,6 +106,7 @@ pub fn run(input: Value) -> Result<Value, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn posts_the_summary_and_reports_the_status() {

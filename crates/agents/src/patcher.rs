@@ -6,6 +6,11 @@
 //! A patch that does not apply fails permanently (exit 65) with git's
 //! message: retrying cannot make it apply. Its agent definition is
 //! `approval_required`: changing code waits for a human.
+//!
+//! With `"revert": true` the patch is applied in reverse (`git apply -R`) and
+//! the output adds `"reverted": true`: a compensation step undoes a patch by
+//! passing the same patch and the patched files (this agent's own `changed`
+//! output) back.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -48,9 +53,10 @@ fn read_tree(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> std
     Ok(())
 }
 
-fn git_apply(dir: &Path, args: &[&str]) -> Result<String, Failure> {
+fn git_apply(dir: &Path, reverse: bool, args: &[&str]) -> Result<String, Failure> {
     let out = Command::new("git")
         .args(["apply", "--whitespace=nowarn"])
+        .args(reverse.then_some("-R"))
         .args(args)
         .arg("change.patch")
         .current_dir(dir)
@@ -65,7 +71,8 @@ fn git_apply(dir: &Path, args: &[&str]) -> Result<String, Failure> {
         Ok(text)
     } else {
         Err(Failure::Permanent(format!(
-            "the patch does not apply: {}",
+            "the patch does not apply{}: {}",
+            if reverse { " in reverse" } else { "" },
             text.trim()
         )))
     }
@@ -73,6 +80,12 @@ fn git_apply(dir: &Path, args: &[&str]) -> Result<String, Failure> {
 
 pub fn run(input: Value) -> Result<Value, Failure> {
     let patch = field(&input, "patch")?;
+    let revert = match input.get("revert") {
+        None => false,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| Failure::Permanent(format!("revert must be true or false, not {v}")))?,
+    };
     let files = input
         .get("files")
         .and_then(Value::as_array)
@@ -102,9 +115,9 @@ pub fn run(input: Value) -> Result<Value, Failure> {
         }
         std::fs::write(tree.join("change.patch"), patch)
             .map_err(|e| Failure::Transient(e.to_string()))?;
-        git_apply(&tree, &["--check"])?;
-        let stats = git_apply(&tree, &["--stat"])?;
-        git_apply(&tree, &[])?;
+        git_apply(&tree, revert, &["--check"])?;
+        let stats = git_apply(&tree, revert, &["--stat"])?;
+        git_apply(&tree, revert, &[])?;
         std::fs::remove_file(tree.join("change.patch"))
             .map_err(|e| Failure::Transient(e.to_string()))?;
         let mut after = BTreeMap::new();
@@ -115,7 +128,12 @@ pub fn run(input: Value) -> Result<Value, Failure> {
             .map(|(p, c)| json!({"path": p, "content": c}))
             .collect();
         let deleted: Vec<&String> = before.keys().filter(|p| !after.contains_key(*p)).collect();
-        Ok(json!({"applied": true, "changed": changed, "deleted": deleted, "stats": stats.trim()}))
+        let mut out =
+            json!({"applied": true, "changed": changed, "deleted": deleted, "stats": stats.trim()});
+        if revert {
+            out["reverted"] = true.into();
+        }
+        Ok(out)
     })();
     let _ = std::fs::remove_dir_all(&work);
     result
@@ -144,6 +162,42 @@ mod tests {
             "hello\npassword = env(\"PASSWORD\")\n"
         );
         assert!(out["stats"].as_str().unwrap().contains("app.txt"));
+    }
+
+    #[test]
+    fn a_patch_reverts_from_its_own_output() {
+        if !git() {
+            eprintln!("git not installed; skipping");
+            return;
+        }
+        // One file changed, one created: reverting restores the one and
+        // deletes the other.
+        let patch = "--- a/src/app.txt\n+++ b/src/app.txt\n@@ -1,2 +1,2 @@\n hello\n-password = \"x\"\n+password = env(\"PASSWORD\")\n\
+                     --- /dev/null\n+++ b/NOTES\n@@ -0,0 +1 @@\n+rotated\n";
+        let original = "hello\npassword = \"x\"\n";
+        let forward =
+            run(json!({"files": [{"path": "src/app.txt", "content": original}], "patch": patch}))
+                .unwrap();
+        assert!(forward.get("reverted").is_none());
+        let back =
+            run(json!({"files": forward["changed"], "patch": patch, "revert": true})).unwrap();
+        assert_eq!(back["applied"], true);
+        assert_eq!(back["reverted"], true);
+        assert_eq!(
+            back["changed"],
+            json!([{"path": "src/app.txt", "content": original}])
+        );
+        assert_eq!(back["deleted"], json!(["NOTES"]));
+        // Reverting twice finds the patch already undone.
+        let twice = run(json!({"files": back["changed"], "patch": patch, "revert": true}));
+        assert!(
+            matches!(&twice, Err(Failure::Permanent(m)) if m.contains("does not apply in reverse")),
+            "{twice:?}"
+        );
+        assert!(matches!(
+            run(json!({"files": [], "patch": patch, "revert": "yes"})),
+            Err(Failure::Permanent(_))
+        ));
     }
 
     #[test]
