@@ -15,6 +15,7 @@ pub mod agent;
 pub mod approval;
 pub mod error;
 pub mod exec_policy;
+pub mod expr;
 pub mod ids;
 pub mod job;
 pub mod keys;

@@ -7,9 +7,12 @@
 //! an array); an expression inside longer text is interpolated as text.
 //!
 //! Roots: `trigger` (`trigger.kind`, `trigger.payload...`), `steps.<id>`
-//! (`steps.<id>.output...`, only for ancestors of the step), `run.id` and
-//! `workflow.name`. Path segments are object keys or array indexes
-//! (`items.0.name`).
+//! (`steps.<id>.output...` and `steps.<id>.status`, only for ancestors of
+//! the step; a skipped step's output is `null`), `run.id` and
+//! `workflow.name`; in a fan-out step, `item...` (the item this job is
+//! for) and `item_index`; in a compensation or on-failure step,
+//! `failure...` (the step that failed and why). Path segments are object
+//! keys or array indexes (`items.0.name`).
 
 use std::fmt;
 
@@ -74,7 +77,9 @@ pub enum TemplateError {
     #[error("invalid path segment {0:?}: use letters, digits, '_' and '-'")]
     Segment(String),
     /// A path that starts anywhere but the known roots.
-    #[error("unknown root {0:?}: expressions start with trigger, steps, run or workflow")]
+    #[error(
+        "unknown root {0:?}: expressions start with trigger, steps, run, workflow, item, item_index or failure"
+    )]
     Root(String),
     /// A path the roots do not allow, e.g. `steps.scan.input`.
     #[error("{0}")]
@@ -92,6 +97,12 @@ pub struct Expr {
 }
 
 impl Expr {
+    /// The root it reads from: `trigger`, `steps`, `run`, `workflow`,
+    /// `item`, `item_index` or `failure`.
+    pub fn root(&self) -> &str {
+        self.path.first().map_or("", String::as_str)
+    }
+
     /// The step an expression reads, if it reads one.
     pub fn step(&self) -> Option<&str> {
         // Matched, not indexed: `path` is public, so an `Expr` may not have
@@ -169,9 +180,12 @@ fn parse_expr(inner: &str) -> Result<Expr, TemplateError> {
             }
         }
         "steps" => {
-            if path.len() < 3 || path[2] != "output" {
+            let ok = path.len() >= 3
+                && (path[2] == "output" || (path[2] == "status" && path.len() == 3));
+            if !ok {
                 return Err(TemplateError::Shape(
-                    "use steps.<id>.output... (only outputs of earlier steps can be read)".into(),
+                    "use steps.<id>.output... or steps.<id>.status (only earlier steps can be read)"
+                        .into(),
                 ));
             }
         }
@@ -183,6 +197,12 @@ fn parse_expr(inner: &str) -> Result<Expr, TemplateError> {
                 );
             if !ok {
                 return Err(TemplateError::Shape("use run.id or workflow.name".into()));
+            }
+        }
+        "item" | "failure" => {}
+        "item_index" => {
+            if path.len() != 1 {
+                return Err(TemplateError::Shape("item_index is a number".into()));
             }
         }
         other => return Err(TemplateError::Root(other.to_owned())),
@@ -352,7 +372,7 @@ fn spend(budget: &mut usize, len: Option<usize>, e: &Expr, at: &str) -> Result<(
 
 /// The length of `v` as JSON, or `None` once it passes `limit`; stops
 /// serialising there, so measuring a huge value costs no more than `limit`.
-fn json_len(v: &Value, limit: usize) -> Option<usize> {
+pub(crate) fn json_len(v: &Value, limit: usize) -> Option<usize> {
     struct Count {
         n: usize,
         limit: usize,
@@ -453,6 +473,12 @@ mod tests {
             parse("{{ run.secret }}"),
             Err(TemplateError::Shape(_))
         ));
+        assert!(matches!(
+            parse("{{ item_index.x }}"),
+            Err(TemplateError::Shape(_))
+        ));
+        assert_eq!(expr("{{ item.path }}").root(), "item");
+        assert_eq!(expr("{{ failure }}").root(), "failure");
         let deep = format!(
             "{{{{ trigger.payload{} }}}}",
             ".a".repeat(MAX_PATH_SEGMENTS)
