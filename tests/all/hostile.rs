@@ -1572,6 +1572,7 @@ fn a_huge_lease_saturates_instead_of_overflowing() {
                         policy: *ApprovalPolicy::default().levels.of(Level::Low),
                         allow_self_approval: false,
                     },
+                    fallback: 0,
                 },
                 now,
             )

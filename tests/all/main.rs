@@ -12,6 +12,7 @@ mod agents;
 mod approvals;
 mod conformance;
 mod engine;
+mod flows;
 mod hostile;
 mod manifests;
 mod openapi;

@@ -1,8 +1,13 @@
-//! The soak test of issue 7: 200 runs of a three-step workflow across three
-//! real workers while a chaos thread kills workers with SIGKILL at random and
+//! The soak test of issue 7: 200 runs of a workflow across three real
+//! workers while a chaos thread kills workers with SIGKILL at random and
 //! restarts them on the same port. Every run must end, within its deadline,
-//! with no step left active, no job sent to workers twice, and no step with
-//! two attempts active at once or two successful attempts.
+//! with no step (or fan-out item) left active, no job sent to workers twice,
+//! and no unit with two attempts active at once or two successful attempts.
+//!
+//! The workflow uses what a rich workflow may: a fan-out, a condition true
+//! for half the runs (its dependant runs anyway), a fallback agent, a
+//! compensation and an on-failure step (which run only for a run that
+//! fails, when a step's retries are all lost to kills).
 //!
 //! The chaos schedule comes from a seeded generator; the seed is printed, and
 //! `SPINDLE_SOAK_SEED=<n>` replays the same schedule (the timings of the
@@ -163,6 +168,16 @@ struct Outcome {
     stuck: bool,
 }
 
+/// A run's steps and their fan-out items: everything that has attempts.
+fn units(v: &Value) -> Vec<Value> {
+    let steps = v["steps"].as_array().cloned().unwrap_or_default();
+    let items: Vec<Value> = steps
+        .iter()
+        .flat_map(|s| s["items"].as_array().cloned().unwrap_or_default())
+        .collect();
+    steps.into_iter().chain(items).collect()
+}
+
 fn is_terminal(v: &Value) -> bool {
     ["succeeded", "failed", "cancelled", "timed_out"].contains(&v["status"].as_str().unwrap_or(""))
 }
@@ -223,11 +238,15 @@ fn violations(v: &Value) -> Vec<String> {
         }
         other => bad.push(format!("deadline_at_ms is {other:?}")),
     }
-    for s in v["steps"].as_array().into_iter().flatten() {
+    for s in &units(v) {
         let id = s["id"].as_str().unwrap_or("?");
         let status = s["status"].as_str().unwrap_or("?");
         if !["succeeded", "failed", "skipped", "cancelled"].contains(&status) {
             bad.push(format!("step {id} left {status}"));
+        }
+        if s["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            // A fan-out step runs nothing itself: its items are checked.
+            continue;
         }
         for field in ["lease_expires_at_ms", "retry_at_ms"] {
             if !s[field].is_null() {
@@ -348,12 +367,22 @@ async fn two_hundred_runs_survive_workers_killed_at_random() {
         json!({"timeout_secs": 10, "retry": retry}),
     )
     .await;
-    s.workflow(json!({"name": "soak", "deadline_secs": DEADLINE_SECS, "steps": [
-        {"id": "a", "agent": "soak", "input": {"run": "{{ run.id }}", "n": "{{ trigger.payload.n }}"}},
-        {"id": "b", "agent": "soak-hold", "needs": ["a"], "retry": hold_retry,
+    s.workflow(
+        json!({"name": "soak", "deadline_secs": DEADLINE_SECS, "steps": [
+        {"id": "a", "agent": "soak", "compensate": "undo-a",
+         "input": {"run": "{{ run.id }}", "n": "{{ trigger.payload.n }}"}},
+        {"id": "fan", "agent": "soak", "needs": ["a"], "for_each": "trigger.payload.items",
+         "max_parallel": 2, "input": {"item": "{{ item }}"}},
+        {"id": "maybe", "agent": "soak", "needs": ["a"], "when": "trigger.payload.odd == true"},
+        {"id": "b", "agent": "soak-hold", "needs": ["fan"], "retry": hold_retry,
+         "fallback": ["soak"],
          "input": {"from_a": "{{ steps.a.output }}", "hold": "{{ trigger.payload.hold }}"}},
-        {"id": "c", "agent": "soak", "needs": ["b"], "input": {"from_b": "{{ steps.b.output }}"}}
-    ]}))
+        {"id": "c", "agent": "soak", "needs": ["b", "maybe"], "if_needs_skipped": "run",
+         "input": {"from_b": "{{ steps.b.output }}"}},
+        {"id": "undo-a", "agent": "soak", "input": {"undo": "{{ steps.a.output }}"}},
+        {"id": "tell", "agent": "soak", "input": {"failed": "{{ failure.step }}"}}
+    ], "on_failure": ["tell"]}),
+    )
     .await;
 
     let pool = Arc::new(Mutex::new(Pool {
@@ -389,7 +418,9 @@ async fn two_hundred_runs_survive_workers_killed_at_random() {
                         return;
                     }
                     let hold = if n % 10 == 0 { 2.0 } else { 0.1 };
-                    let run = s.trigger("soak", json!({"n": n, "hold": hold})).await;
+                    let payload =
+                        json!({"n": n, "hold": hold, "odd": n % 2 == 1, "items": [n, n + 1]});
+                    let run = s.trigger("soak", payload).await;
                     let url = s.host.url(&format!("/api/runs/{run}"));
                     let (doc, stuck) = loop {
                         let v: Value = match http.get(&url).send().await {
@@ -458,7 +489,7 @@ async fn two_hundred_runs_survive_workers_killed_at_random() {
         *by_status
             .entry(o.doc["status"].as_str().unwrap_or("?").to_owned())
             .or_default() += 1;
-        for st in o.doc["steps"].as_array().into_iter().flatten() {
+        for st in &units(&o.doc) {
             let attempts = st["attempts"].as_array().cloned().unwrap_or_default();
             *attempts_hist.entry(attempts.len()).or_default() += 1;
             for a in &attempts {
@@ -504,9 +535,9 @@ async fn two_hundred_runs_survive_workers_killed_at_random() {
     // workers logged about the job (a starved machine can delay heartbeats;
     // this is for the record, not asserted).
     let logs = p.logs();
-    let unexplained: Vec<String> = outcomes
+    let all_units: Vec<Value> = outcomes.iter().flat_map(|o| units(&o.doc)).collect();
+    let unexplained: Vec<String> = all_units
         .iter()
-        .flat_map(|o| o.doc["steps"].as_array().into_iter().flatten())
         .flat_map(|st| st["attempts"].as_array().into_iter().flatten())
         .filter(|a| a["error"]["kind"] == "timeout")
         .filter(|a| {
@@ -600,9 +631,8 @@ async fn two_hundred_runs_survive_workers_killed_at_random() {
     );
     // And the workers' view matches the runs': every job a worker took is an
     // attempt some run recorded.
-    let attempts: std::collections::HashSet<&str> = outcomes
+    let attempts: std::collections::HashSet<&str> = all_units
         .iter()
-        .flat_map(|o| o.doc["steps"].as_array().into_iter().flatten())
         .flat_map(|st| st["attempts"].as_array().into_iter().flatten())
         .filter_map(|a| a["job_id"].as_str())
         .collect();

@@ -34,6 +34,7 @@ fn required(method: &Method, segs: &[&str]) -> (Role, Class) {
         (&Method::GET, ["keys", ..]) => (Role::Admin, Class::Read),
         (&Method::GET, _) => (Role::Viewer, Class::Read),
         (_, ["runs", _, "cancel"]) => (Role::Operator, Class::Write),
+        (_, ["runs", _, "rerun"]) => (Role::Operator, Class::Write),
         _ => (Role::Admin, Class::Write),
     }
 }
@@ -135,6 +136,8 @@ async fn dispatch(
         (_, ["runs", _]) => Err(Problem::method_not_allowed("GET")),
         (Method::POST, ["runs", id, "cancel"]) => runs::cancel(id, req).await,
         (_, ["runs", _, "cancel"]) => Err(Problem::method_not_allowed("POST")),
+        (Method::POST, ["runs", id, "rerun"]) => runs::rerun(id, req).await,
+        (_, ["runs", _, "rerun"]) => Err(Problem::method_not_allowed("POST")),
         _ => Err(Problem::not_found(format!("no API resource at {path}"))),
     }
 }

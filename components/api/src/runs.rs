@@ -67,6 +67,7 @@ fn summary(run: &Run) -> Value {
         "started_at_ms": run.started_at_ms,
         "finished_at_ms": run.finished_at_ms,
         "error": run.error,
+        "rerun_of": run.rerun_of,
     })
 }
 
@@ -105,22 +106,72 @@ pub async fn get(id: &str) -> Result<Response, Problem> {
                 .map_err(Problem::store)?,
             None => None,
         };
-        steps.push(j!({
+        // The agent it runs now: its own, or the fallback it moved to.
+        let (agent, retry, timeout) = run
+            .agent_for(&state.id)
+            .map_or((&plan.agent, plan.retry, plan.timeout_secs), |a| a);
+        let mut step = j!({
             "id": state.id,
-            "agent": plan.agent.name,
-            "agent_version": plan.agent.version,
+            "agent": agent.name,
+            "agent_version": agent.version,
             "needs": plan.needs,
             "status": state.status,
             "attempts": state.attempts,
-            "max_attempts": plan.retry.max_attempts,
-            "timeout_secs": plan.timeout_secs,
+            "max_attempts": retry.max_attempts,
+            "timeout_secs": timeout,
             "lease_expires_at_ms": state.lease_expires_at_ms,
             "retry_at_ms": state.retry_at_ms,
             "input": input,
             "output": output,
             "output_bytes": state.output_bytes,
             "error": state.error,
-        }));
+        });
+        let extra = [
+            ("role", (!plan.role.is_normal()).then(|| j!(plan.role))),
+            ("when", plan.when.as_ref().map(|w| j!(w))),
+            ("compensate", plan.compensate.as_ref().map(|c| j!(c))),
+            ("skip_reason", state.skip_reason.as_ref().map(|r| j!(r))),
+            ("done_at_ms", state.done_at_ms.map(|d| j!(d))),
+            ("reused_from", state.reused_from.as_ref().map(|r| j!(r))),
+            (
+                "fallback",
+                (!plan.fallbacks.is_empty()).then(|| {
+                    j!(plan
+                        .fallbacks
+                        .iter()
+                        .map(|f| f.agent.name.to_string())
+                        .collect::<Vec<_>>())
+                }),
+            ),
+            (
+                "fallback_index",
+                (state.fallback > 0).then(|| j!(state.fallback)),
+            ),
+            ("for_each", plan.for_each.as_ref().map(|f| j!(f))),
+            (
+                "items",
+                plan.for_each.as_ref().map(|_| {
+                    j!(state
+                        .items
+                        .iter()
+                        .map(|i| j!({
+                            "id": i.id,
+                            "status": i.status,
+                            "attempts": i.attempts,
+                            "output_bytes": i.output_bytes,
+                            "error": i.error,
+                            "skip_reason": i.skip_reason,
+                        }))
+                        .collect::<Vec<_>>())
+                }),
+            ),
+        ];
+        for (k, v) in extra {
+            if let Some(v) = v {
+                step[k] = v;
+            }
+        }
+        steps.push(step);
     }
     let mut doc = summary(&run);
     doc["trigger"] = serde_json::to_value(&run.trigger).unwrap_or(Value::Null);
@@ -128,38 +179,84 @@ pub async fn get(id: &str) -> Result<Response, Problem> {
     doc["steps"] = Value::Array(steps);
     doc["events"] = serde_json::to_value(&run.events).unwrap_or(Value::Null);
     doc["revision"] = j!(run.revision);
+    if let Some(f) = &run.failure {
+        doc["failure"] = j!(f);
+    }
     Ok(json(200, &doc))
 }
 
-pub async fn cancel(id: &str, req: Request) -> Result<Response, Problem> {
-    // The body is optional; when there is one, it is JSON.
+/// `POST /api/runs/{id}/rerun`: an optional body `{"from": "<step>"}`.
+pub async fn rerun(id: &str, req: Request) -> Result<Response, Problem> {
+    let body = optional_object(req, "{\"from\": \"verify\"}").await?;
+    let from = match body.as_ref() {
+        None => None,
+        Some(v) => {
+            if let Some(k) = v.keys().find(|k| k.as_str() != "from") {
+                return Err(Problem::invalid(
+                    "Invalid request body",
+                    format!("/{k}"),
+                    "unknown field; the body takes only \"from\"",
+                ));
+            }
+            match v.get("from") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => {
+                    return Err(Problem::invalid(
+                        "Invalid request body",
+                        "/from",
+                        "must be the id of a step of the run",
+                    ));
+                }
+            }
+        }
+    };
+    let engine = spindle_spin::engine::open().await?;
+    let actor = spindle_spin::context::actor();
+    let run = engine.rerun(id, from.as_deref(), actor).await?;
+    let mut doc = summary(&run);
+    doc["rerun_of"] = j!(run.rerun_of);
+    Ok(json(201, &doc))
+}
+
+/// An optional JSON object body (small: these bodies hold a word or two):
+/// `None` when there is none.
+async fn optional_object(
+    req: Request,
+    example: &str,
+) -> Result<Option<serde_json::Map<String, Value>>, Problem> {
     if req.headers().contains_key("content-type") {
         require_json(&req)?;
     }
     let body = read_body(req, 4 << 10).await?;
-    let reason = if body.is_empty() {
-        "cancelled through the API".to_owned()
-    } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?;
-        let Value::Object(v) = v else {
-            return Err(Problem::invalid(
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(&body).map_err(|e| Problem::not_json(&e))?;
+    match v {
+        Value::Object(v) => Ok(Some(v)),
+        _ => Err(Problem::invalid(
+            "Invalid request body",
+            "",
+            format!("must be a JSON object, such as {example}"),
+        )),
+    }
+}
+
+pub async fn cancel(id: &str, req: Request) -> Result<Response, Problem> {
+    // The body is optional; when there is one, it is a JSON object.
+    let body = optional_object(req, "{\"reason\": \"...\"}").await?;
+    let reason = match body.as_ref().and_then(|v| v.get("reason")) {
+        None => "cancelled through the API".to_owned(),
+        Some(Value::String(s)) if s.len() <= 500 => s.clone(),
+        Some(_) => {
+            let mut p = Problem::invalid(
                 "Invalid request body",
-                "",
-                "must be a JSON object, such as {\"reason\": \"...\"}",
-            ));
-        };
-        match v.get("reason") {
-            None => "cancelled through the API".to_owned(),
-            Some(Value::String(s)) if s.len() <= 500 => s.clone(),
-            Some(_) => {
-                let mut p = Problem::invalid(
-                    "Invalid request body",
-                    "/reason",
-                    "must be a string of at most 500 characters",
-                );
-                p.detail = "reason must be a string of at most 500 characters".into();
-                return Err(p);
-            }
+                "/reason",
+                "must be a string of at most 500 characters",
+            );
+            p.detail = "reason must be a string of at most 500 characters".into();
+            return Err(p);
         }
     };
     let engine = spindle_spin::engine::open().await?;

@@ -240,14 +240,26 @@ impl Gate {
 /// An approval's id: `<run>.<step>` (neither contains a dot). One per
 /// step, so assessing a step twice (a retried assessment) names the same
 /// approval.
-pub fn approval_id(run_id: &str, step: &str) -> String {
-    format!("{run_id}.{step}")
+pub fn approval_id(run_id: &str, step: &str, fallback: u32) -> String {
+    // A fallback agent's approval is another question than the primary's:
+    // a decision taken on the primary's page must not answer it.
+    if fallback == 0 {
+        format!("{run_id}.{step}")
+    } else {
+        format!("{run_id}.{step}.{fallback}")
+    }
 }
 
-/// The run and step an approval id names, if it is well formed.
+/// The run and unit (a step, or an item of one) an approval id names, if
+/// it is well formed.
 pub fn parse_approval_id(id: &str) -> Option<(&str, &str)> {
-    let (run, step) = id.split_once('.')?;
-    (crate::ids::valid_run_id(run) && crate::ids::valid_run_id(step)).then_some((run, step))
+    let mut parts = id.splitn(3, '.');
+    let (run, step) = (parts.next()?, parts.next()?);
+    let fallback_ok = parts
+        .next()
+        .is_none_or(|f| f.parse::<u32>().is_ok_and(|n| n > 0 && n.to_string() == f));
+    (fallback_ok && crate::ids::valid_run_id(run) && crate::ids::valid_unit(step))
+        .then_some((run, step))
 }
 
 /// What an approval asks, kept beside the run: the part that never changes
@@ -521,13 +533,22 @@ mod tests {
 
     #[test]
     fn approval_ids_split_into_run_and_step() {
-        let id = approval_id("r0000000000001-000001", "patch");
+        let id = approval_id("r0000000000001-000001", "patch", 0);
         assert_eq!(
             parse_approval_id(&id),
             Some(("r0000000000001-000001", "patch"))
         );
+        let id = approval_id("r0000000000001-000001", "patch_3", 2);
+        assert_eq!(id, "r0000000000001-000001.patch_3.2");
+        assert_eq!(
+            parse_approval_id(&id),
+            Some(("r0000000000001-000001", "patch_3"))
+        );
         assert_eq!(parse_approval_id("nodot"), None);
         assert_eq!(parse_approval_id("a.b.c"), None);
+        assert_eq!(parse_approval_id("a.b.0"), None);
+        assert_eq!(parse_approval_id("a.b.01"), None);
+        assert_eq!(parse_approval_id("a.b.1.1"), None);
         assert_eq!(parse_approval_id("../x.y"), None);
     }
 

@@ -46,7 +46,37 @@ pub fn run_seq(id: &str) -> Option<u64> {
     seq.parse().ok()
 }
 
-/// `<run>.<step>.<attempt>`.
+/// Most items one fan-out step may have; item numbers stay below it.
+pub const MAX_ITEMS: usize = 256;
+
+/// The unit id of item `index` of fan-out step `step`: `<step>_<index>`.
+/// Step ids never hold `_`, so an item's id cannot be a step's.
+pub fn item_unit(step: &str, index: usize) -> String {
+    format!("{step}_{index}")
+}
+
+/// A unit id taken apart: a step (`scan`), or an item of a fan-out step
+/// (`scan_3`: the step and the item's index); `None` if malformed.
+pub fn parse_unit(unit: &str) -> Option<(&str, Option<usize>)> {
+    match unit.split_once('_') {
+        None => check_name(unit).is_ok().then_some((unit, None)),
+        Some((step, index)) => {
+            // One spelling per item: no sign, no leading zero.
+            let canonical = !index.is_empty()
+                && index.bytes().all(|b| b.is_ascii_digit())
+                && (index == "0" || !index.starts_with('0'));
+            let n: usize = index.parse().ok().filter(|_| canonical)?;
+            (n < MAX_ITEMS && check_name(step).is_ok()).then_some((step, Some(n)))
+        }
+    }
+}
+
+/// Whether `unit` names a step or an item of one.
+pub fn valid_unit(unit: &str) -> bool {
+    parse_unit(unit).is_some()
+}
+
+/// `<run>.<unit>.<attempt>`, where a unit is a step or an item of one.
 pub fn job_id(run_id: &str, step_id: &str, attempt: u32) -> String {
     format!("{run_id}.{step_id}.{attempt}")
 }
@@ -56,7 +86,7 @@ pub fn job_id(run_id: &str, step_id: &str, attempt: u32) -> String {
 pub struct JobRef<'a> {
     /// The run.
     pub run: &'a str,
-    /// The step.
+    /// The unit: a step, or an item of one (`scan_3`).
     pub step: &'a str,
     /// 1-based attempt number.
     pub attempt: u32,
@@ -68,7 +98,7 @@ pub fn parse_job_id(job_id: &str) -> Option<JobRef<'_>> {
     let attempt = parts.next()?.parse().ok().filter(|a| *a > 0)?;
     let step = parts.next()?;
     let run = parts.next()?;
-    (check_name(step).is_ok() && valid_run_id(run)).then_some(JobRef { run, step, attempt })
+    (valid_unit(step) && valid_run_id(run)).then_some(JobRef { run, step, attempt })
 }
 
 #[cfg(test)]
@@ -103,8 +133,29 @@ mod tests {
             ".scan.1",
             "r/x.scan.1",
             "r.scan.99999999999",
+            "r.scan_.1",
+            "r.scan_01.1",
+            "r.scan_-1.1",
+            "r.scan_256.1",
+            "r.scan_1_2.1",
+            "r._1.1",
         ] {
             assert_eq!(parse_job_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn item_units_round_trip_and_never_look_like_steps() {
+        assert_eq!(item_unit("scan", 12), "scan_12");
+        assert_eq!(parse_unit("scan_12"), Some(("scan", Some(12))));
+        assert_eq!(parse_unit("scan"), Some(("scan", None)));
+        assert_eq!(parse_unit("scan_0"), Some(("scan", Some(0))));
+        let job = job_id("r-1", "scan_3", 2);
+        assert_eq!(parse_job_id(&job).map(|j| j.step), Some("scan_3"));
+        for bad in [
+            "", "_", "scan_", "_3", "scan_03", "scan_+3", "Scan_1", "scan_1_1",
+        ] {
+            assert_eq!(parse_unit(bad), None, "{bad}");
         }
     }
 

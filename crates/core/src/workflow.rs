@@ -2,8 +2,16 @@
 //!
 //! Validation reports every problem at once, each with the JSON Pointer of
 //! the field at fault: bad names, unknown agents, `needs` naming missing
-//! steps, cycles, templates that are malformed or read a step that is not an
-//! ancestor, and the size limits.
+//! steps, cycles, templates and expressions that are malformed or read a
+//! step that is not an ancestor, fan-out settings, fallbacks, compensation
+//! and on-failure steps, and the size limits.
+//!
+//! Beyond the plain DAG, a step may have a condition (`when`), fan out over
+//! a list (`for_each`), fall back to other agents (`fallback`) and name a
+//! compensation step (`compensate`); a workflow may name `on_failure`
+//! steps. Compensation and on-failure steps are *handlers*: they are not
+//! part of the normal flow and run only when the run fails (see
+//! [`crate::run`] for the order).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,11 +20,57 @@ use serde_json::Value;
 
 use crate::agent::check_name;
 use crate::error::{FieldError, MAX_ERRORS, ValidationError};
+use crate::expr;
 use crate::retry::RetryPolicy;
 use crate::template;
 
 /// Most steps one workflow may have.
 pub const MAX_STEPS: usize = 64;
+/// Most fallback agents one step may name.
+pub const MAX_FALLBACKS: usize = 3;
+/// Most items of one fan-out step running at once.
+pub const MAX_PARALLEL: u32 = 64;
+/// Items of a fan-out step running at once unless it says.
+pub const DEFAULT_MAX_PARALLEL: u32 = 4;
+/// Items a fan-out step takes unless it says; more fail the step.
+pub const DEFAULT_MAX_ITEMS: u32 = 100;
+
+/// What a step does when a step it needs was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IfNeedsSkipped {
+    /// It is skipped too (the default).
+    #[default]
+    Skip,
+    /// It runs anyway; the skipped step's output reads as `null`.
+    Run,
+}
+
+impl IfNeedsSkipped {
+    fn is_default(&self) -> bool {
+        *self == Self::Skip
+    }
+}
+
+/// The part a step plays in a workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepRole {
+    /// Part of the DAG: runs once its needs are done.
+    #[default]
+    Normal,
+    /// Undoes another step's work when a later step fails.
+    Compensation,
+    /// Runs once when the run fails, after the compensations.
+    OnFailure,
+}
+
+impl StepRole {
+    /// Whether this is the default, for serde.
+    pub fn is_normal(&self) -> bool {
+        *self == Self::Normal
+    }
+}
 /// Longest run deadline: one week.
 pub const MAX_DEADLINE_SECS: u32 = 7 * 86_400;
 
@@ -40,6 +94,33 @@ pub struct StepSpec {
     /// Overrides the agent's timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u32>,
+    /// Runs the step only when this expression (see [`crate::expr`]) is
+    /// true; it is skipped, with the reason, otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// What the step does when a step it needs was skipped.
+    #[serde(default, skip_serializing_if = "IfNeedsSkipped::is_default")]
+    pub if_needs_skipped: IfNeedsSkipped,
+    /// Runs one job per item of the list this expression gives; the step's
+    /// output is the items' outputs, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// With `for_each`: most items running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    /// With `for_each`: most items taken; a longer list fails the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_items: Option<u32>,
+    /// With `for_each`: a failed item leaves `null` in the output instead
+    /// of failing the step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_partial_failure: bool,
+    /// Agents tried in order when the agent fails for good.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    /// The step that undoes this one's work when a later step fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -63,6 +144,9 @@ pub struct WorkflowSpec {
     /// JSON Schema every trigger payload must satisfy; any payload if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
+    /// Steps that run once when a run fails (after its compensations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<String>,
 }
 
 /// A stored, validated workflow.
@@ -83,6 +167,9 @@ pub struct Workflow {
     /// JSON Schema of the trigger payload, vetted at registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
+    /// Steps that run once when a run fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<String>,
     /// When version 1 was created, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// When this version was written, milliseconds since the Unix epoch.
@@ -229,14 +316,54 @@ impl WorkflowSpec {
             graph_ok = false;
         }
 
-        let ancestors = if graph_ok {
-            Some(ancestors(&self.steps))
-        } else {
-            None
-        };
+        let roles = roles(&self.steps, &self.on_failure);
+        self.check_handlers(&index, &roles, &mut errors);
+        let readable = graph_ok.then(|| readable(&self.steps, &self.on_failure));
         for (i, step) in self.steps.iter().enumerate() {
             if errors.len() > MAX_ERRORS {
                 break; // `check` lists no more than this
+            }
+            let role = roles.get(step.id.as_str()).copied().unwrap_or_default();
+            let reads = |read: &str| match &readable {
+                Some(r) => r.get(step.id.as_str()).is_some_and(|a| a.contains(read)),
+                None => true,
+            };
+            check_fan_out(i, step, &index, &reads, &mut errors);
+            if let Some(src) = &step.when {
+                check_expression(
+                    src,
+                    &format!("/steps/{i}/when"),
+                    Wanted::Condition,
+                    step,
+                    &index,
+                    &reads,
+                    &mut errors,
+                );
+            }
+            for (j, agent) in step.fallback.iter().enumerate() {
+                let at = format!("/steps/{i}/fallback/{j}");
+                if check_name(agent).is_err() || !agent_exists(agent) {
+                    errors.push(FieldError::new(
+                        at,
+                        format!("no agent named {agent:?} is registered"),
+                    ));
+                } else if agent == &step.agent {
+                    errors.push(FieldError::new(
+                        at,
+                        format!("{agent:?} is the step's own agent; a fallback must be another"),
+                    ));
+                } else if step.fallback[..j].contains(agent) {
+                    errors.push(FieldError::new(at, format!("{agent:?} is listed twice")));
+                }
+            }
+            if step.fallback.len() > MAX_FALLBACKS {
+                errors.push(FieldError::new(
+                    format!("/steps/{i}/fallback"),
+                    format!(
+                        "at most {MAX_FALLBACKS} fallback agents (found {})",
+                        step.fallback.len()
+                    ),
+                ));
             }
             let at = format!("/steps/{i}/input");
             let mut strings = Vec::new();
@@ -261,29 +388,27 @@ impl WorkflowSpec {
                             let template::Part::Expr(expr) = part else {
                                 continue;
                             };
-                            let Some(read) = expr.step() else { continue };
-                            if !index.contains_key(read) {
+                            let misplaced = match expr.root() {
+                                "item" | "item_index" if step.for_each.is_none() => Some(
+                                    "is only defined in a step with for_each (one job per item)",
+                                ),
+                                "failure" if role.is_normal() => {
+                                    Some("is only defined in compensation and on-failure steps")
+                                }
+                                _ => None,
+                            };
+                            if let Some(why) = misplaced {
                                 errors.push(FieldError::new(
                                     pointer.clone(),
-                                    format!(
-                                        "{{{{ {expr} }}}} reads step {read:?}, which does not exist"
-                                    ),
+                                    format!("{{{{ {expr} }}}} {why}"),
                                 ));
                                 continue;
                             }
-                            let ok = match &ancestors {
-                                Some(a) => {
-                                    a.get(step.id.as_str()).is_some_and(|a| a.contains(read))
-                                }
-                                None => true,
-                            };
-                            if !ok {
+                            let Some(read) = expr.step() else { continue };
+                            if let Some(why) = read_problem(read, step, &index, &reads) {
                                 errors.push(FieldError::new(
                                     pointer.clone(),
-                                    format!(
-                                        "{{{{ {expr} }}}} reads step {read:?}, which is not an ancestor of {:?}; add it to needs (directly or through another step)",
-                                        step.id
-                                    ),
+                                    format!("{{{{ {expr} }}}} {why}"),
                                 ));
                             }
                         }
@@ -292,6 +417,146 @@ impl WorkflowSpec {
             }
         }
         ValidationError::check(errors)
+    }
+
+    /// Checks `compensate` and `on_failure`: each names a step that plays
+    /// no other part, no compensation chains or cycles, and handlers stay
+    /// out of the normal flow.
+    fn check_handlers(
+        &self,
+        index: &BTreeMap<&str, Vec<usize>>,
+        roles: &BTreeMap<&str, StepRole>,
+        errors: &mut Vec<FieldError>,
+    ) {
+        let position = |id: &str| index.get(id).and_then(|at| at.first()).copied();
+        let mut compensates: BTreeMap<&str, &str> = BTreeMap::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            let Some(target) = &step.compensate else {
+                continue;
+            };
+            let at = format!("/steps/{i}/compensate");
+            if target == &step.id {
+                errors.push(FieldError::new(
+                    at,
+                    format!(
+                        "compensation cycle: {0} -> {0}; a step cannot compensate itself",
+                        step.id
+                    ),
+                ));
+                continue;
+            }
+            let Some(t) = position(target) else {
+                errors.push(FieldError::new(at, format!("no step with id {target:?}")));
+                continue;
+            };
+            if let Some(first) = compensates.insert(target, &step.id) {
+                compensates.insert(target, first);
+                errors.push(FieldError::new(
+                    at,
+                    format!(
+                        "step {target:?} already compensates {first:?}; give each step its own compensation step"
+                    ),
+                ));
+                continue;
+            }
+            if self.steps[t].compensate.is_some() {
+                // Walk the chain: back to this step is a cycle, anything
+                // else a compensation that would need compensating.
+                let mut path = vec![step.id.as_str(), target.as_str()];
+                let mut cur = t;
+                let mut cycle = false;
+                while let Some(next) = self.steps[cur].compensate.as_deref() {
+                    let seen = path.contains(&next);
+                    path.push(next);
+                    if seen {
+                        cycle = true;
+                        break;
+                    }
+                    match position(next) {
+                        Some(n) => cur = n,
+                        None => break,
+                    }
+                }
+                let detail = if cycle {
+                    format!("compensation cycle: {}", path.join(" -> "))
+                } else {
+                    format!(
+                        "step {target:?} is a compensation step, so it cannot name a compensation of its own"
+                    )
+                };
+                errors.push(FieldError::new(at, detail));
+            }
+        }
+        for (j, name) in self.on_failure.iter().enumerate() {
+            let at = format!("/on_failure/{j}");
+            if position(name).is_none() {
+                errors.push(FieldError::new(at, format!("no step with id {name:?}")));
+            } else if self.on_failure[..j].contains(name) {
+                errors.push(FieldError::new(at, format!("{name:?} is listed twice")));
+            } else if roles.get(name.as_str()) == Some(&StepRole::Compensation) {
+                errors.push(FieldError::new(
+                    at,
+                    format!(
+                        "{name:?} is a compensation step; it cannot also be an on-failure step"
+                    ),
+                ));
+            }
+        }
+        if self.on_failure.len() > MAX_STEPS {
+            errors.push(FieldError::new(
+                "/on_failure",
+                format!("at most {MAX_STEPS} on-failure steps"),
+            ));
+        }
+        let what = |role: StepRole| match role {
+            StepRole::Compensation => "a compensation step",
+            _ => "an on-failure step",
+        };
+        for (i, step) in self.steps.iter().enumerate() {
+            let role = roles.get(step.id.as_str()).copied().unwrap_or_default();
+            if !role.is_normal() {
+                if !step.needs.is_empty() {
+                    errors.push(FieldError::new(
+                        format!("/steps/{i}/needs"),
+                        format!(
+                            "{:?} is {}: it runs only when the run fails, so it cannot have needs",
+                            step.id,
+                            what(role)
+                        ),
+                    ));
+                }
+                if step.for_each.is_some() {
+                    errors.push(FieldError::new(
+                        format!("/steps/{i}/for_each"),
+                        format!("{:?} is {} and cannot fan out", step.id, what(role)),
+                    ));
+                }
+                if role == StepRole::OnFailure && step.compensate.is_some() {
+                    errors.push(FieldError::new(
+                        format!("/steps/{i}/compensate"),
+                        "an on-failure step cannot name a compensation",
+                    ));
+                }
+            }
+            for (j, need) in step.needs.iter().enumerate() {
+                let role = roles.get(need.as_str()).copied().unwrap_or_default();
+                if !role.is_normal() {
+                    errors.push(FieldError::new(
+                        format!("/steps/{i}/needs/{j}"),
+                        format!(
+                            "{need:?} is {}: it runs only when the run fails, so no step can need it",
+                            what(role)
+                        ),
+                    ));
+                }
+            }
+        }
+        if !self.steps.is_empty() && roles.values().all(|r| !r.is_normal()) {
+            errors.push(FieldError::new(
+                "/steps",
+                "a workflow needs at least one step that is not a compensation or on-failure step",
+            ));
+        }
     }
 
     /// Version 1 of a workflow from a validated spec.
@@ -303,6 +568,7 @@ impl WorkflowSpec {
             steps: self.steps,
             deadline_secs: self.deadline_secs,
             input_schema: self.input_schema,
+            on_failure: self.on_failure,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         }
@@ -343,10 +609,198 @@ impl Workflow {
             .map_err(|errors| ValidationError { errors })
     }
 
-    /// The names of the agents its steps use.
+    /// The names of the agents its steps use, fallbacks included.
     pub fn agents(&self) -> BTreeSet<&str> {
-        self.steps.iter().map(|s| s.agent.as_str()).collect()
+        self.steps
+            .iter()
+            .flat_map(|s| std::iter::once(&s.agent).chain(&s.fallback))
+            .map(String::as_str)
+            .collect()
     }
+
+    /// The part each step plays.
+    pub fn roles(&self) -> BTreeMap<&str, StepRole> {
+        roles(&self.steps, &self.on_failure)
+    }
+}
+
+/// What an expression must give.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Condition,
+    List,
+}
+
+/// Why a template or expression of `step` may not read step `read`, if
+/// it may not.
+fn read_problem(
+    read: &str,
+    step: &StepSpec,
+    index: &BTreeMap<&str, Vec<usize>>,
+    reads: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    if !index.contains_key(read) {
+        Some(format!("reads step {read:?}, which does not exist"))
+    } else if !reads(read) {
+        Some(format!(
+            "reads step {read:?}, which is not an ancestor of {:?}; add it to needs (directly or through another step)",
+            step.id
+        ))
+    } else {
+        None
+    }
+}
+
+/// Parses and type-checks an expression of `step` at pointer `at`.
+fn check_expression(
+    src: &str,
+    at: &str,
+    wanted: Wanted,
+    step: &StepSpec,
+    index: &BTreeMap<&str, Vec<usize>>,
+    reads: &dyn Fn(&str) -> bool,
+    errors: &mut Vec<FieldError>,
+) {
+    let parsed = match expr::parse(src) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(FieldError::new(at, format!("bad expression: {e}")));
+            return;
+        }
+    };
+    for path in parsed.paths() {
+        if let Some(read) = path.step()
+            && let Some(why) = read_problem(read, step, index, reads)
+        {
+            errors.push(FieldError::new(
+                at,
+                format!("{} {why}", path.segments.join(".")),
+            ));
+            return;
+        }
+    }
+    match (parsed.type_check(), wanted) {
+        (Err(e), _) => errors.push(FieldError::new(at, format!("bad expression: {e}"))),
+        (Ok(expr::Type::Bool | expr::Type::Any), Wanted::Condition)
+        | (Ok(expr::Type::List | expr::Type::Any), Wanted::List) => {}
+        (Ok(t), Wanted::Condition) => errors.push(FieldError::new(
+            at,
+            format!(
+                "a condition must give true or false; this one gives {}",
+                t.name()
+            ),
+        )),
+        (Ok(t), Wanted::List) => errors.push(FieldError::new(
+            at,
+            format!("for_each needs a list; this expression gives {}", t.name()),
+        )),
+    }
+}
+
+/// Checks `for_each` and the settings that only make sense with it.
+fn check_fan_out(
+    i: usize,
+    step: &StepSpec,
+    index: &BTreeMap<&str, Vec<usize>>,
+    reads: &dyn Fn(&str) -> bool,
+    errors: &mut Vec<FieldError>,
+) {
+    let at = |field: &str| format!("/steps/{i}/{field}");
+    let Some(src) = &step.for_each else {
+        let only = "only a step with for_each takes this";
+        if step.max_parallel.is_some() {
+            errors.push(FieldError::new(at("max_parallel"), only));
+        }
+        if step.max_items.is_some() {
+            errors.push(FieldError::new(at("max_items"), only));
+        }
+        if step.allow_partial_failure {
+            errors.push(FieldError::new(at("allow_partial_failure"), only));
+        }
+        return;
+    };
+    check_expression(
+        src,
+        &at("for_each"),
+        Wanted::List,
+        step,
+        index,
+        reads,
+        errors,
+    );
+    if let Some(n) = step.max_parallel
+        && !(1..=MAX_PARALLEL).contains(&n)
+    {
+        errors.push(FieldError::new(
+            at("max_parallel"),
+            format!("must be between 1 and {MAX_PARALLEL}"),
+        ));
+    }
+    let most = crate::ids::MAX_ITEMS as u32;
+    if let Some(n) = step.max_items
+        && !(1..=most).contains(&n)
+    {
+        errors.push(FieldError::new(
+            at("max_items"),
+            format!("must be between 1 and {most}"),
+        ));
+    }
+}
+
+/// The part each step plays: a step named by another's `compensate` is a
+/// compensation step, one named in `on_failure` an on-failure step, every
+/// other a normal one. Safe on unvalidated steps.
+pub fn roles<'a>(steps: &'a [StepSpec], on_failure: &[String]) -> BTreeMap<&'a str, StepRole> {
+    let mut out: BTreeMap<&str, StepRole> = steps
+        .iter()
+        .map(|s| (s.id.as_str(), StepRole::Normal))
+        .collect();
+    for s in steps {
+        if let Some(r) = s.compensate.as_deref().and_then(|c| out.get_mut(c)) {
+            *r = StepRole::Compensation;
+        }
+    }
+    for f in on_failure {
+        if let Some(r) = out.get_mut(f.as_str())
+            && r.is_normal()
+        {
+            *r = StepRole::OnFailure;
+        }
+    }
+    out
+}
+
+/// The steps each step's templates and expressions may read: a normal
+/// step its ancestors; a compensation step the step it undoes and that
+/// step's ancestors; an on-failure step every normal step.
+pub fn readable<'a>(
+    steps: &'a [StepSpec],
+    on_failure: &[String],
+) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
+    let mut out = ancestors(steps);
+    let roles = roles(steps, on_failure);
+    let normal: BTreeSet<&str> = roles
+        .iter()
+        .filter(|(_, r)| r.is_normal())
+        .map(|(id, _)| *id)
+        .collect();
+    for s in steps {
+        let Some(c) = s.compensate.as_deref() else {
+            continue;
+        };
+        let Some((&key, _)) = roles.get_key_value(c) else {
+            continue;
+        };
+        let mut set = out.get(s.id.as_str()).cloned().unwrap_or_default();
+        set.insert(s.id.as_str());
+        out.insert(key, set);
+    }
+    for (id, role) in &roles {
+        if *role == StepRole::OnFailure {
+            out.insert(id, normal.clone());
+        }
+    }
+    out
 }
 
 /// The steps in an order where every step comes after the steps it needs
@@ -708,6 +1162,189 @@ mod tests {
         let mut w = diamond();
         w.input_schema = Some(json!(true));
         w.validate(known).unwrap();
+    }
+
+    fn rich() -> WorkflowSpec {
+        spec(json!({"name": "rich", "on_failure": ["tell"], "steps": [
+            {"id": "scan", "agent": "scanner", "compensate": "undo"},
+            {"id": "each", "agent": "reviewer", "needs": ["scan"],
+             "for_each": "steps.scan.output.files", "max_parallel": 3, "max_items": 20,
+             "allow_partial_failure": true, "fallback": ["compliance"],
+             "input": {"path": "{{ item.path }}", "n": "{{ item_index }}"}},
+            {"id": "fix", "agent": "compliance", "needs": ["each"],
+             "when": "steps.scan.output.summary.high > 0 && trigger.kind == 'manual'"},
+            {"id": "report", "agent": "notifier", "needs": ["fix"], "if_needs_skipped": "run"},
+            {"id": "undo", "agent": "scanner", "input": {"of": "{{ steps.scan.output }}", "why": "{{ failure.error }}"}},
+            {"id": "tell", "agent": "notifier", "input": {"failed": "{{ failure.step }}", "r": "{{ steps.report.output }}"}}
+        ]}))
+    }
+
+    #[test]
+    fn conditions_fan_out_fallbacks_and_handlers_validate() {
+        let w = rich();
+        w.validate(known).unwrap();
+        let w = w.into_workflow(1);
+        let roles = w.roles();
+        assert_eq!(roles["undo"], StepRole::Compensation);
+        assert_eq!(roles["tell"], StepRole::OnFailure);
+        assert_eq!(roles["fix"], StepRole::Normal);
+        assert!(w.agents().contains("compliance"));
+        let r = readable(&w.steps, &w.on_failure);
+        assert_eq!(r["undo"].iter().copied().collect::<Vec<_>>(), ["scan"]);
+        assert_eq!(
+            r["tell"].iter().copied().collect::<Vec<_>>(),
+            ["each", "fix", "report", "scan"]
+        );
+        let back: Workflow = serde_json::from_value(serde_json::to_value(&w).unwrap()).unwrap();
+        assert_eq!(back, w);
+    }
+
+    fn refusal(v: Value) -> Vec<(String, String)> {
+        spec(v)
+            .validate(known)
+            .unwrap_err()
+            .errors
+            .into_iter()
+            .map(|e| (e.pointer, e.detail))
+            .collect()
+    }
+
+    #[test]
+    fn conditions_and_lists_are_parsed_type_checked_and_read_only_ancestors() {
+        let errs = refusal(json!({"name": "w", "steps": [
+            {"id": "a", "agent": "scanner"},
+            {"id": "b", "agent": "scanner", "when": "steps.c.output.ok == true"},
+            {"id": "c", "agent": "scanner", "needs": ["a"], "when": "steps.a.output.n >"},
+            {"id": "d", "agent": "scanner", "needs": ["a"], "when": "len(steps.a.output)"},
+            {"id": "e", "agent": "scanner", "needs": ["a"], "for_each": "len(steps.a.output.files)"},
+            {"id": "f", "agent": "scanner", "for_each": "steps.ghost.output"}
+        ]}));
+        let at: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "/steps/1/when",
+                "/steps/2/when",
+                "/steps/3/when",
+                "/steps/4/for_each",
+                "/steps/5/for_each"
+            ]
+        );
+        assert!(errs[0].1.contains("not an ancestor"), "{errs:?}");
+        assert!(errs[1].1.starts_with("bad expression"), "{errs:?}");
+        assert!(errs[2].1.contains("true or false"), "{errs:?}");
+        assert!(errs[3].1.contains("needs a list"), "{errs:?}");
+        assert!(errs[4].1.contains("does not exist"), "{errs:?}");
+    }
+
+    #[test]
+    fn fan_out_settings_need_for_each_and_items_and_failures_their_steps() {
+        let errs = refusal(json!({"name": "w", "steps": [
+            {"id": "a", "agent": "scanner", "max_parallel": 2, "max_items": 3,
+             "allow_partial_failure": true, "input": {"p": "{{ item.path }}", "f": "{{ failure }}"}},
+            {"id": "b", "agent": "scanner", "for_each": "trigger.payload.x",
+             "max_parallel": 0, "max_items": 100000}
+        ]}));
+        let at: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "/steps/0/max_parallel",
+                "/steps/0/max_items",
+                "/steps/0/allow_partial_failure",
+                "/steps/0/input/f",
+                "/steps/0/input/p",
+                "/steps/1/max_parallel",
+                "/steps/1/max_items"
+            ]
+        );
+        assert!(
+            errs[3].1.contains("compensation and on-failure"),
+            "{errs:?}"
+        );
+        assert!(errs[4].1.contains("for_each"), "{errs:?}");
+    }
+
+    #[test]
+    fn fallbacks_must_be_other_registered_agents() {
+        let errs = refusal(json!({"name": "w", "steps": [
+            {"id": "a", "agent": "scanner",
+             "fallback": ["ghost", "scanner", "reviewer", "reviewer"]}
+        ]}));
+        let at: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "/steps/0/fallback/0",
+                "/steps/0/fallback/1",
+                "/steps/0/fallback/3",
+                "/steps/0/fallback"
+            ]
+        );
+    }
+
+    #[test]
+    fn compensation_cycles_chains_and_misplaced_handlers_are_refused() {
+        let errs = refusal(
+            json!({"name": "w", "on_failure": ["u", "ghost", "tell", "tell"], "steps": [
+                {"id": "a", "agent": "scanner"},
+                {"id": "u", "agent": "scanner", "compensate": "v"},
+                {"id": "v", "agent": "scanner", "compensate": "u"},
+                {"id": "b", "agent": "scanner", "compensate": "b"},
+                {"id": "c", "agent": "scanner", "needs": ["tell"], "compensate": "u"},
+                {"id": "tell", "agent": "notifier", "needs": ["a"], "for_each": "trigger.payload.x"}
+            ]}),
+        );
+        let find = |p: &str| {
+            errs.iter()
+                .filter(|(at, _)| at == p)
+                .map(|(_, d)| d.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            find("/steps/1/compensate")[0].contains("compensation cycle: u -> v -> u"),
+            "{errs:?}"
+        );
+        assert!(
+            find("/steps/2/compensate")[0].contains("compensation cycle: v -> u -> v"),
+            "{errs:?}"
+        );
+        assert!(
+            find("/steps/3/compensate")[0].contains("compensation cycle: b -> b"),
+            "{errs:?}"
+        );
+        assert!(
+            find("/steps/4/compensate")[0].contains("already compensates"),
+            "{errs:?}"
+        );
+        assert!(
+            find("/on_failure/0")[0].contains("compensation step"),
+            "{errs:?}"
+        );
+        assert!(find("/on_failure/1")[0].contains("no step"), "{errs:?}");
+        assert!(find("/on_failure/3")[0].contains("twice"), "{errs:?}");
+        assert!(
+            find("/steps/5/needs")[0].contains("cannot have needs"),
+            "{errs:?}"
+        );
+        assert!(
+            find("/steps/5/for_each")[0].contains("cannot fan out"),
+            "{errs:?}"
+        );
+        assert!(
+            find("/steps/4/needs/0")[0].contains("no step can need it"),
+            "{errs:?}"
+        );
+
+        let errs = refusal(json!({"name": "w", "on_failure": ["b"], "steps": [
+            {"id": "a", "agent": "scanner", "compensate": "b"},
+            {"id": "b", "agent": "scanner"}
+        ]}));
+        assert_eq!(errs[0].0, "/on_failure/0");
+        let errs = refusal(json!({"name": "w", "on_failure": ["a"], "steps": [
+            {"id": "a", "agent": "scanner"}
+        ]}));
+        assert_eq!(errs[0].0, "/steps");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use spindle_core::approval::{
 };
 use spindle_core::keys;
 use spindle_core::risk::{ApprovalPolicy, Assessor, Level};
-use spindle_core::run::{Event, Run};
+use spindle_core::run::{Event, Prepared, Run};
 
 use crate::dispatch::Render;
 use crate::runs::MAX_SCAN;
@@ -131,18 +131,47 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     /// that its input cannot be built), or nothing when the store failed
     /// (the step's assess timer asks again).
     pub(crate) async fn assess(&self, run: &Run, step: &str) -> Option<Event> {
-        let planned = run.planned(step)?;
-        let input = match self.render_input(run, step).await {
-            Ok(v) => v,
+        let (agent, _, _) = run.agent_for(step)?;
+        let fallback = run.step(step).map_or(0, |s| s.fallback);
+        let prepared = match self.read_outputs(run, step).await {
+            Ok(outputs) => run.prepare(step, outputs),
+            Err(Render::Invalid(error)) => Err(error),
             Err(Render::Store(e)) => {
                 self.host
                     .log(&format!("run {} step {step}: assessment: {e}", run.id));
                 return None;
             }
-            Err(Render::Invalid(error)) => {
+        };
+        let input = match prepared {
+            Ok(Prepared::Input(v)) => v,
+            Ok(Prepared::Skip(reason)) => {
+                return Some(Event::Skip {
+                    step: step.to_owned(),
+                    reason,
+                    fallback,
+                });
+            }
+            Ok(Prepared::Expand(items)) => {
+                return Some(Event::Expand {
+                    step: step.to_owned(),
+                    items,
+                    fallback,
+                });
+            }
+            Ok(Prepared::Refused(error)) => {
                 return Some(Event::AssessFailed {
                     step: step.to_owned(),
                     error,
+                    fallback,
+                    agent_refused: true,
+                });
+            }
+            Err(error) => {
+                return Some(Event::AssessFailed {
+                    step: step.to_owned(),
+                    error,
+                    fallback,
+                    agent_refused: false,
                 });
             }
         };
@@ -157,7 +186,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             }
         };
         let assessor = self.assessor(&policy)?;
-        let assessment = assessor.assess(planned.agent.risk_level, &input);
+        let assessment = assessor.assess(agent.risk_level, &input);
         let input_sha256 = approval::input_digest(&input);
         let level_policy = *policy.levels.of(assessment.level);
         let mut req = GateRequest {
@@ -171,17 +200,17 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             allow_self_approval: policy.allow_self_approval,
         };
         if assessment.approval_required {
-            let id = approval::approval_id(&run.id, step);
+            let id = approval::approval_id(&run.id, step, fallback);
             let doc = Approval {
                 id: id.clone(),
                 run_id: run.id.clone(),
                 workflow: run.workflow.clone(),
                 step: step.to_owned(),
-                agent: planned.agent.name.to_string(),
-                agent_version: planned.agent.version,
+                agent: agent.name.to_string(),
+                agent_version: agent.version,
                 asked: format!(
                     "run agent {} v{} as step {step} of workflow {} (run {})",
-                    planned.agent.name, planned.agent.version, run.workflow, run.id
+                    agent.name, agent.version, run.workflow, run.id
                 ),
                 preview: approval::preview(&input),
                 input,
@@ -205,6 +234,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         Some(Event::Gated {
             step: step.to_owned(),
             gate: req,
+            fallback,
         })
     }
 
@@ -275,7 +305,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     /// one won, or the step moved on): the listing would skip it, and
     /// retention only knows the recorded one.
     pub(crate) async fn drop_unrecorded_pointer(&self, run: &Run, event: &Event) {
-        let Event::Gated { step, gate } = event else {
+        let Event::Gated { step, gate, .. } = event else {
             return;
         };
         let Some(mine) = &gate.approval else {
@@ -311,13 +341,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     /// its listing number.
     async fn recorded(&self, id: &str) -> Result<(ApprovalView, u64), EngineError> {
         let not_found = || EngineError::NotFound(format!("no approval {id:?}"));
-        let (run_id, step) = approval::parse_approval_id(id).ok_or_else(not_found)?;
+        let (run_id, _) = approval::parse_approval_id(id).ok_or_else(not_found)?;
         let run = match self.run(run_id).await {
             Ok(run) => run,
             Err(EngineError::NotFound(_)) => return Err(not_found()),
             Err(e) => return Err(e),
         };
-        let seq = recorded_seq(&run, step).ok_or_else(not_found)?;
+        let seq = recorded_seq(&run, id).ok_or_else(not_found)?;
         let doc: Approval = self
             .store
             .get(&keys::approval(id, seq))
@@ -387,7 +417,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             Err(e) => return Err(e),
         };
         let mut approvals = Vec::new();
-        for s in &run.steps {
+        for s in run.units() {
             let Some(a) = s.gate.as_ref().and_then(|g| g.approval.as_ref()) else {
                 continue;
             };
@@ -415,13 +445,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         id: &str,
         seq: Option<u64>,
     ) -> Result<Option<ApprovalView>, EngineError> {
-        let Some((run_id, step)) = approval::parse_approval_id(id) else {
+        let Some((run_id, _)) = approval::parse_approval_id(id) else {
             return Ok(None);
         };
         let Some(run) = self.store.get::<Run>(&keys::run(run_id)).await? else {
             return Ok(None);
         };
-        let Some(recorded) = recorded_seq(&run, step) else {
+        let Some(recorded) = recorded_seq(&run, id) else {
             return Ok(None);
         };
         if seq.is_some_and(|s| s != recorded) {
@@ -477,7 +507,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         let result = match gate.status() {
             ApprovalStatus::Rejected => DecisionResult::Rejected,
             ApprovalStatus::Pending => DecisionResult::WaitingForApprovers,
-            _ if !s.attempts.is_empty() => DecisionResult::ApprovedAndDispatched,
+            // An attempt sent once approved: not one of an agent the step
+            // fell back from.
+            _ if s
+                .current()
+                .is_some_and(|a| gate.decided_at_ms.is_some_and(|d| a.dispatched_at_ms >= d)) =>
+            {
+                DecisionResult::ApprovedAndDispatched
+            }
             // Approved, but the dispatch was refused (the input is not the
             // one approved) or the run ended meanwhile.
             _ => DecisionResult::ApprovedNotDispatched,
@@ -567,10 +604,15 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
 }
 
 /// The listing number of the approval the run recorded for `step`.
-fn recorded_seq(run: &Run, step: &str) -> Option<u64> {
+/// The listing number of approval `id` if the run's unit still waits on
+/// (or decided) that very approval: a fallback agent's approval has an id
+/// of its own, so a decision on the primary's never answers it.
+fn recorded_seq(run: &Run, id: &str) -> Option<u64> {
+    let (_, step) = approval::parse_approval_id(id)?;
     run.step(step)
         .and_then(|s| s.gate.as_ref())
         .and_then(|g| g.approval.as_ref())
+        .filter(|a| a.id == id)
         .map(|a| a.seq)
 }
 

@@ -103,8 +103,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         let result: JobResult =
             self.signed_body(job_id, body, signature, |r: &JobResult| &r.job_id)?;
         let run = self.run(job.run).await?;
-        let planned = run
-            .planned(job.step)
+        // The agent the unit runs now: a result for an earlier agent's job
+        // is refused by the run as no longer active anyway.
+        let (agent, _, _) = run
+            .agent_for(job.step)
             .ok_or_else(|| EngineError::NotFound(format!("no job {job_id:?}")))?;
 
         let mut rejected_output = None;
@@ -131,17 +133,15 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                         ),
                     ))
                 } else {
-                    schema::check(&planned.agent.output_schema, &out)
-                        .err()
-                        .map(|e| {
-                            (
-                                ErrorKind::InvalidOutput,
-                                format!(
-                                    "output does not match agent {}'s output schema: {e}",
-                                    planned.agent.name
-                                ),
-                            )
-                        })
+                    schema::check(&agent.output_schema, &out).err().map(|e| {
+                        (
+                            ErrorKind::InvalidOutput,
+                            format!(
+                                "output does not match agent {}'s output schema: {e}",
+                                agent.name
+                            ),
+                        )
+                    })
                 };
                 match problem {
                     Some((kind, message)) => {

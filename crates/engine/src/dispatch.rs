@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde_json::Value;
 use spindle_core::job::{ErrorKind, Job, JobAgent, JobError, SIGNATURE_HEADER};
 use spindle_core::retry::fnv1a;
-use spindle_core::run::{Event, Run};
-use spindle_core::{approval, keys, schema, sign, template};
+use spindle_core::run::{Event, MAX_GATHERED_BYTES, OutputSource, Run};
+use spindle_core::{approval, keys, sign};
 
 use crate::store::StoreExt;
 use crate::{Engine, Host, Sent, Store, Workers};
@@ -28,41 +28,57 @@ pub(crate) enum Render {
 }
 
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
-    /// Renders `step`'s input from the trigger and its ancestors' outputs,
-    /// and checks it against the agent's input schema.
-    pub(crate) async fn render_input(&self, run: &Run, step: &str) -> Result<Value, Render> {
-        let invalid = |message: String| {
-            Render::Invalid(JobError {
+    /// The outputs `unit`'s templates and expressions may read, from the
+    /// store: each readable step's output, a fan-out step's gathered in
+    /// item order (`null` for a failed item).
+    pub(crate) async fn read_outputs(
+        &self,
+        run: &Run,
+        unit: &str,
+    ) -> Result<BTreeMap<String, Value>, Render> {
+        let gathered = run.gathered_bytes(unit);
+        if gathered > MAX_GATHERED_BYTES {
+            return Err(Render::Invalid(JobError {
                 kind: ErrorKind::InvalidInput,
-                message,
-            })
-        };
-        let planned = run
-            .planned(step)
-            .ok_or_else(|| invalid(format!("the run has no step {step}")))?;
-        let mut outputs = BTreeMap::new();
-        for (ancestor, job) in run.readable_outputs(step) {
-            match self.store.get::<Value>(&keys::output(&job)).await {
-                Ok(Some(v)) => {
-                    outputs.insert(ancestor, v);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(Render::Store(format!(
-                        "reading the output of step {ancestor} failed: {e}"
-                    )));
-                }
-            }
+                message: format!(
+                    "it reads {gathered} bytes of fan-out items' outputs; at most {MAX_GATHERED_BYTES} are gathered"
+                ),
+            }));
         }
-        let input = template::render(&planned.input, &run.template_context(outputs))
-            .map_err(|e| invalid(format!("input template {e}")))?;
-        schema::check(&planned.agent.input_schema, &input).map_err(|e| {
-            invalid(format!(
-                "input does not match agent {}'s input schema: {e}",
-                planned.agent.name
-            ))
-        })?;
-        Ok(input)
+        let mut outputs = BTreeMap::new();
+        for (ancestor, source) in run.readable_outputs(unit) {
+            let value = match source {
+                OutputSource::Job(job) => self.read_output(&ancestor, &job).await?,
+                OutputSource::Items(jobs) => {
+                    let mut items = Vec::with_capacity(jobs.len());
+                    for job in jobs {
+                        items.push(match job {
+                            Some(job) => self.read_output(&ancestor, &job).await?,
+                            None => Value::Null,
+                        });
+                    }
+                    Value::Array(items)
+                }
+            };
+            outputs.insert(ancestor, value);
+        }
+        Ok(outputs)
+    }
+
+    async fn read_output(&self, step: &str, job: &str) -> Result<Value, Render> {
+        match self.store.get::<Value>(&keys::output(job)).await {
+            Ok(v) => Ok(v.unwrap_or(Value::Null)),
+            Err(e) => Err(Render::Store(format!(
+                "reading the output of step {step} failed: {e}"
+            ))),
+        }
+    }
+
+    /// Renders `unit`'s input from the trigger and what it can read, and
+    /// checks it against its agent's input schema.
+    pub(crate) async fn render_input(&self, run: &Run, unit: &str) -> Result<Value, Render> {
+        let outputs = self.read_outputs(run, unit).await?;
+        run.input_for(unit, outputs).map_err(Render::Invalid)
     }
 
     /// Sends one job, at most once (the claim counter decides), to the first
@@ -86,7 +102,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 return None;
             }
         }
-        let planned = run.planned(step)?;
+        let (agent, _, timeout_secs) = run.agent_for(step)?;
         let input = match self.render_input(run, step).await {
             Ok(v) => v,
             Err(Render::Store(e)) => {
@@ -122,13 +138,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             step_id: step.to_owned(),
             attempt: run.step(step).map_or(1, |s| s.attempt_number()),
             agent: JobAgent {
-                name: planned.agent.name.to_string(),
-                version: planned.agent.version,
-                image: planned.agent.image.clone(),
-                command: planned.agent.command.clone(),
-                timeout_secs: planned.timeout_secs,
-                memory_mb: planned.agent.memory_mb,
-                network: planned.agent.network,
+                name: agent.name.to_string(),
+                version: agent.version,
+                image: agent.image.clone(),
+                command: agent.command.clone(),
+                timeout_secs,
+                memory_mb: agent.memory_mb,
+                network: agent.network,
             },
             input,
             lease_ms: run.settings.lease_ms,

@@ -138,7 +138,14 @@ impl<S: Store> Registry<'_, S> {
         spec: WorkflowSpec,
     ) -> Result<Workflow, RegistryError> {
         self.validate(&spec).await?;
-        let agents: BTreeSet<String> = spec.steps.iter().map(|s| s.agent.clone()).collect();
+        // Fallback agents are used as much as the steps' own: claimed too,
+        // so neither can be deleted from under the workflow.
+        let agents: BTreeSet<String> = spec
+            .steps
+            .iter()
+            .flat_map(|s| std::iter::once(&s.agent).chain(&s.fallback))
+            .cloned()
+            .collect();
         let now = self.now_ms;
         self.write_workflow(
             name,

@@ -139,8 +139,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         if !run.status.is_terminal() || run.finished_at_ms.is_none_or(|f| f >= cutoff) {
             return Ok(false);
         }
-        for step in &run.steps {
-            if let Some(a) = step.gate.as_ref().and_then(|g| g.approval.as_ref()) {
+        for step in run.units() {
+            let recorded = step.gate.as_ref().and_then(|g| g.approval.as_ref());
+            for a in recorded.into_iter().chain(&step.superseded_approvals) {
                 self.forget_approval(&a.id, a.seq).await?;
             }
             // Attempts no worker took may have been compacted out of the

@@ -10,10 +10,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use spindle_core::agent::{Agent, AgentName};
 use spindle_core::ids::{run_created_ms, run_seq};
 use spindle_core::keys;
-use spindle_core::run::{Run, RunStatus, Trigger};
+use spindle_core::run::{Reuse, Run, RunStatus, Transition, Trigger};
 use spindle_core::workflow::Workflow;
 use spindle_core::{ids, sign};
 
@@ -276,6 +277,18 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             self.host.now_ms(),
         )
         .map_err(EngineError::Conflict)?;
+        self.store_started(id, t, wf_seq, idempotency).await
+    }
+
+    /// Stores a run just created and started (`t`): its timers first,
+    /// then its listing pointers, then the run, then its effects.
+    async fn store_started(
+        &self,
+        id: &str,
+        t: Transition,
+        wf_seq: u64,
+        idempotency: Option<&str>,
+    ) -> Result<(Run, bool), EngineError> {
         let Some(mut run) = t.run else {
             return Err(EngineError::Conflict(
                 "the new run could not be started".into(),
@@ -292,7 +305,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         let seq = run_seq(id).unwrap_or(0);
         self.store.set(&keys::run_at(seq), &id).await?;
         self.store
-            .set(&keys::workflow_run_at(&wf.name, wf_seq), &id)
+            .set(&keys::workflow_run_at(&run.workflow, wf_seq), &id)
             .await?;
         if idempotency.is_some()
             && let Some(existing) = self.store.get::<Run>(&keys::run(id)).await?
@@ -303,6 +316,95 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         }
         self.store.set(&keys::run(id), &run).await?;
         Ok((self.settle(run, t.effects).await, true))
+    }
+
+    /// Re-runs finished run `id`: a new run of the same workflow and agent
+    /// versions and the same payload, started by `actor`, that reuses the
+    /// outputs of the steps that succeeded (see [`Run::reusable`]) and runs
+    /// the rest; with `from`, that step and everything after it run again.
+    /// The new run names the old one in `rerun_of`.
+    pub async fn rerun(
+        &self,
+        id: &str,
+        from: Option<&str>,
+        actor: Option<String>,
+    ) -> Result<Run, EngineError> {
+        let old = self.run(id).await?;
+        if !old.status.is_terminal() {
+            return Err(EngineError::Conflict(format!(
+                "run {id} is still {}; wait for it to end or cancel it before re-running it",
+                old.status.as_str()
+            )));
+        }
+        // The payload was checked when the old run started; the schema it
+        // was checked against is part of the workflow version it kept.
+        let new_id = self.next_run_id().await?;
+        let reuse = old
+            .reusable(&new_id, from)
+            .map_err(|e| EngineError::BadRequest("/from".into(), e))?;
+        // Copied, not pointed at: retention may remove the old run first.
+        // A step whose output is gone (or one of whose needs is not reused)
+        // runs again.
+        let mut kept: Vec<Reuse> = Vec::with_capacity(reuse.len());
+        let mut copies: Vec<String> = Vec::new();
+        let stored = async {
+            for r in reuse {
+                let needs_kept = old
+                    .planned(&r.step)
+                    .is_some_and(|p| p.needs.iter().all(|n| kept.iter().any(|k| &k.step == n)));
+                if !needs_kept {
+                    continue;
+                }
+                let mut copied = true;
+                for (from_job, to_job) in &r.outputs {
+                    match self.store.get::<Value>(&keys::output(from_job)).await? {
+                        Some(v) => {
+                            copies.push(keys::output(to_job));
+                            self.store.set(&keys::output(to_job), &v).await?;
+                        }
+                        None => {
+                            copied = false;
+                            break;
+                        }
+                    }
+                }
+                if copied {
+                    kept.push(r);
+                } else {
+                    self.host.log(&format!(
+                        "re-run {new_id} of {id}: the output of step {} is gone; it runs again",
+                        r.step
+                    ));
+                }
+            }
+            let wf_seq = self
+                .store
+                .increment(&keys::workflow_run_counter(&old.workflow), 1)
+                .await? as u64;
+            let t = old
+                .rerun(
+                    new_id.clone(),
+                    &kept,
+                    actor,
+                    self.config.settings,
+                    self.host.now_ms(),
+                )
+                .map_err(EngineError::Conflict)?;
+            Ok::<_, EngineError>(self.store_started(&new_id, t, wf_seq, None).await?.0)
+        }
+        .await;
+        if stored.is_err() {
+            // Nothing will ever point at the copies (retention finds runs,
+            // not loose outputs): removed now, as far as the store lets us.
+            for key in &copies {
+                if let Err(e) = self.store.delete(key).await {
+                    self.host.log(&format!(
+                        "re-run {new_id} of {id}: removing the copy {key}: {e}"
+                    ));
+                }
+            }
+        }
+        stored
     }
 
     /// Waits for another request to store run `id`.

@@ -113,6 +113,7 @@ fn timer_at(name: &str, epoch: u64, at_ms: u64) -> Timer {
             name: name.to_owned(),
             epoch,
         }),
+        fallback: 0,
     }
 }
 

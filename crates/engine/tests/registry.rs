@@ -162,3 +162,35 @@ fn a_failed_workflow_write_leaves_no_claim() {
     block_on(registry(&e).agent_created(&AgentName::parse("b").unwrap())).unwrap();
     block_on(registry(&e).create_workflow(spec(&["b"]))).unwrap();
 }
+
+#[test]
+fn an_agent_used_only_as_a_fallback_cannot_be_deleted() {
+    let e = engine();
+    agent(&e, "a", 1);
+    agent(&e, "b", 1);
+    agent(&e, "c", 1);
+    let with_fallback = |fallback: &str| -> WorkflowSpec {
+        serde_json::from_value(json!({"name": "w", "steps": [
+            {"id": "s", "agent": "a", "fallback": [fallback]}
+        ]}))
+        .unwrap()
+    };
+    // Created with one fallback, updated to another: both ways claim it.
+    block_on(registry(&e).create_workflow(with_fallback("b"))).unwrap();
+    let name = |n: &str| AgentName::parse(n).unwrap();
+    let refused = block_on(registry(&e).delete_agent(&name("b")));
+    assert!(
+        matches!(refused, Err(RegistryError::AgentInUse(_))),
+        "{refused:?}"
+    );
+    block_on(registry(&e).update_workflow("w", with_fallback("c"))).unwrap();
+    let refused = block_on(registry(&e).delete_agent(&name("c")));
+    assert!(
+        matches!(refused, Err(RegistryError::AgentInUse(_))),
+        "{refused:?}"
+    );
+    assert!(agent_exists(&e, "c"));
+    // No longer used: b goes.
+    block_on(registry(&e).delete_agent(&name("b"))).unwrap();
+    assert!(!agent_exists(&e, "b"));
+}

@@ -137,6 +137,8 @@ impl From<EngineError> for Problem {
                     Reject::AlreadyDecided { .. } => K::AlreadyDecided,
                     Reject::SelfApproval { .. } => K::SelfApproval,
                     Reject::InputChanged { .. } => K::InputChanged,
+                    // The stored run, not the request, is at fault.
+                    Reject::Corrupt { .. } => K::Internal,
                 };
                 Problem::of(kind, r.to_string())
             }

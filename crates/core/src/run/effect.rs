@@ -46,6 +46,15 @@ pub struct Timer {
     /// empty then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleRef>,
+    /// For an assessment timer: which agent of the unit it was armed for
+    /// (0 its own, `n` its `n`th fallback); one armed for an agent the unit
+    /// has left is stale.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fallback: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The schedule a timer fires, and the epoch of the schedule it was armed

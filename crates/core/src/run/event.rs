@@ -76,14 +76,47 @@ pub enum Event {
         step: String,
         /// The verdict.
         gate: GateRequest,
+        /// Which of the unit's agents was assessed (its `fallback` then):
+        /// an answer for an agent the unit has left is stale.
+        #[serde(default)]
+        fallback: u32,
+    },
+    /// A step's condition (`when`) was false: it is skipped.
+    Skip {
+        /// The step.
+        step: String,
+        /// Why, for the run's trail and readers.
+        reason: String,
+        /// As in [`Event::Gated`].
+        #[serde(default)]
+        fallback: u32,
+    },
+    /// A fan-out step's list was evaluated: one item per element.
+    Expand {
+        /// The step.
+        step: String,
+        /// How many items the list has (at most the step's `max_items`).
+        items: u32,
+        /// As in [`Event::Gated`].
+        #[serde(default)]
+        fallback: u32,
     },
     /// A step's input cannot be built (its template or the agent's input
-    /// schema refuses it): the step fails for good.
+    /// schema refuses it): the step fails for good, or falls back to its
+    /// next agent when the agent's schema was what refused it.
     AssessFailed {
         /// The step.
         step: String,
         /// Why.
         error: JobError,
+        /// As in [`Event::Gated`].
+        #[serde(default)]
+        fallback: u32,
+        /// Whether the agent's input schema refused the input (another
+        /// agent might take it), rather than the workflow (a template, a
+        /// condition, a list) that no agent can fix.
+        #[serde(default)]
+        agent_refused: bool,
     },
     /// An approver decided on a step waiting for approval.
     Decide {
@@ -163,6 +196,15 @@ pub enum Reject {
     SelfApproval {
         /// The approver.
         by: String,
+    },
+    /// The run document does not hold together (its plan and steps do not
+    /// line up): nothing is applied to it.
+    #[error("run {run} is corrupt: {why}")]
+    Corrupt {
+        /// The run.
+        run: String,
+        /// What does not line up.
+        why: String,
     },
     /// The decision names another input than the one waiting.
     #[error("approval {approval} is for input {expected}, not {got}")]

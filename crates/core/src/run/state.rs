@@ -8,6 +8,7 @@ use crate::agent::Agent;
 use crate::approval::Gate;
 use crate::job::JobError;
 use crate::retry::RetryPolicy;
+use crate::workflow::{IfNeedsSkipped, StepRole};
 
 /// Most audit events kept in a run document; older ones are dropped first.
 pub const MAX_EVENTS: usize = 256;
@@ -27,7 +28,10 @@ pub enum RunStatus {
     Running,
     /// Nothing runs; a step waits for a human decision.
     WaitingApproval,
-    /// Every step succeeded.
+    /// A step failed for good: compensation and on-failure steps run, and
+    /// the run then ends `failed`.
+    Compensating,
+    /// Every step succeeded (or was skipped by a condition).
     Succeeded,
     /// A step failed for good.
     Failed,
@@ -47,10 +51,11 @@ impl RunStatus {
     }
 
     /// Every status, for index maintenance and filters.
-    pub const ALL: [RunStatus; 7] = [
+    pub const ALL: [RunStatus; 8] = [
         Self::Queued,
         Self::Running,
         Self::WaitingApproval,
+        Self::Compensating,
         Self::Succeeded,
         Self::Failed,
         Self::Cancelled,
@@ -63,6 +68,7 @@ impl RunStatus {
             Self::Queued => "queued",
             Self::Running => "running",
             Self::WaitingApproval => "waiting_approval",
+            Self::Compensating => "compensating",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -92,11 +98,14 @@ pub enum StepStatus {
     Running,
     /// An attempt failed; the next starts after a backoff.
     RetryWait,
+    /// A fan-out step whose items are under way.
+    FannedOut,
     /// Done, with output.
     Succeeded,
     /// Failed for good.
     Failed,
-    /// Never ran, because the run ended first.
+    /// Never ran: its condition was false, a step it needs was skipped, or
+    /// the run ended first (`skip_reason` says which).
     Skipped,
     /// Was running when the run was cancelled or timed out.
     Cancelled,
@@ -160,6 +169,49 @@ pub struct PlannedStep {
     pub retry: RetryPolicy,
     /// Effective timeout.
     pub timeout_secs: u32,
+    /// The part it plays (normal, compensation, on-failure).
+    #[serde(default, skip_serializing_if = "StepRole::is_normal")]
+    pub role: StepRole,
+    /// The step that undoes this one, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<String>,
+    /// Its condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// What it does when a step it needs was skipped.
+    #[serde(default)]
+    pub if_needs_skipped: IfNeedsSkipped,
+    /// Its fan-out: the list expression and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<FanOut>,
+    /// Fallback agents, in order, with their effective policies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<PlannedAgent>,
+}
+
+/// A fan-out step's list and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanOut {
+    /// The expression giving the list.
+    pub expr: String,
+    /// Most items running at once.
+    pub max_parallel: u32,
+    /// Most items taken.
+    pub max_items: u32,
+    /// Whether a failed item leaves `null` instead of failing the step.
+    #[serde(default)]
+    pub allow_partial_failure: bool,
+}
+
+/// A fallback agent, with the retry policy and timeout it runs under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedAgent {
+    /// The agent version this run uses.
+    pub agent: Agent,
+    /// Effective retry policy.
+    pub retry: RetryPolicy,
+    /// Effective timeout.
+    pub timeout_secs: u32,
 }
 
 /// One attempt at a step.
@@ -172,6 +224,9 @@ pub struct Attempt {
     /// The worker that accepted it, once one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The agent it ran, when a step has fallbacks to tell apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// When it was dispatched.
     pub dispatched_at_ms: u64,
     /// When the worker first reported it running.
@@ -219,6 +274,33 @@ pub struct StepState {
     /// Its risk assessment and approval, once assessed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<Gate>,
+    /// Approvals filed for the agents it fell back from, so retention
+    /// can remove them with the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded_approvals: Vec<crate::approval::ApprovalRef>,
+    /// Why it was skipped, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<String>,
+    /// Which agent runs it: 0 the step's own, `n` its `n`th fallback.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fallback: u32,
+    /// When it reached its final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_at_ms: Option<u64>,
+    /// The run revision at which it succeeded: the order of completion
+    /// compensations undo in, whatever the clocks of the instances said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded_rev: Option<u64>,
+    /// For a re-run: the job of the earlier run whose output it reuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
+    /// A fan-out step's items (`<step>_<index>`), in list order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<StepState>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl StepState {
@@ -242,12 +324,50 @@ impl StepState {
         self.attempts.last_mut()
     }
 
-    /// The job id of the attempt that succeeded (its output's key).
+    /// The job id of the attempt that succeeded (its output's key). A
+    /// fan-out step has none: its output is its items'.
     pub fn output_job(&self) -> Option<&str> {
-        (self.status == StepStatus::Succeeded)
-            .then(|| self.current().map(|a| a.job_id.as_str()))
-            .flatten()
+        if self.status != StepStatus::Succeeded || !self.items.is_empty() {
+            return None;
+        }
+        self.current().map(|a| a.job_id.as_str())
     }
+
+    /// A fresh state for unit `id`.
+    pub fn new(id: String) -> StepState {
+        StepState {
+            id,
+            status: StepStatus::Pending,
+            attempts: Vec::new(),
+            lease_expires_at_ms: None,
+            attempt_deadline_ms: None,
+            retry_at_ms: None,
+            output_bytes: None,
+            error: None,
+            gate: None,
+            superseded_approvals: Vec::new(),
+            skip_reason: None,
+            fallback: 0,
+            done_at_ms: None,
+            succeeded_rev: None,
+            reused_from: None,
+            items: Vec::new(),
+        }
+    }
+}
+
+/// Why a run is failing: the step that failed for good, kept while its
+/// compensation and on-failure steps run (templates read it as `failure`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFailure {
+    /// The step that failed.
+    pub step: String,
+    /// What went wrong.
+    pub error: JobError,
+    /// The run's error message.
+    pub message: String,
+    /// When.
+    pub at_ms: u64,
 }
 
 /// One entry of a run's audit trail.
@@ -313,6 +433,12 @@ pub struct Run {
     /// Why it ended badly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The failure its compensation and on-failure steps handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<RunFailure>,
+    /// The run this one re-runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
     /// Settings fixed at creation.
     pub settings: RunSettings,
     /// Step states, in plan order.

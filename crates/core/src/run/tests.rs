@@ -6,9 +6,9 @@ use crate::risk::{Level, LevelPolicy, OnExpiry};
 use crate::workflow::WorkflowSpec;
 use serde_json::json;
 
-const LEASE: u64 = 1_000;
+pub(super) const LEASE: u64 = 1_000;
 
-fn agent(name: &str, risk: &str, max_attempts: u32) -> Agent {
+pub(super) fn agent(name: &str, risk: &str, max_attempts: u32) -> Agent {
     let spec: AgentSpec = serde_json::from_value(json!({
         "name": name, "command": [name], "risk_level": risk, "timeout_secs": 10,
         "retry": {"max_attempts": max_attempts, "initial_backoff_ms": 100, "max_backoff_ms": 1000}
@@ -17,7 +17,7 @@ fn agent(name: &str, risk: &str, max_attempts: u32) -> Agent {
     spec.into_agent(0).unwrap()
 }
 
-fn agents(risky: &[&str]) -> BTreeMap<String, Agent> {
+pub(super) fn agents(risky: &[&str]) -> BTreeMap<String, Agent> {
     ["scanner", "compliance", "reviewer", "notifier", "patcher"]
         .into_iter()
         .map(|n| {
@@ -31,7 +31,7 @@ fn agents(risky: &[&str]) -> BTreeMap<String, Agent> {
         .collect()
 }
 
-fn workflow(v: Value) -> Workflow {
+pub(super) fn workflow(v: Value) -> Workflow {
     let spec: WorkflowSpec = serde_json::from_value(v).unwrap();
     spec.validate(|_| true).unwrap();
     spec.into_workflow(0)
@@ -47,7 +47,7 @@ fn diamond() -> Workflow {
     ]}))
 }
 
-fn settings() -> RunSettings {
+pub(super) fn settings() -> RunSettings {
     RunSettings {
         lease_ms: LEASE,
         max_output_bytes: 1 << 20,
@@ -82,7 +82,7 @@ fn start(w: &Workflow, risky: &[&str]) -> (Run, Vec<Effect>) {
 }
 
 /// The verdict of an assessment that lets a step run at once.
-fn auto_gate(step: &str) -> Event {
+pub(super) fn auto_gate(step: &str) -> Event {
     Event::Gated {
         step: step.into(),
         gate: GateRequest {
@@ -99,12 +99,13 @@ fn auto_gate(step: &str) -> Event {
             },
             allow_self_approval: false,
         },
+        fallback: 0,
     }
 }
 
 /// The verdict of an assessment that asks `approvers` approvers, for
 /// `secs` seconds, with `on_expiry`.
-fn approval_gate(step: &str, approvers: u8, secs: u32, on_expiry: OnExpiry) -> Event {
+pub(super) fn approval_gate(step: &str, approvers: u8, secs: u32, on_expiry: OnExpiry) -> Event {
     Event::Gated {
         step: step.into(),
         gate: GateRequest {
@@ -124,6 +125,7 @@ fn approval_gate(step: &str, approvers: u8, secs: u32, on_expiry: OnExpiry) -> E
             },
             allow_self_approval: false,
         },
+        fallback: 0,
     }
 }
 
@@ -134,7 +136,7 @@ fn settle(mut run: Run, mut fx: Vec<Effect>, now: u64) -> (Run, Vec<Effect>) {
     let mut i = 0;
     while i < fx.len() {
         if let Effect::Assess { step } = &fx[i] {
-            let risky = run.planned(step).unwrap().agent.risk_level == RiskLevel::ApprovalRequired;
+            let risky = run.agent_for(step).unwrap().0.risk_level == RiskLevel::ApprovalRequired;
             let e = if risky {
                 approval_gate(step, 1, 3600, OnExpiry::Reject)
             } else {
@@ -167,7 +169,7 @@ fn step(run: &Run, e: Event, now: u64) -> (Run, Vec<Effect>) {
     settle(next, t.effects, now)
 }
 
-fn dispatched(fx: &[Effect]) -> Vec<String> {
+pub(super) fn dispatched(fx: &[Effect]) -> Vec<String> {
     fx.iter()
         .filter_map(|e| match e {
             Effect::Dispatch { job_id, .. } => Some(job_id.clone()),
@@ -176,7 +178,7 @@ fn dispatched(fx: &[Effect]) -> Vec<String> {
         .collect()
 }
 
-fn ok(job: &str) -> Event {
+pub(super) fn ok(job: &str) -> Event {
     Event::Succeeded {
         job_id: job.into(),
         worker: "w1".into(),
@@ -186,7 +188,7 @@ fn ok(job: &str) -> Event {
     }
 }
 
-fn failed(job: &str, kind: ErrorKind) -> Event {
+pub(super) fn failed(job: &str, kind: ErrorKind) -> Event {
     Event::Failed {
         job_id: job.into(),
         worker: "w1".into(),
@@ -220,6 +222,7 @@ fn a_single_step_run_goes_queued_running_succeeded() {
             step: Some("scan".into()),
             attempt: 0,
             schedule: None,
+            fallback: 0,
         }]
     );
 
@@ -306,9 +309,18 @@ fn the_diamond_join_starts_once_after_both_branches_in_either_order() {
         assert_eq!(
             run.readable_outputs("notify"),
             [
-                ("compliance".to_owned(), "r-1.compliance.1".to_owned()),
-                ("review".to_owned(), "r-1.review.1".to_owned()),
-                ("scan".to_owned(), "r-1.scan.1".to_owned()),
+                (
+                    "compliance".to_owned(),
+                    OutputSource::Job("r-1.compliance.1".to_owned())
+                ),
+                (
+                    "review".to_owned(),
+                    OutputSource::Job("r-1.review.1".to_owned())
+                ),
+                (
+                    "scan".to_owned(),
+                    OutputSource::Job("r-1.scan.1".to_owned())
+                ),
             ]
         );
         let (run, _) = step(&run, ok("r-1.notify.1"), 50);
@@ -373,6 +385,7 @@ fn failures_retry_with_backoff_then_fail_the_run_and_skip_the_rest() {
         step: Some("scan".into()),
         attempt: 1,
         schedule: None,
+        fallback: 0,
     };
     assert!(fx.contains(&Effect::Schedule(timer.clone())));
     assert_eq!(run.status, RunStatus::Running);
@@ -438,6 +451,7 @@ fn a_lapsed_lease_times_the_attempt_out_and_stops_the_job() {
         step: Some("scan".into()),
         attempt: 1,
         schedule: None,
+        fallback: 0,
     };
 
     // Renewed in time: the run does not change, but the timer re-arms at
@@ -681,6 +695,7 @@ fn the_deadline_times_the_run_out() {
         step: None,
         attempt: 0,
         schedule: None,
+        fallback: 0,
     };
     assert!(fx.contains(&Effect::Schedule(deadline.clone())));
     assert!(unchanged(&run, Event::Timer(deadline.clone()), 59_999).is_empty());
@@ -849,6 +864,8 @@ fn an_input_that_cannot_be_built_fails_the_run() {
                 kind: ErrorKind::InvalidInput,
                 message: "input template refers to a missing field".into(),
             },
+            fallback: 0,
+            agent_refused: false,
         },
         1,
     );
@@ -966,6 +983,7 @@ fn expiry_carries_out_the_policy_and_beats_late_decisions() {
             step: Some("patch".into()),
             attempt: 0,
             schedule: None,
+            fallback: 0,
         };
         // Early: nothing. A decision at the deadline is refused.
         assert!(unchanged(&run, Event::Timer(timer.clone()), expires - 1).is_empty());
@@ -1060,10 +1078,10 @@ fn runs_round_trip_through_json_with_snake_case_names() {
 #[test]
 fn the_template_context_exposes_trigger_run_and_outputs() {
     let (run, _) = start(&diamond(), &[]);
-    let ctx = run.template_context(BTreeMap::from([(
-        "scan".to_owned(),
-        json!({"findings": [1]}),
-    )]));
+    let ctx = run.template_context(
+        "notify",
+        BTreeMap::from([("scan".to_owned(), json!({"findings": [1]}))]),
+    );
     let out = crate::template::render(&run.planned("notify").unwrap().input, &ctx).unwrap();
     assert_eq!(out, json!({"f": [1]}));
     assert_eq!(ctx["trigger"]["payload"]["repo"], "acme/app");
@@ -1100,6 +1118,7 @@ fn attempts_no_worker_took_do_not_use_up_the_retry_budget() {
             step: Some("scan".into()),
             attempt,
             schedule: None,
+            fallback: 0,
         };
         now = at;
         run = step(&run, Event::Timer(timer), now).0;
@@ -1115,6 +1134,7 @@ fn attempts_no_worker_took_do_not_use_up_the_retry_budget() {
         step: Some("scan".into()),
         attempt: 6,
         schedule: None,
+        fallback: 0,
     };
     run = step(&run, Event::Timer(timer), at).0;
     run = step(&run, failed("r-1.scan.7", ErrorKind::AgentFailed), at + 1).0;
@@ -1153,6 +1173,7 @@ fn attempts_no_worker_took_are_compacted() {
             step: Some("scan".into()),
             attempt,
             schedule: None,
+            fallback: 0,
         };
         now = timer.at_ms;
         let (next, fx) = step(&run, Event::Timer(timer), now);
