@@ -29,12 +29,26 @@ async fn approver(s: &Stack) -> String {
     v["key"].as_str().unwrap().to_owned()
 }
 
+/// A step of a run document, or an item of one of its fan-out steps.
+fn unit_of<'a>(run: &'a Value, id: &str) -> &'a Value {
+    let steps = run["steps"].as_array().unwrap();
+    steps
+        .iter()
+        .chain(
+            steps
+                .iter()
+                .flat_map(|s| s["items"].as_array().into_iter().flatten()),
+        )
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no unit {id} in {run:#}"))
+}
+
 /// Approves the pending approval of `unit` in `run` as `key`.
 async fn approve(s: &Stack, key: &str, run: &str, unit: &str) {
-    let v = s
-        .wait(run, 30, |v| step(v, unit)["status"] == "waiting_approval")
-        .await;
-    let _ = v;
+    s.wait(run, 30, |v| {
+        unit_of(v, unit)["status"] == "waiting_approval"
+    })
+    .await;
     let (st, list) = s.get(&format!("/approvals?run={run}&status=pending")).await;
     assert_eq!(st, 200, "{list}");
     let id = list["approvals"]
@@ -113,6 +127,68 @@ async fn a_condition_skips_the_patcher_when_the_scan_is_clean_and_runs_it_when_n
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn each_item_of_a_risky_fan_out_waits_for_its_own_approval_and_they_page() {
+    let s = stack_with(&[&[]]);
+    reference(&s, "patcher").await;
+    let key = approver(&s).await;
+    s.workflow(json!({"name": "patch-each", "steps": [
+        {"id": "patch", "agent": "patcher", "for_each": "trigger.payload.files", "max_parallel": 3,
+         "input": {"patch": "{{ trigger.payload.patch }}", "files": ["{{ item }}"]}}
+    ]}))
+    .await;
+    let files: Vec<Value> = (0..3)
+        .map(|_| json!({"path": "config/app.env", "content": ENV_BEFORE}))
+        .collect();
+    let run = s
+        .trigger("patch-each", json!({"patch": ENV_PATCH, "files": files}))
+        .await;
+    s.wait(&run, 30, |v| {
+        step(v, "patch")["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|u| u["status"] == "waiting_approval"))
+    })
+    .await;
+    // Three approvals, newest first, two to a page.
+    let (st, page) = s
+        .get(&format!("/approvals?run={run}&status=pending&limit=2"))
+        .await;
+    assert_eq!(st, 200, "{page}");
+    let first: Vec<&str> = page["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first.len(), 2, "{page:#}");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, rest) = s
+        .get(&format!(
+            "/approvals?run={run}&status=pending&limit=2&cursor={cursor}"
+        ))
+        .await;
+    let mut ids: Vec<String> = rest["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{rest:#}");
+    assert!(rest["next_cursor"].is_null(), "{rest:#}");
+    ids.extend(first.iter().map(|s| s.to_string()));
+    ids.sort();
+    let expected: Vec<String> = (0..3).map(|k| format!("{run}.patch_{k}")).collect();
+    assert_eq!(ids, expected);
+    for k in 0..3 {
+        approve(&s, &key, &run, &format!("patch_{k}")).await;
+    }
+    let v = s.finished(&run, 60).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let out = step(&v, "patch")["output"].as_array().unwrap().clone();
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|o| o["applied"] == true), "{out:#?}");
+}
+
 /// Most intervals of `log` (lines `s <ns>` and `e <ns>`) open at once.
 fn peak_overlap(log: &str) -> usize {
     let mut marks: Vec<(u128, i32)> = log
@@ -168,6 +244,11 @@ async fn a_fan_out_of_twenty_never_runs_more_than_three_jobs_and_gathers_in_orde
     assert!(peak >= 2, "the items did run in parallel:\n{text}");
     let fan = step(&v, "files");
     assert_eq!(fan["items"].as_array().unwrap().len(), 20, "{fan:#}");
+    assert_eq!(
+        fan["output"],
+        step(&v, "all")["output"]["results"],
+        "the run shows a fan-out's gathered output"
+    );
     let results = step(&v, "all")["output"]["results"]
         .as_array()
         .unwrap()
@@ -503,4 +584,27 @@ async fn a_rerun_reuses_what_succeeded_and_runs_the_rest() {
     assert_eq!(st, 404, "{p}");
     let (_, list) = s.get("/api/runs?workflow=ci").await;
     assert_eq!(list["runs"].as_array().unwrap().len(), 3, "{list:#}");
+
+    // An agent deleted since is not run again.
+    s.agent("fetch2", "cat", json!({})).await;
+    let resp = spindle_tests::client()
+        .put(s.host.url("/api/workflows/ci"))
+        .json(&json!({"name": "ci", "steps": [{"id": "fetch", "agent": "fetch2"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = spindle_tests::client()
+        .delete(s.host.url("/api/agents/build"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (st, p) = s
+        .post(&format!("/api/runs/{first}/rerun"), &json!({}))
+        .await;
+    assert_eq!(st, 409, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("build"), "{p}");
+    let (_, list) = s.get("/api/runs?workflow=ci").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 3, "nothing started");
 }

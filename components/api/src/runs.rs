@@ -4,7 +4,7 @@
 use serde_json::{Value, json as j};
 use spin_sdk::http::Request;
 use spindle_core::keys;
-use spindle_core::run::{Run, RunStatus};
+use spindle_core::run::{Run, RunStatus, StepStatus};
 use spindle_engine::RunFilter;
 use spindle_spin::http::{
     Problem, Response, bad_query, json, page_cursor, page_limit, read_body, require_json,
@@ -98,7 +98,7 @@ pub async fn get(id: &str) -> Result<Response, Problem> {
                 .map_err(Problem::store)?,
             None => None,
         };
-        let output: Option<Value> = match state.output_job() {
+        let mut output: Option<Value> = match state.output_job() {
             Some(job) => engine
                 .store
                 .get(&keys::output(job))
@@ -106,6 +106,31 @@ pub async fn get(id: &str) -> Result<Response, Problem> {
                 .map_err(Problem::store)?,
             None => None,
         };
+        let mut output_note = None;
+        if plan.for_each.is_some() && state.status == StepStatus::Succeeded {
+            // A fan-out step's output is its items', gathered in order, as
+            // its dependants read it; shown here while it stays small.
+            let bytes: usize = state.items.iter().filter_map(|i| i.output_bytes).sum();
+            if bytes <= MAX_GATHERED_SHOWN {
+                let mut items = Vec::with_capacity(state.items.len());
+                for i in &state.items {
+                    items.push(match i.output_job() {
+                        Some(job) => engine
+                            .store
+                            .get(&keys::output(job))
+                            .await
+                            .map_err(Problem::store)?
+                            .unwrap_or(Value::Null),
+                        None => Value::Null,
+                    });
+                }
+                output = Some(Value::Array(items));
+            } else {
+                output_note = Some(format!(
+                    "{bytes} bytes of item outputs: more than is shown here ({MAX_GATHERED_SHOWN})"
+                ));
+            }
+        }
         // The agent it runs now: its own, or the fallback it moved to.
         let (agent, retry, timeout) = run
             .agent_for(&state.id)
@@ -131,6 +156,7 @@ pub async fn get(id: &str) -> Result<Response, Problem> {
             ("when", plan.when.as_ref().map(|w| j!(w))),
             ("compensate", plan.compensate.as_ref().map(|c| j!(c))),
             ("skip_reason", state.skip_reason.as_ref().map(|r| j!(r))),
+            ("output_note", output_note.map(|n| j!(n))),
             ("done_at_ms", state.done_at_ms.map(|d| j!(d))),
             ("reused_from", state.reused_from.as_ref().map(|r| j!(r))),
             (
@@ -184,6 +210,10 @@ pub async fn get(id: &str) -> Result<Response, Problem> {
     }
     Ok(json(200, &doc))
 }
+
+/// Most bytes of fan-out item outputs `GET /api/runs/{id}` gathers into a
+/// step's `output`.
+const MAX_GATHERED_SHOWN: usize = 1 << 20;
 
 /// `POST /api/runs/{id}/rerun`: an optional body `{"from": "<step>"}`.
 pub async fn rerun(id: &str, req: Request) -> Result<Response, Problem> {

@@ -229,10 +229,25 @@ impl Deadline {
 }
 
 fn connect(target: &Target, deadline: &Deadline) -> Result<TcpStream, String> {
-    // Name resolution has no timeout in std; the job's own timeout bounds it.
-    let addrs = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolving {}: {e}", target.host))?;
+    // Name resolution has no timeout in std: it runs on a thread of its
+    // own, and a resolver that hangs is given up on at the deadline (the
+    // thread is left to finish; the process ends soon after).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (host, port) = (target.host.clone(), target.port);
+    std::thread::spawn(move || {
+        let _ = tx.send((host.as_str(), port).to_socket_addrs().map(Vec::from_iter));
+    });
+    let left = deadline.remaining().map_err(|e| deadline.explain(e))?;
+    let addrs = match rx.recv_timeout(left) {
+        Ok(found) => found.map_err(|e| format!("resolving {}: {e}", target.host))?,
+        Err(_) => {
+            return Err(format!(
+                "resolving {}: timed out after {} ms",
+                target.host,
+                deadline.timeout.as_millis()
+            ));
+        }
+    };
     let mut last = format!("{} resolves to no address", target.host);
     for addr in addrs {
         let attempt = deadline

@@ -35,6 +35,8 @@ const FIELDS: &[&str] = &[
     "timeout_ms",
     "report_only",
 ];
+/// Longest `body_contains` taken.
+const MAX_NEEDLE_BYTES: usize = 1024;
 /// Longest quotation of `body_contains` in a detail.
 const MAX_QUOTED: usize = 80;
 
@@ -99,6 +101,16 @@ fn parse(input: &Value) -> Result<Check, Failure> {
                 .ok_or_else(|| bad(format!("body_contains must be a string, not {v}")))
         })
         .transpose()?;
+    // The search is a plain scan of the body: a needle is a phrase, not a
+    // document.
+    if body_contains
+        .as_ref()
+        .is_some_and(|n| n.len() > MAX_NEEDLE_BYTES)
+    {
+        return Err(bad(format!(
+            "body_contains must be at most {MAX_NEEDLE_BYTES} bytes"
+        )));
+    }
     if body_contains.is_some() && method == "HEAD" {
         return Err(bad("body_contains needs method GET: HEAD has no body"));
     }

@@ -747,6 +747,39 @@ fn check_fan_out(
     }
 }
 
+/// The steps whose outputs `step` reads: those its input templates, its
+/// condition and its fan-out list name. Only these are read from the store
+/// when it runs (statuses come with the run). Unparsable parts name
+/// nothing (validation refuses them).
+pub fn reads(step: &StepSpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut strings = Vec::new();
+    if template::visit(&step.input, "", 0, &mut strings).is_ok() {
+        for (_, s) in strings {
+            for part in template::parse(s).unwrap_or_default() {
+                if let template::Part::Expr(e) = part
+                    && e.path.get(2).is_some_and(|seg| seg == "output")
+                    && let Some(read) = e.step()
+                {
+                    out.insert(read.to_owned());
+                }
+            }
+        }
+    }
+    for src in step.when.iter().chain(&step.for_each) {
+        if let Ok(e) = expr::parse(src) {
+            for path in e.paths() {
+                if path.segments.get(2).is_some_and(|seg| seg == "output")
+                    && let Some(read) = path.step()
+                {
+                    out.insert(read.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The part each step plays: a step named by another's `compensate` is a
 /// compensation step, one named in `on_failure` an on-failure step, every
 /// other a normal one. Safe on unvalidated steps.

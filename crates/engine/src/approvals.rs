@@ -416,11 +416,27 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             }
             Err(e) => return Err(e),
         };
+        // Newest first, and paged like the whole listing (a cursor is the
+        // listing number to stay below): a fan-out can file hundreds.
+        let below = filter
+            .cursor
+            .as_deref()
+            .and_then(crate::runs::parse_cursor)
+            .unwrap_or(u64::MAX);
+        let mut refs: Vec<&ApprovalRef> = run
+            .units()
+            .filter_map(|s| s.gate.as_ref().and_then(|g| g.approval.as_ref()))
+            .filter(|a| a.seq < below)
+            .collect();
+        refs.sort_by_key(|a| std::cmp::Reverse(a.seq));
         let mut approvals = Vec::new();
-        for s in run.units() {
-            let Some(a) = s.gate.as_ref().and_then(|g| g.approval.as_ref()) else {
-                continue;
-            };
+        for (looked, a) in refs.iter().enumerate() {
+            if approvals.len() == filter.limit || looked == MAX_SCAN {
+                return Ok(ApprovalPage {
+                    approvals,
+                    next_cursor: Some(a.seq.saturating_add(1).to_string()),
+                });
+            }
             if let Some(doc) = self
                 .store
                 .get::<Approval>(&keys::approval(&a.id, a.seq))
@@ -431,7 +447,6 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 approvals.push(view);
             }
         }
-        approvals.truncate(filter.limit);
         Ok(ApprovalPage {
             approvals,
             next_cursor: None,

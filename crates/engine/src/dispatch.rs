@@ -12,10 +12,19 @@ use spindle_core::{approval, keys, sign};
 use crate::store::StoreExt;
 use crate::{Engine, Host, Sent, Store, Workers};
 
-fn not_dispatched(job_id: &str, kind: ErrorKind, message: String) -> Option<Event> {
+/// The run's answer to a job that never reached a worker. Only a job the
+/// workers refused for itself (`agent_refused`) may move its step to a
+/// fallback agent; a store failure or a bad input is no agent's fault.
+fn not_dispatched(
+    job_id: &str,
+    kind: ErrorKind,
+    message: String,
+    agent_refused: bool,
+) -> Option<Event> {
     Some(Event::NotDispatched {
         job_id: job_id.to_owned(),
         error: JobError { kind, message },
+        agent_refused,
     })
 }
 
@@ -67,7 +76,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
 
     async fn read_output(&self, step: &str, job: &str) -> Result<Value, Render> {
         match self.store.get::<Value>(&keys::output(job)).await {
-            Ok(v) => Ok(v.unwrap_or(Value::Null)),
+            Ok(Some(v)) => Ok(v),
+            // Written before the step was recorded as succeeded: gone means
+            // the store lost it, and no retry brings it back.
+            Ok(None) => Err(Render::Invalid(JobError {
+                kind: ErrorKind::InvalidInput,
+                message: format!("the output of step {step} ({job}) is missing from the store"),
+            })),
             Err(e) => Err(Render::Store(format!(
                 "reading the output of step {step} failed: {e}"
             ))),
@@ -107,9 +122,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             Ok(v) => v,
             Err(Render::Store(e)) => {
                 self.host.log(&format!("job {job_id}: {e}"));
-                return not_dispatched(job_id, ErrorKind::DispatchFailed, e);
+                return not_dispatched(job_id, ErrorKind::DispatchFailed, e, false);
             }
-            Err(Render::Invalid(e)) => return not_dispatched(job_id, e.kind, e.message),
+            Err(Render::Invalid(e)) => return not_dispatched(job_id, e.kind, e.message, false),
         };
         // Exactly the input that was assessed (and approved, if it had to
         // be): the ancestors' outputs are written once, so a difference here
@@ -124,6 +139,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                         "the rendered input (sha256 {digest}) is not the one assessed and approved (sha256 {})",
                         gate.input_sha256
                     ),
+                    false,
                 );
             }
         }
@@ -203,6 +219,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             job_id,
             kind,
             format!("no worker accepted the job: {}", refusals.join("; ")),
+            job_refused,
         )
     }
 

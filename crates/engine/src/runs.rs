@@ -336,6 +336,26 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 old.status.as_str()
             )));
         }
+        // Refused before anything is claimed or written.
+        old.reusable("", from)
+            .map_err(|e| EngineError::BadRequest("/from".into(), e))?;
+        // The old plan carries its agents' versions, but an agent deleted
+        // since (a bad image, a retired tool) is not run again.
+        for p in &old.plan {
+            for agent in std::iter::once(&p.agent).chain(p.fallbacks.iter().map(|f| &f.agent)) {
+                if self
+                    .store
+                    .get::<Agent>(&keys::agent(&agent.name))
+                    .await?
+                    .is_none()
+                {
+                    return Err(EngineError::Conflict(format!(
+                        "agent {} of step {} was deleted since run {id} ran; register it again to re-run this run",
+                        agent.name, p.id
+                    )));
+                }
+            }
+        }
         // The payload was checked when the old run started; the schema it
         // was checked against is part of the workflow version it kept.
         let new_id = self.next_run_id().await?;
@@ -356,10 +376,11 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                     continue;
                 }
                 let mut copied = true;
+                let mut mine = Vec::new();
                 for (from_job, to_job) in &r.outputs {
                     match self.store.get::<Value>(&keys::output(from_job)).await? {
                         Some(v) => {
-                            copies.push(keys::output(to_job));
+                            mine.push(keys::output(to_job));
                             self.store.set(&keys::output(to_job), &v).await?;
                         }
                         None => {
@@ -369,8 +390,14 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                     }
                 }
                 if copied {
+                    copies.extend(mine);
                     kept.push(r);
                 } else {
+                    // The step runs again, maybe with other items: what
+                    // was copied of it would never be pointed at.
+                    for key in &mine {
+                        self.store.delete(key).await?;
+                    }
                     self.host.log(&format!(
                         "re-run {new_id} of {id}: the output of step {} is gone; it runs again",
                         r.step

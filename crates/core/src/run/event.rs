@@ -25,6 +25,11 @@ pub enum Event {
         job_id: String,
         /// Why.
         error: JobError,
+        /// Whether the job itself was refused (every worker answered it
+        /// with a client error): another agent might be taken. A store
+        /// failure or an input that cannot be built is no agent's fault.
+        #[serde(default)]
+        agent_refused: bool,
     },
     /// A worker renewed a job's lease.
     Heartbeat {

@@ -636,11 +636,26 @@ fn only_completed_steps_are_undone_and_a_failed_compensation_does_not_stop_the_r
     let mut sim = Sim::start(&saga(), json!({}));
     let a = sim.job("a");
     sim.ok(&a, json!("A"));
-    // `b` fails while `side` still runs: `side` is cancelled, never undone.
-    let b = sim.job("b");
+    // `b` fails while `side` still runs: `side` has a compensation, so it
+    // is left to finish (it may have done its work); it then fails, so
+    // there is nothing of it to undo.
+    let (b, side) = (sim.job("b"), sim.job("side"));
     sim.fail(&b, ErrorKind::AgentRejected);
-    assert_eq!(sim.status("side"), StepStatus::Cancelled);
+    assert_eq!(sim.status("side"), StepStatus::Dispatched);
     assert_eq!(sim.status("c"), StepStatus::Skipped);
+    assert_eq!(sim.run.status, RunStatus::Compensating);
+    assert!(
+        ["undo-a", "undo-side", "tell"]
+            .iter()
+            .all(|u| sim.status(u) == StepStatus::Pending),
+        "nothing is undone while a step may still complete"
+    );
+    sim.fail(&side, ErrorKind::AgentFailed);
+    assert_eq!(
+        sim.status("side"),
+        StepStatus::Failed,
+        "not retried while failing"
+    );
     for unit in ["undo-b", "undo-side"] {
         assert_eq!(sim.status(unit), StepStatus::Skipped);
         assert!(
@@ -665,6 +680,60 @@ fn only_completed_steps_are_undone_and_a_failed_compensation_does_not_stop_the_r
         error.contains("handler step(s) failed too: undo-a"),
         "{error}"
     );
+}
+
+#[test]
+fn a_step_running_when_the_run_fails_is_undone_if_it_then_succeeds() {
+    let mut sim = Sim::start(&saga(), json!({}));
+    let a = sim.job("a");
+    sim.ok(&a, json!("A"));
+    let (b, side) = (sim.job("b"), sim.job("side"));
+    sim.fail(&b, ErrorKind::AgentRejected);
+    sim.ok(&side, json!("S"));
+    // It completed last: undone first.
+    assert!(sim.status("undo-side").is_active(), "{:?}", sim.run.steps);
+    let job = sim.job("undo-side");
+    sim.ok(&job, json!({}));
+    let job = sim.job("undo-a");
+    sim.ok(&job, json!({}));
+    let tell = sim.job("tell");
+    sim.ok(&tell, json!({}));
+    assert_eq!(sim.run.status, RunStatus::Failed);
+    assert_eq!(sim.status("undo-b"), StepStatus::Skipped);
+}
+
+#[test]
+fn only_a_job_refused_for_itself_moves_a_step_to_its_fallback() {
+    let mut sim = Sim::start(&with_fallback(), json!({}));
+    let job = sim.job("check");
+    // The store failed while preparing the job, attempt after attempt:
+    // no agent's fault, so the step fails without trying the backup.
+    sim.now += 1;
+    sim.apply(Event::NotDispatched {
+        job_id: job,
+        error: JobError {
+            kind: ErrorKind::DispatchFailed,
+            message: "reading the output of step x failed".into(),
+        },
+        agent_refused: false,
+    });
+    assert_eq!(sim.status("check"), StepStatus::Failed);
+    assert_eq!(sim.run.step("check").unwrap().fallback, 0);
+
+    // Every worker refused the job itself: the backup is tried.
+    let mut sim = Sim::start(&with_fallback(), json!({}));
+    let job = sim.job("check");
+    sim.now += 1;
+    sim.apply(Event::NotDispatched {
+        job_id: job,
+        error: JobError {
+            kind: ErrorKind::DispatchFailed,
+            message: "no worker accepted the job: w1 answered 400".into(),
+        },
+        agent_refused: true,
+    });
+    assert_eq!(sim.run.step("check").unwrap().fallback, 1);
+    assert_eq!(sim.status("check"), StepStatus::Dispatched);
 }
 
 #[test]
@@ -724,7 +793,8 @@ fn a_rerun_reuses_what_succeeded_and_runs_the_rest() {
         {"id": "each", "agent": "backup", "needs": ["a"], "for_each": "trigger.payload.files",
          "input": {"p": "{{ item.path }}"}},
         {"id": "b", "agent": "primary", "needs": ["each"], "input": {"all": "{{ steps.each.output }}"}},
-        {"id": "c", "agent": "verifier", "needs": ["b"]}
+        {"id": "c", "agent": "verifier", "needs": ["b"],
+         "input": {"b": "{{ steps.b.output }}", "each": "{{ steps.each.output }}"}}
     ]}));
     let mut sim = Sim::start(&w, files(2));
     let a = sim.job("a");
@@ -777,7 +847,6 @@ fn a_rerun_reuses_what_succeeded_and_runs_the_rest() {
     assert_eq!(
         sim2.run.readable_outputs("c"),
         vec![
-            ("a".to_owned(), OutputSource::Job("r-2.a.1".into())),
             ("b".to_owned(), OutputSource::Job("r-2.b.1".into())),
             (
                 "each".to_owned(),
@@ -1052,6 +1121,7 @@ fn a_corrupt_run_is_refused_and_worker_reports_are_bounded() {
     });
     let attempt = &sim.run.step("a").unwrap().attempts[0];
     assert!(attempt.logs_tail.len() <= MAX_LOGS_TAIL_BYTES + 3);
+    assert!(attempt.logs_tail.starts_with('…'), "a tail keeps its end");
     let message = &attempt.error.as_ref().unwrap().message;
     assert!(message.len() <= MAX_MESSAGE_BYTES + 3, "{}", message.len());
     assert!(message.ends_with('…'));

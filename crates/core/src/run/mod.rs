@@ -122,6 +122,7 @@ impl Run {
                     .get(s.id.as_str())
                     .map(|a| a.iter().map(|s| s.to_string()).collect())
                     .unwrap_or_default(),
+                reads: Some(crate::workflow::reads(s).into_iter().collect()),
                 input: s.input.clone(),
                 retry: s.retry.unwrap_or(primary.retry),
                 timeout_secs: s.timeout_secs.unwrap_or(primary.timeout_secs),
@@ -459,14 +460,14 @@ impl Run {
         ctx
     }
 
-    /// The outputs `unit`'s templates may read: its readable steps that
-    /// succeeded, and where each one's output lives.
+    /// The outputs `unit`'s templates may read: the readable steps that
+    /// succeeded and that its templates, condition or list name, and where
+    /// each one's output lives.
     pub fn readable_outputs(&self, unit: &str) -> Vec<(String, OutputSource)> {
         let Some(p) = self.planned(unit) else {
             return Vec::new();
         };
-        p.ancestors
-            .iter()
+        Self::read_by(p)
             .filter_map(|a| {
                 let s = self.step(a)?;
                 if s.status != StepStatus::Succeeded {
@@ -488,14 +489,20 @@ impl Run {
             .collect()
     }
 
+    /// The ancestors of `p` whose outputs it reads.
+    fn read_by(p: &PlannedStep) -> impl Iterator<Item = &String> {
+        p.ancestors
+            .iter()
+            .filter(|a| p.reads.as_ref().is_none_or(|r| r.contains(a)))
+    }
+
     /// Bytes of output `unit` would read from fan-out steps' items.
     pub fn gathered_bytes(&self, unit: &str) -> usize {
         let Some(p) = self.planned(unit) else {
             return 0;
         };
         // Only what `readable_outputs` reads: succeeded steps' items.
-        p.ancestors
-            .iter()
+        Self::read_by(p)
             .filter_map(|a| self.step(a))
             .filter(|s| s.status == StepStatus::Succeeded)
             .flat_map(|s| s.items.iter())

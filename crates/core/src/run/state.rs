@@ -163,6 +163,11 @@ pub struct PlannedStep {
     /// Transitive needs: the steps whose outputs templates may read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ancestors: Vec<String>,
+    /// The steps whose outputs its templates, condition and list name:
+    /// the only outputs read for it. `None` (a run stored before this was
+    /// recorded) reads every ancestor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<Vec<String>>,
     /// The input template.
     pub input: Value,
     /// Effective retry policy.

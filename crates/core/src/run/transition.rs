@@ -31,6 +31,40 @@ pub const MAX_ASSESS_TRIES: u32 = 5;
 pub const MAX_LOGS_TAIL_BYTES: usize = 4096;
 /// Most bytes of an error message the run keeps.
 pub const MAX_MESSAGE_BYTES: usize = 2048;
+/// How an attempt ended badly, as the transition that ends it learns it.
+struct Report {
+    error: JobError,
+    exit_code: Option<i32>,
+    logs_tail: String,
+    /// Whether the agent (rather than the store, or the workflow's own
+    /// templates) is at fault: only then may a fallback agent be tried.
+    agent_at_fault: bool,
+}
+
+impl Report {
+    fn from_agent(error: JobError) -> Report {
+        Report {
+            error,
+            exit_code: None,
+            logs_tail: String::new(),
+            agent_at_fault: true,
+        }
+    }
+}
+
+/// The last `max` bytes of `s` at most, on a character boundary: a tail
+/// keeps its end, where agents print their verdict.
+fn clip_tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
 /// `s` cut to at most `max` bytes, on a character boundary.
 fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -286,9 +320,19 @@ impl Run {
                 );
                 Ok(true)
             }
-            Event::NotDispatched { job_id, error } => {
+            Event::NotDispatched {
+                job_id,
+                error,
+                agent_refused,
+            } => {
                 let at = self.active_job(job_id)?;
-                self.fail_attempt(at, error.clone(), None, String::new(), now, fx);
+                let report = Report {
+                    error: error.clone(),
+                    exit_code: None,
+                    logs_tail: String::new(),
+                    agent_at_fault: *agent_refused,
+                };
+                self.fail_attempt(at, report, now, fx);
                 Ok(true)
             }
             Event::Heartbeat { job_id, worker } => {
@@ -296,17 +340,11 @@ impl Run {
                 let deadline = self.unit(at).attempt_deadline_ms.unwrap_or(u64::MAX);
                 if now >= deadline {
                     let (_, timeout, _) = self.agent_plan(at);
-                    self.fail_attempt(
-                        at,
-                        JobError {
-                            kind: ErrorKind::Timeout,
-                            message: format!("still running after its {timeout} s timeout"),
-                        },
-                        None,
-                        String::new(),
-                        now,
-                        fx,
-                    );
+                    let report = Report::from_agent(JobError {
+                        kind: ErrorKind::Timeout,
+                        message: format!("still running after its {timeout} s timeout"),
+                    });
+                    self.fail_attempt(at, report, now, fx);
                     return Ok(true);
                 }
                 let lease = now.saturating_add(self.settings.lease_ms).min(deadline);
@@ -376,7 +414,13 @@ impl Run {
                     a.worker.get_or_insert_with(|| worker.clone());
                     a.started_at_ms.get_or_insert(*started_at_ms);
                 }
-                self.fail_attempt(at, error.clone(), *exit_code, logs_tail.clone(), now, fx);
+                let report = Report {
+                    error: error.clone(),
+                    exit_code: *exit_code,
+                    logs_tail: logs_tail.clone(),
+                    agent_at_fault: true,
+                };
+                self.fail_attempt(at, report, now, fx);
                 Ok(true)
             }
         }
@@ -498,17 +542,11 @@ impl Run {
                         self.settings.lease_ms
                     )
                 };
-                self.fail_attempt(
-                    at,
-                    JobError {
-                        kind: ErrorKind::Timeout,
-                        message,
-                    },
-                    None,
-                    String::new(),
-                    now,
-                    fx,
-                );
+                let report = Report::from_agent(JobError {
+                    kind: ErrorKind::Timeout,
+                    message,
+                });
+                self.fail_attempt(at, report, now, fx);
                 Ok(true)
             }
         }
@@ -709,16 +747,14 @@ impl Run {
 
     /// Ends the current attempt of unit `at` with `error`: retries after a
     /// backoff when the error and the policy allow, else gives the unit up.
-    fn fail_attempt(
-        &mut self,
-        at: At,
-        error: JobError,
-        exit_code: Option<i32>,
-        logs_tail: String,
-        now: u64,
-        fx: &mut Vec<Effect>,
-    ) {
+    fn fail_attempt(&mut self, at: At, report: Report, now: u64, fx: &mut Vec<Effect>) {
         let (policy, _, agent) = self.agent_plan(at);
+        let Report {
+            error,
+            exit_code,
+            logs_tail,
+            agent_at_fault,
+        } = report;
         // Whatever a worker reported, the run document keeps a bounded
         // amount of it: every later change rewrites the whole document.
         let error = JobError {
@@ -733,7 +769,7 @@ impl Run {
         a.finished_at_ms = Some(now);
         a.exit_code = exit_code;
         a.error = Some(error.clone());
-        a.logs_tail = clip(&logs_tail, MAX_LOGS_TAIL_BYTES);
+        a.logs_tail = clip_tail(&logs_tail, MAX_LOGS_TAIL_BYTES);
         let number = a.number;
         let job = a.job_id.clone();
         let worker = a.worker.clone();
@@ -777,8 +813,12 @@ impl Run {
             .count() as u32;
         // A fallback's backoff starts over with its own attempts.
         let own = own.len().max(1) as u32;
-        if error.kind == ErrorKind::NoWorker
-            || (error.kind.retryable() && policy.allows_retry_after(ran))
+        // While the run fails, a normal step still running only finishes
+        // (so its compensation knows whether to run): it is not retried.
+        let draining = self.failure.is_some() && self.plan[at.step()].role.is_normal();
+        if !draining
+            && (error.kind == ErrorKind::NoWorker
+                || (error.kind.retryable() && policy.allows_retry_after(ran)))
         {
             let retry_at = now.saturating_add(policy.backoff_ms(own, &job));
             let run_id = self.id.clone();
@@ -819,7 +859,7 @@ impl Run {
                 "(not retryable)".into()
             };
             let why = format!("step {unit} failed {why}: {}", error.message);
-            self.give_up(at, error, why, true, now, fx);
+            self.give_up(at, error, why, agent_at_fault, now, fx);
         }
     }
 
@@ -838,7 +878,9 @@ impl Run {
     ) {
         let i = at.step();
         // A human's no, or a stop, is not a reason to try someone else.
+        let draining = self.failure.is_some() && self.plan[i].role.is_normal();
         let eligible = may_fall_back
+            && !draining
             && !matches!(error.kind, ErrorKind::Rejected | ErrorKind::Cancelled)
             && (self.unit(at).fallback as usize) < self.plan[i].fallbacks.len();
         if eligible {
@@ -911,6 +953,12 @@ impl Run {
             self.settle(now, fx);
             return;
         }
+        if self.failure.is_some() {
+            // A step left to finish while the run fails: its work did not
+            // complete, so there is nothing of it to undo.
+            self.settle(now, fx);
+            return;
+        }
         self.fail_run(i, why, now, fx);
     }
 
@@ -924,7 +972,11 @@ impl Run {
         });
         let stop = format!("the run failed at step {step}");
         for j in 0..self.steps.len() {
-            if self.plan[j].role.is_normal() {
+            // A job already running that has a compensation is left to
+            // finish: it may have done its work, and only a step known to
+            // have succeeded is undone. Everything else stops now.
+            let drain = self.plan[j].compensate.is_some() && self.steps[j].status.is_active();
+            if self.plan[j].role.is_normal() && !drain {
                 self.stop_step(j, &stop, now, fx);
             }
         }
@@ -934,26 +986,7 @@ impl Run {
             message: why.clone(),
             at_ms: now,
         });
-        // Only work that completed has anything to undo.
-        for j in 0..self.steps.len() {
-            let Some(c) = self.plan[j].compensate.clone() else {
-                continue;
-            };
-            let Some(ci) = self.steps.iter().position(|s| s.id == c) else {
-                continue;
-            };
-            if self.steps[j].status != StepStatus::Succeeded
-                && self.steps[ci].status == StepStatus::Pending
-            {
-                let target = self.steps[j].id.clone();
-                self.skip(
-                    ci,
-                    format!("step {target} did not complete, so there is nothing to undo"),
-                    now,
-                    fx,
-                );
-            }
-        }
+        self.skip_needless_compensations(now, fx);
         let handlers = (0..self.steps.len())
             .filter(|&j| {
                 !self.plan[j].role.is_normal() && self.steps[j].status == StepStatus::Pending
@@ -972,6 +1005,32 @@ impl Run {
             format!("{why}; {handlers} compensation and on-failure step(s) to run"),
         );
         self.settle(now, fx);
+    }
+
+    /// Skips the compensations of steps that ended without succeeding:
+    /// they have nothing to undo.
+    fn skip_needless_compensations(&mut self, now: u64, fx: &mut Vec<Effect>) {
+        for j in 0..self.steps.len() {
+            let Some(c) = self.plan[j].compensate.clone() else {
+                continue;
+            };
+            let Some(ci) = self.steps.iter().position(|s| s.id == c) else {
+                continue;
+            };
+            let target = &self.steps[j];
+            if target.status.is_terminal()
+                && target.status != StepStatus::Succeeded
+                && self.steps[ci].status == StepStatus::Pending
+            {
+                let target = target.id.clone();
+                self.skip(
+                    ci,
+                    format!("step {target} did not complete, so there is nothing to undo"),
+                    now,
+                    fx,
+                );
+            }
+        }
     }
 
     /// Stops unit `at` if it has not ended: an active job is cancelled,
@@ -1144,6 +1203,17 @@ impl Run {
     /// latest-completed step's first; then every on-failure step; then the
     /// end.
     fn settle_handlers(&mut self, now: u64, fx: &mut Vec<Effect>) {
+        self.skip_needless_compensations(now, fx);
+        let draining = (0..self.steps.len()).any(|j| {
+            self.plan[j].role.is_normal()
+                && self.plan[j].compensate.is_some()
+                && !self.steps[j].status.is_terminal()
+        });
+        if draining {
+            // A step left to finish decides whether it is undone.
+            self.refresh_status();
+            return;
+        }
         let in_flight = |s: &StepState| s.status != StepStatus::Pending && !s.status.is_terminal();
         let of_role = |role: StepRole| -> Vec<usize> {
             (0..self.steps.len())
