@@ -10,6 +10,7 @@
 mod access;
 mod agents;
 mod approvals;
+mod backup;
 mod conformance;
 mod engine;
 mod flows;

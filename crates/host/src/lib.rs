@@ -10,6 +10,7 @@
 //! own: everything a component keeps lives in the key-value store.
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod bindings;
 pub mod deadline;
 pub mod host_impl;

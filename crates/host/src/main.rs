@@ -38,6 +38,45 @@ enum Command {
     Keys(access::KeysCommand),
     /// Mint a JWT bearer token (HS256, under the app's jwt_secret) for local use.
     Token(access::TokenArgs),
+    /// Write a consistent backup of the whole key-value store (every store
+    /// label) to a file, or to stdout with `-o -`.
+    Export {
+        /// The manifest, whose `.spin` directory holds the store.
+        #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+        manifest: PathBuf,
+        /// Where the store lives (default: `.spin` beside the manifest).
+        #[arg(long, env = "SPINDLE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// The backup file to write.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+    /// Restore a backup into an empty key-value store. Stop the app that
+    /// uses the store first.
+    Import {
+        /// The backup file.
+        file: PathBuf,
+        /// The manifest, whose `.spin` directory holds the store.
+        #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+        manifest: PathBuf,
+        /// Where the store lives (default: `.spin` beside the manifest).
+        #[arg(long, env = "SPINDLE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Replace every entry of a store that is not empty.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+/// The store file of `--state-dir`, or of `.spin` beside the manifest.
+fn store_path(manifest: &std::path::Path, state_dir: Option<PathBuf>) -> PathBuf {
+    state_dir
+        .unwrap_or_else(|| {
+            manifest
+                .parent()
+                .map_or_else(|| PathBuf::from(".spin"), |d| d.join(".spin"))
+        })
+        .join("sqlite_key_value.db")
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,6 +179,73 @@ fn run() -> anyhow::Result<()> {
             .build()?
             .block_on(access::keys(cmd)),
         Command::Token(args) => access::token(args),
+        Command::Export {
+            manifest,
+            state_dir,
+            output,
+        } => {
+            let db = store_path(&manifest, state_dir);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let summary = if output.as_os_str() == "-" {
+                let stdout = std::io::stdout();
+                spindle_host::backup::export(&db, &mut stdout.lock(), now_ms)?
+            } else {
+                // Written beside the target and renamed: a failed export
+                // never leaves a half file under the name asked for.
+                let partial = output.with_extension("partial");
+                let file = std::fs::File::create(&partial)
+                    .with_context(|| format!("cannot create {}", partial.display()))?;
+                let mut out = std::io::BufWriter::new(file);
+                let summary = spindle_host::backup::export(&db, &mut out, now_ms);
+                drop(out);
+                match summary {
+                    Ok(s) => {
+                        std::fs::rename(&partial, &output)?;
+                        s
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&partial);
+                        return Err(e.into());
+                    }
+                }
+            };
+            eprintln!(
+                "exported {} entries ({} store(s): {}) from {} to {}",
+                summary.entries,
+                summary.stores.len(),
+                summary.stores.join(", "),
+                db.display(),
+                output.display()
+            );
+            Ok(())
+        }
+        Command::Import {
+            file,
+            manifest,
+            state_dir,
+            overwrite,
+        } => {
+            let db = store_path(&manifest, state_dir);
+            let input = std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let summary =
+                spindle_host::backup::import(&db, &mut std::io::BufReader::new(input), overwrite)
+                    .with_context(|| format!("{} was not imported", file.display()))?;
+            eprintln!(
+                "imported {} entries ({} store(s)) into {}{}",
+                summary.entries,
+                summary.stores.len(),
+                db.display(),
+                if summary.replaced > 0 {
+                    format!(", replacing {} entries", summary.replaced)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
+        }
         Command::Up(args) => {
             init_logging(args.log_format);
             tokio::runtime::Builder::new_multi_thread()
