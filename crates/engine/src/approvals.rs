@@ -142,6 +142,12 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 return None;
             }
         };
+        let failed = |error, agent_refused| Event::AssessFailed {
+            step: step.to_owned(),
+            error,
+            fallback,
+            agent_refused,
+        };
         let input = match prepared {
             Ok(Prepared::Input(v)) => v,
             Ok(Prepared::Skip(reason)) => {
@@ -158,22 +164,8 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                     fallback,
                 });
             }
-            Ok(Prepared::Refused(error)) => {
-                return Some(Event::AssessFailed {
-                    step: step.to_owned(),
-                    error,
-                    fallback,
-                    agent_refused: true,
-                });
-            }
-            Err(error) => {
-                return Some(Event::AssessFailed {
-                    step: step.to_owned(),
-                    error,
-                    fallback,
-                    agent_refused: false,
-                });
-            }
+            Ok(Prepared::Refused(error)) => return Some(failed(error, true)),
+            Err(error) => return Some(failed(error, false)),
         };
         let policy = match self.approval_policy().await {
             Ok(p) => p,

@@ -267,21 +267,7 @@ fn read(input: &mut dyn BufRead) -> Result<Vec<Row>, BackupError> {
 /// replaces all of them.
 pub fn import(db: &Path, input: &mut dyn BufRead, overwrite: bool) -> Result<Summary, BackupError> {
     let rows = read(input)?;
-    if let Some(dir) = db.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut conn = Connection::open(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS spin_key_value (
-            store TEXT NOT NULL,
-            key   TEXT NOT NULL,
-            value BLOB NOT NULL,
-            PRIMARY KEY (store, key)
-        )",
-        [],
-    )?;
+    let mut conn = crate::kv::connect(db)?;
     // Checked and written in one write transaction: no app can slip an
     // entry in between.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -328,13 +314,7 @@ mod tests {
     use super::*;
 
     fn store_with(path: &Path, entries: &[(&str, &str, &[u8])]) {
-        let conn = Connection::open(path).unwrap();
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS spin_key_value (store TEXT NOT NULL, key TEXT NOT NULL,
-             value BLOB NOT NULL, PRIMARY KEY (store, key))",
-            [],
-        )
-        .unwrap();
+        let conn = crate::kv::connect(path).unwrap();
         for (s, k, v) in entries {
             conn.execute(
                 "INSERT INTO spin_key_value VALUES (?1, ?2, ?3)",

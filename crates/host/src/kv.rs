@@ -42,6 +42,31 @@ pub enum KvError {
 /// Result alias for the store.
 pub type Result<T, E = KvError> = std::result::Result<T, E>;
 
+/// A connection to the store file at `path`, created (with its directory
+/// and Spin's table) if missing: the one way the host and its backup tools
+/// open a store.
+pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent() {
+        // A missing directory surfaces as SQLite's own open error below.
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let conn = Connection::open(path)?;
+    // WAL lets health checks and reads proceed during a write; a busy
+    // timeout covers a second process (e.g. an operator's sqlite3 shell).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS spin_key_value (
+            store TEXT NOT NULL,
+            key   TEXT NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (store, key)
+        )",
+        [],
+    )?;
+    Ok(conn)
+}
+
 /// The SQLite file behind every store label.
 #[derive(Clone)]
 pub struct SqliteKv {
@@ -52,24 +77,7 @@ pub struct SqliteKv {
 impl SqliteKv {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            // A missing directory surfaces as SQLite's own open error below.
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let conn = Connection::open(path)?;
-        // WAL lets health checks and reads proceed during a write; a busy
-        // timeout covers a second process (e.g. an operator's sqlite3 shell).
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS spin_key_value (
-                store TEXT NOT NULL,
-                key   TEXT NOT NULL,
-                value BLOB NOT NULL,
-                PRIMARY KEY (store, key)
-            )",
-            [],
-        )?;
+        let conn = connect(path)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_owned(),

@@ -411,15 +411,7 @@ impl Run {
     /// The agent a unit runs now (its step's, or the fallback it moved to),
     /// with its effective retry policy and timeout.
     pub fn agent_for(&self, unit: &str) -> Option<(&Agent, crate::retry::RetryPolicy, u32)> {
-        let p = self.planned(unit)?;
-        let s = self.step(unit)?;
-        match s.fallback.checked_sub(1) {
-            None => Some((&p.agent, p.retry, p.timeout_secs)),
-            Some(k) => p
-                .fallbacks
-                .get(k as usize)
-                .map(|f| (&f.agent, f.retry, f.timeout_secs)),
-        }
+        self.planned(unit)?.agent_at(self.step(unit)?.fallback)
     }
 
     /// What `unit`'s templates and expressions can read besides step

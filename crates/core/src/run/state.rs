@@ -194,6 +194,21 @@ pub struct PlannedStep {
     pub fallbacks: Vec<PlannedAgent>,
 }
 
+impl PlannedStep {
+    /// The agent run by a unit of this step at `fallback` (0 its own, `n`
+    /// its `n`th fallback), with its effective retry policy and timeout;
+    /// `None` past the last fallback.
+    pub fn agent_at(&self, fallback: u32) -> Option<(&Agent, RetryPolicy, u32)> {
+        match fallback.checked_sub(1) {
+            None => Some((&self.agent, self.retry, self.timeout_secs)),
+            Some(k) => self
+                .fallbacks
+                .get(k as usize)
+                .map(|f| (&f.agent, f.retry, f.timeout_secs)),
+        }
+    }
+}
+
 /// A fan-out step's list and limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FanOut {

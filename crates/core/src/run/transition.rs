@@ -611,11 +611,11 @@ impl Run {
     /// The retry policy, timeout and name of the agent unit `at` runs now.
     fn agent_plan(&self, at: At) -> (RetryPolicy, u32, String) {
         let p = &self.plan[at.step()];
-        let fallback = self.unit(at).fallback as usize;
-        match fallback.checked_sub(1).and_then(|k| p.fallbacks.get(k)) {
-            Some(f) => (f.retry, f.timeout_secs, f.agent.name.to_string()),
-            None => (p.retry, p.timeout_secs, p.agent.name.to_string()),
-        }
+        // Past the last fallback (a corrupt document) counts as its own.
+        let (agent, retry, timeout) =
+            p.agent_at(self.unit(at).fallback)
+                .unwrap_or((&p.agent, p.retry, p.timeout_secs));
+        (retry, timeout, agent.name.to_string())
     }
 
     /// The unit for a job that must be the active current attempt.
