@@ -263,9 +263,11 @@ fn snapshot(state_dir: &Path) -> BTreeMap<(String, String), String> {
     let mut out = BTreeMap::new();
     for row in rows {
         let (store, key, value) = row.unwrap();
+        // Rate-limit budgets and metrics move with every request, refused
+        // or not; they are not state the request changed.
         if key.starts_with("ratelimit:")
-            || key.starts_with("counter:auth_failures:")
-            || key.starts_with("counter:rate_limited:")
+            || key.starts_with("counter:m:")
+            || key.starts_with("metrics:")
             || key.starts_with("counter:ratelimit-expire:")
         {
             continue;

@@ -16,6 +16,7 @@ mod engine;
 mod flows;
 mod hostile;
 mod manifests;
+mod metrics;
 mod openapi;
 mod platform;
 mod policy;

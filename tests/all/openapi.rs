@@ -518,7 +518,7 @@ fn every_protected_operation_states_its_role_and_security() {
                 }
             }
             // A signed approval link is its own credential.
-            let guarded = (path == "/approvals"
+            let guarded = (["/approvals", "/health", "/metrics"].contains(&path.as_str())
                 || ["/api/", "/trigger/", "/approvals/"]
                     .iter()
                     .any(|p| path.starts_with(p)))

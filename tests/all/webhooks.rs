@@ -557,8 +557,15 @@ fn logs(host: &Host) -> String {
 }
 
 /// A counter of the store (`counter:<name>`), 0 if absent.
+/// A count as the metrics keep it: `schedule_fires:<outcome>` or
+/// `webhooks:<source>:<outcome>`.
 fn counter(host: &Host, name: &str) -> i64 {
-    let key = format!("counter:{name}");
+    use spindle_core::metrics::{SCHEDULE_FIRES, WEBHOOKS};
+    let key = match name.split(':').collect::<Vec<_>>()[..] {
+        ["schedule_fires", outcome] => SCHEDULE_FIRES.count_key(&SCHEDULE_FIRES.series(&[outcome])),
+        ["webhooks", source, outcome] => WEBHOOKS.count_key(&WEBHOOKS.series(&[source, outcome])),
+        _ => panic!("no such count: {name}"),
+    };
     let Some((_, bytes)) = rows(host)
         .into_iter()
         .find(|(k, _)| k.split_once('/').is_some_and(|(_, k)| k == key))

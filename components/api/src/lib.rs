@@ -23,7 +23,7 @@ use spindle_spin::store::{Kv, StoreExt};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, route).await
+    spindle_spin::serve("api", req, route).await
 }
 
 /// The role and rate-limit class an operation needs. One table, so the

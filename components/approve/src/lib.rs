@@ -27,7 +27,7 @@ const MAX_BODY: usize = 16 * 1024;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, route).await
+    spindle_spin::serve("approve", req, route).await
 }
 
 async fn route(req: Request) -> Result<Response, Problem> {

@@ -18,7 +18,7 @@ const ALLOWED: &str = "GET, HEAD";
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, |req| async move { page(&req) }).await
+    spindle_spin::serve("docs", req, |req| async move { page(&req) }).await
 }
 
 fn page(req: &Request) -> Result<Response, Problem> {

@@ -13,7 +13,7 @@ const ENVELOPE_BYTES: usize = 64 << 10;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, route).await
+    spindle_spin::serve("jobs", req, route).await
 }
 
 async fn route(req: Request) -> Result<Response, Problem> {

@@ -1,38 +1,294 @@
-//! Health endpoints (and, in later work, metrics).
+//! Health and metrics.
 //!
-//! `/health/live` answers while the component can run at all; `/health/ready`
-//! also proves the key-value store answers, so a load balancer stops sending
-//! traffic when the store is gone.
+//! - `GET /health/live`: the component runs at all (public).
+//! - `GET /health/ready`: the store answers (public). Workers are checked
+//!   and reported, but an unreachable pool does not make the app unready
+//!   unless `ready_requires_worker` says so: webhooks, triggers and
+//!   approvals are still taken while workers are down (runs wait for them),
+//!   and taking the app out of a load balancer for it would lose them.
+//! - `GET /health`: every dependency with its latency, the workers'
+//!   circuit breakers, the version (viewer).
+//! - `GET /metrics`: the Prometheus exposition (viewer, or the scrape token
+//!   in `metrics_token`), a bounded number of store reads (see
+//!   [`spindle_engine::metrics::gather`]).
+//! - `GET /api/metrics/activity?days=N` and `GET /api/metrics/summary`:
+//!   runs, events and errors per day, today's most frequent events
+//!   (viewer).
 
-use spin_sdk::http::{Method, Request};
+use std::time::Instant;
+
+use spin_sdk::http::{FullBody, Method, Request};
 use spin_sdk::http_service;
-use spindle_spin::http::{Problem, Response, json};
+use spin_sdk::wasip3::http::types::RequestOptions;
+use spin_sdk::wasip3::http_compat::RequestOptionsExtension;
+use spindle_auth::{Class, Role};
+use spindle_core::metrics as m;
+use spindle_spin::engine::SpinEngine;
+use spindle_spin::http::{Problem, Response, bad_query, json};
 use spindle_spin::store::{Kv, Store};
+
+/// How long a worker's `/health` may take before it counts as unreachable.
+const WORKER_PROBE_MS: u64 = 1_000;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, health).await
+    spindle_spin::serve("metrics", req, route).await
 }
 
-async fn health(req: Request) -> Result<Response, Problem> {
+async fn route(req: Request) -> Result<Response, Problem> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(Problem::method_not_allowed("GET, HEAD"));
     }
     match req.uri().path() {
         "/health/live" => Ok(json(200, &serde_json::json!({"status": "ok"}))),
-        "/health/ready" => match ready().await {
-            Ok(()) => Ok(json(
-                200,
-                &serde_json::json!({"status": "ok", "checks": {"store": "ok"}}),
-            )),
-            Err(e) => Err(Problem::store(e)),
-        },
-        other => Err(Problem::not_found(format!("no health endpoint at {other}"))),
+        "/health/ready" => ready().await,
+        "/health" => {
+            let kv = Kv::open("default").await.map_err(Problem::store)?;
+            spindle_spin::auth::authorize(&req, &kv, Role::Viewer, Class::Read).await?;
+            detail(kv).await
+        }
+        "/metrics" => {
+            let kv = Kv::open("default").await.map_err(Problem::store)?;
+            if !scrape_token_matches(&req).await? {
+                spindle_spin::auth::authorize(&req, &kv, Role::Viewer, Class::Read).await?;
+            }
+            scrape(kv).await
+        }
+        "/api/metrics/activity" => {
+            let kv = Kv::open("default").await.map_err(Problem::store)?;
+            spindle_spin::auth::authorize(&req, &kv, Role::Viewer, Class::Read).await?;
+            let days = days_param(req.uri().query().unwrap_or(""))?;
+            let days = spindle_engine::metrics::activity(&kv, spindle_spin::now_ms(), days)
+                .await
+                .map_err(Problem::store)?;
+            Ok(json(200, &serde_json::json!({ "days": days })))
+        }
+        "/api/metrics/summary" => {
+            let kv = Kv::open("default").await.map_err(Problem::store)?;
+            spindle_spin::auth::authorize(&req, &kv, Role::Viewer, Class::Read).await?;
+            let summary = spindle_engine::metrics::summary(&kv, spindle_spin::now_ms())
+                .await
+                .map_err(Problem::store)?;
+            Ok(json(200, &summary))
+        }
+        other => Err(Problem::not_found(format!("nothing is served at {other}"))),
     }
 }
 
-async fn ready() -> Result<(), spindle_spin::store::StoreError> {
-    let kv = Kv::open("default").await?;
-    kv.get_raw("health:probe").await?;
-    Ok(())
+/// `days` (1 to 90, default 7); any other parameter is refused.
+fn days_param(query: &str) -> Result<u64, Problem> {
+    let mut days = 7;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "days" => {
+                days = v
+                    .parse()
+                    .ok()
+                    .filter(|d| (1..=m::MAX_ACTIVITY_DAYS).contains(d))
+                    .ok_or_else(|| {
+                        bad_query(
+                            "days",
+                            format!("must be a whole number from 1 to {}", m::MAX_ACTIVITY_DAYS),
+                        )
+                    })?;
+            }
+            other => return Err(bad_query(other, "unknown parameter; use days")),
+        }
+    }
+    Ok(days)
+}
+
+/// Whether the request carries the scrape token (`Authorization: Bearer`),
+/// compared in constant time. An unset token lets nobody in this way; a
+/// weak one is refused as a configuration error rather than trusted.
+async fn scrape_token_matches(req: &Request) -> Result<bool, Problem> {
+    let token = spin_sdk::variables::get("metrics_token")
+        .await
+        .unwrap_or_default();
+    if token.is_empty() {
+        return Ok(false);
+    }
+    if let Err(e) = spindle_core::secret::check_secret(&token) {
+        spindle_spin::context::log(&format!("configuration: metrics_token {e}"));
+        return Err(Problem::of(
+            spindle_core::problem::ProblemKind::Configuration,
+            "the scrape token is not usable; see the component's log",
+        ));
+    }
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    Ok(presented.is_some_and(|p| spindle_core::sign::secrets_equal(p, &token)))
+}
+
+/// The store answers a read (and how long it took).
+async fn store_check(kv: &Kv) -> Result<u64, String> {
+    let started = Instant::now();
+    match kv.get_raw("health:probe").await {
+        Ok(_) => Ok(started.elapsed().as_millis() as u64),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One worker's answer to `GET /health`.
+struct Probe {
+    url: String,
+    reachable: bool,
+    latency_ms: u64,
+    error: Option<String>,
+}
+
+async fn probe(worker: &str) -> Probe {
+    let started = Instant::now();
+    let result = async {
+        let mut req = http::Request::get(format!("{worker}/health"))
+            .body(FullBody::new(bytes::Bytes::new()))
+            .map_err(|e| format!("invalid worker URL: {e}"))?;
+        let options = RequestOptions::new();
+        let ns = WORKER_PROBE_MS * 1_000_000;
+        let _ = options.set_connect_timeout(Some(ns));
+        let _ = options.set_first_byte_timeout(Some(ns));
+        req.extensions_mut()
+            .insert(RequestOptionsExtension(options));
+        let resp = spin_sdk::http::send(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", resp.status().as_u16()))
+        }
+    }
+    .await;
+    Probe {
+        url: worker.to_owned(),
+        reachable: result.is_ok(),
+        latency_ms: started.elapsed().as_millis() as u64,
+        error: result.err(),
+    }
+}
+
+async fn probe_all(workers: &[String]) -> Vec<Probe> {
+    futures::future::join_all(workers.iter().map(|w| probe(w))).await
+}
+
+async fn ready() -> Result<Response, Problem> {
+    let unavailable = |e: String| {
+        json(
+            503,
+            &serde_json::json!({"status": "unavailable", "checks": {"store": e}}),
+        )
+    };
+    let kv = match Kv::open("default").await {
+        Ok(kv) => kv,
+        Err(e) => return Ok(unavailable(e.to_string())),
+    };
+    if let Err(e) = store_check(&kv).await {
+        return Ok(unavailable(e));
+    }
+    let engine = spindle_spin::engine::open_on(kv).await?;
+    let probes = probe_all(&engine.config.workers).await;
+    let reachable = probes.iter().filter(|p| p.reachable).count();
+    let workers = if reachable > 0 {
+        format!("{reachable} of {} reachable", probes.len())
+    } else {
+        let why: Vec<String> = probes
+            .iter()
+            .map(|p| format!("{}: {}", p.url, p.error.as_deref().unwrap_or("?")))
+            .collect();
+        format!("none reachable ({})", why.join("; "))
+    };
+    let strict = spin_sdk::variables::get("ready_requires_worker")
+        .await
+        .is_ok_and(|v| v.trim() == "true");
+    let (status, word) = match (reachable, strict) {
+        (0, true) => (503, "unavailable"),
+        (0, false) => (200, "degraded"),
+        _ => (200, "ok"),
+    };
+    Ok(json(
+        status,
+        &serde_json::json!({"status": word, "checks": {"store": "ok", "workers": workers}}),
+    ))
+}
+
+async fn detail(kv: Kv) -> Result<Response, Problem> {
+    let store = store_check(&kv).await;
+    let engine = spindle_spin::engine::open_on(kv).await?;
+    let probes = probe_all(&engine.config.workers).await;
+    let reachable = probes.iter().filter(|p| p.reachable).count();
+    let status = match (&store, reachable) {
+        (Err(_), _) => "unavailable",
+        (Ok(_), 0) => "degraded",
+        _ => "ok",
+    };
+    let workers: Vec<serde_json::Value> = probes
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "url": p.url,
+                "status": if p.reachable { "ok" } else { "unreachable" },
+                "latency_ms": p.latency_ms,
+                "error": p.error,
+            })
+        })
+        .collect();
+    let store = match store {
+        Ok(ms) => serde_json::json!({"status": "ok", "latency_ms": ms}),
+        Err(e) => serde_json::json!({"status": "unavailable", "error": e}),
+    };
+    Ok(json(
+        if status == "unavailable" { 503 } else { 200 },
+        &serde_json::json!({
+            "status": status,
+            "version": env!("CARGO_PKG_VERSION"),
+            "checks": { "store": store, "workers": workers },
+        }),
+    ))
+}
+
+async fn scrape(kv: Kv) -> Result<Response, Problem> {
+    let now = spindle_spin::now_ms();
+    let (mut out, store_up) = match spindle_engine::metrics::gather(&kv, now).await {
+        Ok(text) => (text, 1.0),
+        Err(e) => {
+            spindle_spin::context::log(&format!("metrics: the store failed: {e}"));
+            (String::new(), 0.0)
+        }
+    };
+    let engine: SpinEngine = spindle_spin::engine::open_on(kv).await?;
+    let probes = probe_all(&engine.config.workers).await;
+    m::render_gauge(
+        &mut out,
+        "spindle_worker_up",
+        "Whether the worker answered GET /health at scrape time.",
+        &["worker"],
+        &probes
+            .iter()
+            .map(|p| (vec![p.url.clone()], f64::from(u8::from(p.reachable))))
+            .collect::<Vec<_>>(),
+    );
+    m::render_gauge(
+        &mut out,
+        "spindle_store_up",
+        "Whether the key-value store answered the scrape's reads.",
+        &[],
+        &[(vec![], store_up)],
+    );
+    m::render_gauge(
+        &mut out,
+        "spindle_build_info",
+        "Spindle's version.",
+        &["version"],
+        &[(vec![env!("CARGO_PKG_VERSION").to_owned()], 1.0)],
+    );
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(FullBody::new(bytes::Bytes::from(out)))
+        .map_err(|e| Problem::internal(format!("building the answer: {e}")))
 }

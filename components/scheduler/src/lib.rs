@@ -12,7 +12,7 @@ use spindle_spin::http::{Problem, Response, json};
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, route).await
+    spindle_spin::serve("scheduler", req, route).await
 }
 
 async fn route(req: Request) -> Result<Response, Problem> {

@@ -18,7 +18,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, route).await
+    spindle_spin::serve("trigger", req, route).await
 }
 
 async fn route(req: Request) -> Result<Response, Problem> {

@@ -13,7 +13,7 @@
 //! started for the dedupe window. The answer never waits for a job.
 //!
 //! Every refusal is its own problem type and its own metric label
-//! (`counter:webhooks:<source>:<outcome>`); failed verifications also
+//! (`spindle_webhooks_received_total{source,outcome}`); failed verifications also
 //! spend the client address's budget, so a flood of forgeries meets 429s.
 
 use spin_sdk::http::{Method, Request};
@@ -26,7 +26,7 @@ use spindle_core::source::{DEFAULT_MAX_BODY, MAX_BODY_LIMIT, Source};
 use spindle_core::webhook::Rejection;
 use spindle_engine::webhooks::{DeliveryRecord, Ingested};
 use spindle_spin::http::{Problem, Response, json, path_info, read_body};
-use spindle_spin::store::{Kv, Store, StoreExt};
+use spindle_spin::store::{Kv, StoreExt};
 
 /// How long a delivery is remembered when `webhook_dedupe_hours` is unset:
 /// a week, longer than senders keep redelivering (GitHub offers
@@ -38,7 +38,7 @@ const DEFAULT_SOURCE_RATE: u64 = 600;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    spindle_spin::serve(req, route).await
+    spindle_spin::serve("webhook", req, route).await
 }
 
 /// The webhook settings, from the component's variables.
@@ -155,9 +155,9 @@ async fn find_source(kv: &Kv, name: &str) -> Result<Option<Source>, Problem> {
 /// Counts one delivery outcome for the metrics (best effort: the answer
 /// stands either way).
 async fn count(kv: &Kv, source: &str, outcome: &str) {
-    let _ = kv
-        .increment(&keys::counter(&format!("webhooks:{source}:{outcome}")), 1)
-        .await;
+    let _ =
+        spindle_engine::metrics::count(kv, &spindle_core::metrics::WEBHOOKS, &[source, outcome], 1)
+            .await;
 }
 
 fn rejection_kind(r: &Rejection) -> ProblemKind {

@@ -99,11 +99,6 @@ impl AuthFailure {
             AuthFailure::InvalidToken(_) => "invalid_token",
         }
     }
-
-    /// The counter of failures for this reason (for the metrics).
-    pub fn counter(&self) -> String {
-        spindle_core::keys::counter(&format!("auth_failures:{}", self.reason()))
-    }
 }
 
 /// The credential a request presents: `Authorization: Bearer <credential>`

@@ -174,11 +174,6 @@ pub const SWEEP_CURSOR: &str = "ratelimit:sweep:cursor";
 /// Most counters one sweep deletes; the rest wait for the next tick.
 pub const MAX_SWEEP: usize = 500;
 
-/// The counter of refusals for `class` (for the metrics).
-pub fn refused_counter(class: Class) -> String {
-    spindle_core::keys::counter(&format!("rate_limited:{}", class.as_str()))
-}
-
 /// Takes one request of `caller` from its `class` budget of `limit` a
 /// window (0: unlimited, nothing stored).
 pub async fn take<S: Store>(
@@ -210,7 +205,13 @@ pub async fn take<S: Store>(
     let count = u64::try_from(count).unwrap_or(u64::MAX);
     let allowed = count <= limit;
     if !allowed {
-        let _ = store.increment(&refused_counter(class), 1).await;
+        let _ = spindle_engine::metrics::count(
+            store,
+            &spindle_core::metrics::RATE_LIMITED,
+            &[class.as_str()],
+            1,
+        )
+        .await;
     }
     let reset_ms = (window + 1) * WINDOW_MS - now_ms;
     Ok(Some(Decision {
@@ -309,7 +310,13 @@ mod tests {
         }
         assert_eq!(allowed, 10);
         assert_eq!(
-            store.counter(&refused_counter(Class::Write)).await.unwrap(),
+            store
+                .counter(
+                    &spindle_core::metrics::RATE_LIMITED
+                        .count_key(&spindle_core::metrics::RATE_LIMITED.series(&["write"]))
+                )
+                .await
+                .unwrap(),
             5
         );
         // Another caller and another class have their own budgets.

@@ -214,6 +214,9 @@ pub struct Gate {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at_ms: Option<u64>,
+    /// When it was assessed (and the approval, if any, asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at_ms: Option<u64>,
 }
 
 impl Gate {

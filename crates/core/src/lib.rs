@@ -19,6 +19,7 @@ pub mod expr;
 pub mod ids;
 pub mod job;
 pub mod keys;
+pub mod metrics;
 pub mod problem;
 pub mod retry;
 pub mod risk;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde_json::Value;
 use spindle_core::job::{ErrorKind, Job, JobAgent, JobError, SIGNATURE_HEADER};
+use spindle_core::metrics::{DISPATCH_FAILURES, Family, JOBS_DISPATCHED};
 use spindle_core::retry::fnv1a;
 use spindle_core::run::{Event, MAX_GATHERED_BYTES, OutputSource, Run};
 use spindle_core::{approval, keys, sign};
@@ -187,20 +188,24 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 // 409: the worker already holds this job (an earlier send that
                 // looked lost); it is running it.
                 Sent::Answered(200 | 201 | 202 | 409) => {
+                    self.count_dispatch(&JOBS_DISPATCHED, worker).await;
                     return Some(Event::Accepted {
                         job_id: job_id.to_owned(),
                         worker: worker.clone(),
                     });
                 }
                 Sent::Answered(status) => {
+                    self.count_dispatch(&DISPATCH_FAILURES, worker).await;
                     job_refused &= (400..500).contains(&status) && status != 429;
                     refusals.push(format!("{worker} answered {status}"));
                 }
                 Sent::NotReached(why) => {
+                    self.count_dispatch(&DISPATCH_FAILURES, worker).await;
                     job_refused = false;
                     refusals.push(format!("{worker}: {why}"));
                 }
                 Sent::Unknown(why) => {
+                    self.count_dispatch(&DISPATCH_FAILURES, worker).await;
                     // It may be running there: treat as in flight. Its
                     // heartbeats or its lease decide what happens next.
                     self.host.log(&format!(
@@ -221,6 +226,12 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             format!("no worker accepted the job: {}", refusals.join("; ")),
             job_refused,
         )
+    }
+
+    async fn count_dispatch(&self, family: &Family, worker: &str) {
+        if let Err(e) = crate::metrics::count(&self.store, family, &[worker], 1).await {
+            self.host.log(&format!("{}: not counted: {e}", family.name));
+        }
     }
 
     fn worker_auth(&self) -> Vec<(&'static str, String)> {

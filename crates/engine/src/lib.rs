@@ -23,6 +23,7 @@ mod config;
 mod dispatch;
 mod env;
 mod expiry;
+pub mod metrics;
 pub mod registry;
 mod retention;
 mod runs;
@@ -200,12 +201,33 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 None => return Ok((run, t.effects)),
                 Some(next) => {
                     if self.store.swap(cas, &store::encode(&next)?).await? {
+                        self.count_change(Some(&run), &next).await;
                         return Ok((next, t.effects));
                     }
                 }
             }
         }
         Err(StoreError::Contention(key).into())
+    }
+
+    /// Counts what a stored change of a run adds to the metrics. Only the
+    /// writer whose swap won counts, so each change counts once; a failed
+    /// count is logged and loses only itself.
+    async fn count_change(&self, old: Option<&Run>, new: &Run) {
+        if old.is_none()
+            && let Err(e) = metrics::count_run(&self.store, new.created_at_ms).await
+        {
+            self.host
+                .log(&format!("run {}: activity not counted: {e}", new.id));
+        }
+        let observations = spindle_core::metrics::observe(old, new);
+        if observations.is_empty() {
+            return;
+        }
+        if let Err(e) = metrics::record(&self.store, &observations, self.host.now_ms()).await {
+            self.host
+                .log(&format!("run {}: metrics not counted: {e}", new.id));
+        }
     }
 
     /// Carries out effects in order; returns the follow-up events. Timers
@@ -215,15 +237,23 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         for e in effects {
             match e {
                 Effect::Schedule(_) => {}
-                Effect::Audit(event) => self.host.audit(
-                    &serde_json::json!({
-                        "audit": event,
-                        "run": run.id,
-                        "workflow": run.workflow,
-                        "request_id": self.host.request_id(),
-                    })
-                    .to_string(),
-                ),
+                Effect::Audit(event) => {
+                    if let Err(e) =
+                        metrics::count_event(&self.store, event.at_ms, &event.kind).await
+                    {
+                        self.host
+                            .log(&format!("run {}: activity not counted: {e}", run.id));
+                    }
+                    self.host.audit(
+                        &serde_json::json!({
+                            "audit": event,
+                            "run": run.id,
+                            "workflow": run.workflow,
+                            "request_id": self.host.request_id(),
+                        })
+                        .to_string(),
+                    );
+                }
                 Effect::Dispatch { job_id, step } => {
                     if let Some(ev) = self.dispatch(run, &job_id, &step).await {
                         follow.push(ev);

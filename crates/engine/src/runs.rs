@@ -315,6 +315,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             return Ok((existing, false));
         }
         self.store.set(&keys::run(id), &run).await?;
+        self.count_change(None, &run).await;
         Ok((self.settle(run, t.effects).await, true))
     }
 

@@ -45,7 +45,7 @@
 //! passed over.
 //!
 //! Counted per fire, in the document, the tick's [`ScheduleReport`] and
-//! `counter:schedule_fires:<what>`: `started`, `skipped` (overlap, or an
+//! `spindle_schedule_fires_total{outcome}`: `started`, `skipped` (overlap, or an
 //! older fire of a catch-up), `missed` (too late) and `failed` (the
 //! workflow is gone or refuses the payload: nothing could start).
 
@@ -411,9 +411,13 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             ("missed", plan.missed),
         ] {
             if n > 0 {
-                self.store
-                    .increment(&keys::counter(&format!("schedule_fires:{what}")), n as i64)
-                    .await?;
+                crate::metrics::count(
+                    &self.store,
+                    &spindle_core::metrics::SCHEDULE_FIRES,
+                    &[what],
+                    n as i64,
+                )
+                .await?;
             }
         }
         Ok(())

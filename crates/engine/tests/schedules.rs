@@ -161,8 +161,15 @@ fn schedule_timers(store: &MemStore) -> Vec<Timer> {
         .collect()
 }
 
+/// A counter: `schedule_fires:<outcome>` as the metrics keep it, anything
+/// else under `counter:<name>`.
 fn counter<S: Store>(store: &S, name: &str) -> i64 {
-    block_on(store.counter(&keys::counter(name))).unwrap()
+    let family = &spindle_core::metrics::SCHEDULE_FIRES;
+    let key = match name.strip_prefix("schedule_fires:") {
+        Some(outcome) => family.count_key(&family.series(&[outcome])),
+        None => keys::counter(name),
+    };
+    block_on(store.counter(&key)).unwrap()
 }
 
 /// Whole minutes in `[from, until]`, as UTC strings' instants.

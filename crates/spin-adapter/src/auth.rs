@@ -7,7 +7,7 @@ use spindle_core::problem::ProblemKind;
 
 use crate::context;
 use crate::http::Problem;
-use crate::store::{Kv, Store};
+use crate::store::Kv;
 
 /// Reads the auth settings from the component's variables. A missing or
 /// weak secret is a 500 naming the variable (checked on every use, so a
@@ -124,7 +124,13 @@ async fn refuse(
 ) -> Problem {
     context::log(&format!("authentication failed: {failure}"));
     // Counting is best effort: the answer is a 401 either way.
-    let _ = kv.increment(&failure.counter(), 1).await;
+    let _ = spindle_engine::metrics::count(
+        kv,
+        &spindle_core::metrics::AUTH_FAILURES,
+        &[failure.reason()],
+        1,
+    )
+    .await;
     let addr = client_addr(req);
     if let Some(limited) = charge_address(
         addr.as_deref(),

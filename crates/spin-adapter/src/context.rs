@@ -71,7 +71,7 @@ pub fn new_request_id() -> String {
 /// Serves one request: sets up its context, answers CORS preflights, runs
 /// `route`, and gives the answer (or the problem) the headers every answer
 /// carries.
-pub async fn serve<F, Fut>(req: Request, route: F) -> Response
+pub async fn serve<F, Fut>(component: &'static str, req: Request, route: F) -> Response
 where
     F: FnOnce(Request) -> Fut + 'static,
     Fut: Future<Output = Result<Response, Problem>> + 'static,
@@ -95,7 +95,7 @@ where
     };
     Scoped {
         context,
-        inner: Box::pin(answer(req, route)),
+        inner: Box::pin(answer(component, req, route)),
     }
     .await
 }
@@ -120,11 +120,12 @@ impl<F: Future> Future for Scoped<F> {
     }
 }
 
-async fn answer<F, Fut>(req: Request, route: F) -> Response
+async fn answer<F, Fut>(component: &'static str, req: Request, route: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Result<Response, Problem>>,
 {
+    let route_label = spindle_core::metrics::route_of(req.uri().path());
     let origin = req
         .headers()
         .get("origin")
@@ -158,7 +159,32 @@ where
             problem.response()
         }
     };
+    count_request(component, route_label, resp.status().as_u16()).await;
     finish(resp, allowed_origin.as_deref())
+}
+
+/// Counts the answer in `spindle_http_requests_total`. Health probes and
+/// scrapes are left out: they come every few seconds from machines, and
+/// counting them would give each a store write. Best effort: a component
+/// without the store (the docs) or a failing store counts nothing.
+async fn count_request(component: &str, route: &str, status: u16) {
+    if route.starts_with("/health") || route == "/metrics" {
+        return;
+    }
+    let Ok(kv) = crate::store::Kv::open("default").await else {
+        return;
+    };
+    let status = status.to_string();
+    if let Err(e) = spindle_engine::metrics::count(
+        &kv,
+        &spindle_core::metrics::HTTP_REQUESTS,
+        &[component, route, &status],
+        1,
+    )
+    .await
+    {
+        log(&format!("request not counted: {e}"));
+    }
 }
 
 /// Whether browsers from `origin` may call this component: it is on the

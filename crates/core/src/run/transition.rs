@@ -1385,6 +1385,7 @@ impl Run {
             decisions: Vec::new(),
             outcome: None,
             decided_at_ms: None,
+            requested_at_ms: Some(now),
         };
         let Some(approval) = req.approval.clone() else {
             gate.outcome = Some(Outcome::AutoApproved);

@@ -1,0 +1,298 @@
+//! Metrics in the store: counting (by atomic increment, so every instance
+//! adds to one number) and gathering a scrape (a bounded number of reads:
+//! one index document per family and a few counters per series, never one
+//! read per run). What the counts mean is in [`spindle_core::metrics`].
+
+use spindle_core::metrics::{self as m, Family, Kind, Observation, Samples, Series, SeriesIndex};
+
+use crate::store::{Result, Store, StoreExt, UpdateError};
+
+/// The document holding when the tick last ran (milliseconds since the
+/// Unix epoch), for `spindle_tick_last_run_timestamp_seconds`.
+pub const TICK_LAST_RUN: &str = "metrics:tick-last-run";
+
+/// Adds `n` to the counter series of `family` with `labels`. Best effort
+/// for callers: a failed count never fails what was counted.
+pub async fn count<S: Store>(store: &S, family: &Family, labels: &[&str], n: i64) -> Result<()> {
+    let series = family.series(labels);
+    let new = store.increment(&family.count_key(&series), n).await?;
+    if m::crossed_power_of_two(new, n) {
+        file(store, family, &series).await?;
+    }
+    Ok(())
+}
+
+/// Observes a duration of `ms` in the histogram series of `family` with
+/// `labels`.
+pub async fn observe<S: Store>(store: &S, family: &Family, labels: &[&str], ms: u64) -> Result<()> {
+    let series = family.series(labels);
+    store
+        .increment(&family.bucket_key(&series, family.bucket_of(ms)), 1)
+        .await?;
+    store
+        .increment(
+            &family.sum_key(&series),
+            i64::try_from(ms).unwrap_or(i64::MAX),
+        )
+        .await?;
+    let new = store.increment(&family.count_key(&series), 1).await?;
+    if m::crossed_power_of_two(new, 1) {
+        file(store, family, &series).await?;
+    }
+    Ok(())
+}
+
+/// Records what a run's change adds to the metrics (see
+/// [`spindle_core::metrics::observe`]). `now_ms` keeps a late end from
+/// touching an expiry bucket already passed (and swept).
+pub async fn record<S: Store>(store: &S, observations: &[Observation], now_ms: u64) -> Result<()> {
+    let mut first_error = None;
+    for o in observations {
+        let done = match o {
+            Observation::Count { family, labels, n } => {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                count(store, family, &labels, *n).await
+            }
+            Observation::Duration { family, labels, ms } => {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                observe(store, family, &labels, *ms).await
+            }
+            Observation::Expiring { at_ms, delta } => {
+                let bucket = at_ms / m::EXPIRY_BUCKET_MS;
+                if bucket < now_ms / m::EXPIRY_BUCKET_MS {
+                    Ok(())
+                } else {
+                    store
+                        .increment(&m::expiring_key(bucket), *delta)
+                        .await
+                        .map(drop)
+                }
+            }
+        };
+        // Every observation is tried: one failed count loses only itself.
+        if let Err(e) = done {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Files `series` in its family's index (a compare-and-swap; a retry is
+/// harmless, and a lost write is repeated at the counter's next power of
+/// two).
+async fn file<S: Store>(store: &S, family: &Family, series: &Series) -> Result<()> {
+    let added = store
+        .update::<SeriesIndex, std::convert::Infallible>(&family.index_key(), |index| {
+            let mut index = index.unwrap_or_default();
+            Ok(m::file_series(&mut index, series).then_some(index))
+        })
+        .await;
+    match added {
+        Ok(_) => Ok(()),
+        Err(UpdateError::Store(e)) => Err(e),
+        Err(UpdateError::Rejected(never)) => match never {},
+    }
+}
+
+/// Forgets the expiry bucket just passed (nothing counts it any more:
+/// [`record`] leaves passed buckets alone). A bucket passed while no tick
+/// ran stays behind: one small counter per ten minutes of tick outage.
+pub async fn forget_passed_expiry_buckets<S: Store>(store: &S, now_ms: u64) -> Result<()> {
+    if let Some(b) = (now_ms / m::EXPIRY_BUCKET_MS).checked_sub(1) {
+        store.delete(&m::expiring_key(b)).await?;
+    }
+    Ok(())
+}
+
+/// Reads every stored family and renders it, followed by the gauges the
+/// store answers (`spindle_approvals_expiring_soon`,
+/// `spindle_tick_last_run_timestamp_seconds`). The reads are one index per
+/// family plus one counter per counter series (the bucket count plus two
+/// per histogram series), and seven expiry buckets: bounded by the
+/// labels' values, not by how many runs, approvals or deliveries exist.
+pub async fn gather<S: Store>(store: &S, now_ms: u64) -> Result<String> {
+    let mut out = String::new();
+    for family in m::STORED {
+        let index: SeriesIndex = store.get(&family.index_key()).await?.unwrap_or_default();
+        let samples = match family.kind {
+            Kind::Histogram => {
+                let mut hs = Vec::with_capacity(index.len());
+                for s in index {
+                    let mut buckets = Vec::with_capacity(family.buckets_ms.len() + 1);
+                    for i in 0..=family.buckets_ms.len() {
+                        buckets.push(non_negative(
+                            store.counter(&family.bucket_key(&s, i)).await?,
+                        ));
+                    }
+                    let sum = non_negative(store.counter(&family.sum_key(&s)).await?);
+                    hs.push((s, buckets, sum));
+                }
+                Samples::Histograms(hs)
+            }
+            Kind::Counter | Kind::Gauge => {
+                let mut values = Vec::with_capacity(index.len());
+                for s in index {
+                    let v = store.counter(&family.count_key(&s)).await?;
+                    values.push((s, non_negative(v) as f64));
+                }
+                Samples::Values(values)
+            }
+        };
+        m::render(&mut out, family, &samples);
+    }
+    let mut expiring = 0i64;
+    for b in m::expiring_soon_buckets(now_ms) {
+        expiring += store.counter(&m::expiring_key(b)).await?;
+    }
+    m::render_gauge(
+        &mut out,
+        "spindle_approvals_expiring_soon",
+        "Pending approvals that expire within the next hour.",
+        &[],
+        &[(vec![], expiring.max(0) as f64)],
+    );
+    if let Some(at) = store.get::<u64>(TICK_LAST_RUN).await? {
+        m::render_gauge(
+            &mut out,
+            "spindle_tick_last_run_timestamp_seconds",
+            "When the tick last ran, in seconds since the Unix epoch.",
+            &[],
+            &[(vec![], at as f64 / 1000.0)],
+        );
+    }
+    Ok(out)
+}
+
+fn non_negative(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Where the sweep of old activity counts has got to (a day number).
+pub const ACTIVITY_CURSOR: &str = "metrics:activity-cursor";
+
+/// Counts one entry of a run's trail in its day's activity.
+pub async fn count_event<S: Store>(store: &S, at_ms: u64, kind: &str) -> Result<()> {
+    let day = at_ms / m::DAY_MS;
+    store.increment(&m::activity_key(day, "events"), 1).await?;
+    if m::is_error_event(kind) {
+        store.increment(&m::activity_key(day, "errors"), 1).await?;
+    }
+    let new = store.increment(&m::activity_type_key(day, kind), 1).await?;
+    if m::crossed_power_of_two(new, 1) {
+        let kind = Series(vec![kind.to_owned()]);
+        let filed = store
+            .update::<SeriesIndex, std::convert::Infallible>(&m::activity_types_key(day), |index| {
+                let mut index = index.unwrap_or_default();
+                Ok(m::file_series(&mut index, &kind).then_some(index))
+            })
+            .await;
+        if let Err(UpdateError::Store(e)) = filed {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Counts a run started at `at_ms` in its day's activity.
+pub async fn count_run<S: Store>(store: &S, at_ms: u64) -> Result<()> {
+    store
+        .increment(&m::activity_key(at_ms / m::DAY_MS, "runs"), 1)
+        .await
+        .map(drop)
+}
+
+async fn day_activity<S: Store>(store: &S, day: u64) -> Result<m::DayActivity> {
+    let read = |what: &'static str| async move {
+        store
+            .counter(&m::activity_key(day, what))
+            .await
+            .map(non_negative)
+    };
+    Ok(m::DayActivity {
+        day: spindle_core::keys::utc_day(day * m::DAY_MS),
+        events: read("events").await?,
+        errors: read("errors").await?,
+        runs: read("runs").await?,
+    })
+}
+
+/// The last `days` days of activity (today last), at most
+/// [`m::MAX_ACTIVITY_DAYS`]: three reads a day.
+pub async fn activity<S: Store>(store: &S, now_ms: u64, days: u64) -> Result<Vec<m::DayActivity>> {
+    let today = now_ms / m::DAY_MS;
+    let days = days.clamp(1, m::MAX_ACTIVITY_DAYS);
+    let mut out = Vec::with_capacity(days as usize);
+    for back in (0..days).rev() {
+        if let Some(day) = today.checked_sub(back) {
+            out.push(day_activity(store, day).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Today's totals, error rate and ten most frequent event types: one read
+/// of the day's type index and one per type seen.
+pub async fn summary<S: Store>(store: &S, now_ms: u64) -> Result<m::Summary> {
+    let day = now_ms / m::DAY_MS;
+    let today = day_activity(store, day).await?;
+    let kinds: SeriesIndex = store
+        .get(&m::activity_types_key(day))
+        .await?
+        .unwrap_or_default();
+    let mut counts = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        let Some(kind) = kind.0.into_iter().next() else {
+            continue;
+        };
+        let count = non_negative(store.counter(&m::activity_type_key(day, &kind)).await?);
+        counts.push(m::EventCount { kind, count });
+    }
+    let error_rate = if today.events == 0 {
+        0.0
+    } else {
+        today.errors as f64 / today.events as f64
+    };
+    Ok(m::Summary {
+        today,
+        error_rate,
+        top_events: m::top_ten(counts),
+    })
+}
+
+/// Deletes the activity counts of days older than
+/// [`m::ACTIVITY_DAYS_KEPT`], a day per tick; returns how many days it
+/// cleared.
+pub async fn sweep_activity<S: Store>(store: &S, now_ms: u64) -> Result<u64> {
+    let today = now_ms / m::DAY_MS;
+    let Some(oldest_kept) = today.checked_sub(m::ACTIVITY_DAYS_KEPT) else {
+        return Ok(0);
+    };
+    // A fresh store starts from today: the first tick comes with the first
+    // counts, and nothing older was counted.
+    let stored = store.get::<u64>(ACTIVITY_CURSOR).await?;
+    let cursor = stored.unwrap_or(today);
+    let mut day = cursor;
+    let mut cleared = 0;
+    // One day a tick: the tick's work stays small after a long outage too.
+    while day < oldest_kept && cleared < 1 {
+        let kinds: SeriesIndex = store
+            .get(&m::activity_types_key(day))
+            .await?
+            .unwrap_or_default();
+        for kind in &kinds {
+            if let Some(kind) = kind.0.first() {
+                store.delete(&m::activity_type_key(day, kind)).await?;
+            }
+        }
+        for what in ["events", "errors", "runs"] {
+            store.delete(&m::activity_key(day, what)).await?;
+        }
+        store.delete(&m::activity_types_key(day)).await?;
+        day += 1;
+        cleared += 1;
+    }
+    if day != cursor || stored.is_none() {
+        store.set(ACTIVITY_CURSOR, &day).await?;
+    }
+    Ok(cleared)
+}
