@@ -391,3 +391,106 @@ fn the_route_label_names_every_documented_path_and_no_other() {
     labelled.sort();
     assert_eq!(labelled, documented);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_trail_answers_by_run_actor_and_type() {
+    let stack = stack_full(&[&[]], &[], &[]);
+    stack
+        .agent("ok", "cat >/dev/null; echo '{}'", json!({}))
+        .await;
+    stack
+        .workflow(json!({"name": "good", "steps": [{"id": "a", "agent": "ok"}]}))
+        .await;
+    let r = client()
+        .post(stack.host.url("/trigger/good"))
+        .header("x-request-id", "audit-test-0001")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let run: Value = r.json().await.unwrap();
+    let run = run["run_id"].as_str().unwrap().to_owned();
+    stack.wait(&run, 60, |v| v["status"] == "succeeded").await;
+    let (_, me) = stack.get("/api/whoami").await;
+    let actor = me["actor"].as_str().unwrap().to_owned();
+
+    // The run's last entries are written just after the run document: wait
+    // for them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let (status, page) = stack.get(&format!("/api/audit?run={run}")).await;
+        assert_eq!(status, 200, "{page}");
+        if page["entries"][0]["type"] == "run_succeeded" || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let entries = page["entries"].as_array().unwrap();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"run_created"), "oldest last: {kinds:?}");
+    assert_eq!(
+        kinds.first(),
+        Some(&"run_succeeded"),
+        "newest first: {kinds:?}"
+    );
+    let created = entries.last().unwrap();
+    assert_eq!(created["request_id"], "audit-test-0001");
+    assert_eq!(created["actor"], actor.as_str());
+    assert_eq!(created["workflow"], "good");
+
+    let (_, page) = stack.get("/api/audit?type=agent_created").await;
+    let agents = page["entries"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{page}");
+    assert_eq!(agents[0]["actor"], actor.as_str());
+    assert!(
+        agents[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("POST /api/agents")
+    );
+
+    let (_, page) = stack
+        .get(&format!(
+            "/api/audit?actor={}&limit=2",
+            actor.replace(':', "%3A")
+        ))
+        .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2, "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, older) = stack
+        .get(&format!(
+            "/api/audit?actor={actor}&limit=200&cursor={cursor}"
+        ))
+        .await;
+    assert!(!older["entries"].as_array().unwrap().is_empty());
+    assert!(
+        older["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["seq"].as_u64() < page["entries"][1]["seq"].as_u64())
+    );
+
+    for bad in [
+        "since=x",
+        "run=nope!",
+        "limit=0",
+        "cursor=0",
+        "since=5&until=4",
+        "who=me",
+    ] {
+        let (status, p) = stack.get(&format!("/api/audit?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {p}");
+        assert!(
+            p["errors"][0]["pointer"]
+                .as_str()
+                .unwrap()
+                .starts_with("/query/"),
+            "{p}"
+        );
+    }
+}

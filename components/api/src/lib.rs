@@ -6,6 +6,7 @@
 //! in `spindle-engine`; who may do what in `spindle-auth`.
 
 mod agents;
+mod audit;
 mod hooks;
 mod keys;
 mod policy;
@@ -51,7 +52,7 @@ async fn route(req: Request) -> Result<Response, Problem> {
     let writes = method != Method::GET;
     let result = dispatch(req, kv, method.clone(), &segs, &path, &caller).await;
     if writes {
-        audit(&method, &path, &result);
+        audit_change(&method, &path, &result).await;
     }
     result
 }
@@ -130,6 +131,8 @@ async fn dispatch(
         (Method::DELETE, ["policies", "approvals"]) => policy::reset(&kv).await,
         (_, ["policies", "approvals"]) => Err(Problem::method_not_allowed("GET, PUT, DELETE")),
 
+        (Method::GET, ["audit"]) => audit::list(&kv, req.uri().query().unwrap_or("")).await,
+        (_, ["audit"]) => Err(Problem::method_not_allowed("GET")),
         (Method::GET, ["runs"]) => runs::list(req.uri().query().unwrap_or("")).await,
         (_, ["runs"]) => Err(Problem::method_not_allowed("GET")),
         (Method::GET, ["runs", id]) => runs::get(id).await,
@@ -142,10 +145,10 @@ async fn dispatch(
     }
 }
 
-/// One audit line (stdout, the component's audit log) per change made
-/// through the API: who, what, when, and how it ended. Run changes also
-/// land in the run's own trail.
-fn audit(method: &Method, path: &str, result: &Result<Response, Problem>) {
+/// One audit entry (in the store's audit trail, and a line on stdout, the
+/// component's audit log) per change made through the API: who, what,
+/// when, and how it ended. Run changes also land in the run's own trail.
+async fn audit_change(method: &Method, path: &str, result: &Result<Response, Problem>) {
     let (status, location) = match result {
         Ok(r) => (
             r.status().as_u16(),
@@ -174,6 +177,7 @@ fn audit(method: &Method, path: &str, result: &Result<Response, Problem>) {
             "request_id": spindle_spin::context::request_id(),
         })
     );
+    audit::record(method, path, status, location).await;
 }
 
 /// The `default` store.

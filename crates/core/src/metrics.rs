@@ -736,6 +736,7 @@ pub const ROUTES: &[&str] = &[
     "/api/keys",
     "/api/keys/{id}",
     "/api/whoami",
+    "/api/audit",
     "/api/metrics/activity",
     "/api/metrics/summary",
     "/jobs/{job_id}/result",

@@ -407,8 +407,9 @@ fn resolve<'a>(root: &'a Value, reference: &str) -> Option<(&'a Value, String)> 
     Some((root.pointer(&pointer)?, pointer))
 }
 
-/// Decodes `%XX` escapes (a URI fragment); `None` if malformed.
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes (a URI fragment or query value); `None` if
+/// malformed or not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -18,6 +18,7 @@
 //! with fault injection, so every rule here is tested natively.
 
 mod approvals;
+pub mod audit;
 mod callbacks;
 mod config;
 mod dispatch;
@@ -238,11 +239,21 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             match e {
                 Effect::Schedule(_) => {}
                 Effect::Audit(event) => {
-                    if let Err(e) =
-                        metrics::count_event(&self.store, event.at_ms, &event.kind).await
-                    {
+                    let entry = spindle_core::audit::AuditEntry {
+                        seq: 0,
+                        at_ms: event.at_ms,
+                        kind: event.kind.clone(),
+                        actor: event.actor.clone(),
+                        request_id: self.host.request_id(),
+                        run: Some(run.id.clone()),
+                        workflow: Some(run.workflow.clone()),
+                        step: event.step.clone(),
+                        summary: event.detail.clone(),
+                    };
+                    // The run's own trail has it either way.
+                    if let Err(e) = audit::append(&self.store, entry).await {
                         self.host
-                            .log(&format!("run {}: activity not counted: {e}", run.id));
+                            .log(&format!("run {}: audit entry not stored: {e}", run.id));
                     }
                     self.host.audit(
                         &serde_json::json!({

@@ -170,10 +170,11 @@ fn non_negative(v: i64) -> u64 {
 /// Where the sweep of old activity counts has got to (a day number).
 pub const ACTIVITY_CURSOR: &str = "metrics:activity-cursor";
 
-/// Counts one entry of a run's trail in its day's activity.
-pub async fn count_event<S: Store>(store: &S, at_ms: u64, kind: &str) -> Result<()> {
+/// Counts one entry of the audit trail in its day's activity; returns the
+/// day's count of entries so far.
+pub async fn count_event<S: Store>(store: &S, at_ms: u64, kind: &str) -> Result<i64> {
     let day = at_ms / m::DAY_MS;
-    store.increment(&m::activity_key(day, "events"), 1).await?;
+    let events = store.increment(&m::activity_key(day, "events"), 1).await?;
     if m::is_error_event(kind) {
         store.increment(&m::activity_key(day, "errors"), 1).await?;
     }
@@ -190,7 +191,7 @@ pub async fn count_event<S: Store>(store: &S, at_ms: u64, kind: &str) -> Result<
             return Err(e);
         }
     }
-    Ok(())
+    Ok(events)
 }
 
 /// Counts a run started at `at_ms` in its day's activity.

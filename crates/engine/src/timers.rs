@@ -63,6 +63,8 @@ pub struct TickReport {
     pub schedules: crate::schedules::ScheduleReport,
     /// Entries of keys with a time to live deleted.
     pub expired: usize,
+    /// Audit entries removed by retention.
+    pub audit_removed: u64,
 }
 
 impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
@@ -154,6 +156,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         }
         if let Err(e) = crate::metrics::sweep_activity(&self.store, now).await {
             report.errors.push(format!("activity: {e}"));
+        }
+        match crate::audit::sweep(&self.store, now, self.config.retention_ms).await {
+            Ok(n) => report.audit_removed = n,
+            Err(e) => report.errors.push(format!("audit: {e}")),
         }
         Ok(report)
     }
