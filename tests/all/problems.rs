@@ -943,6 +943,10 @@ fn uses(
             u.stores.insert("default".into());
             u.outbound_hosts.insert(WORKER_HOSTS.into());
         }
+        // Components send HTTP to workers only.
+        if text.contains("spin_sdk::http::send(") {
+            u.outbound_hosts.insert(WORKER_HOSTS.into());
+        }
         if text.contains("engine::load_config()") {
             u.variables.extend(engine_vars.iter().cloned());
         }

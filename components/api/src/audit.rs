@@ -111,7 +111,11 @@ pub async fn record(method: &Method, path: &str, status: u16, created: Option<St
         Ok(kv) => spindle_engine::audit::append(&kv, entry).await,
         Err(e) => Err(e),
     };
-    if let Err(e) = stored {
-        spindle_spin::context::log(&format!("audit entry not stored: {e}"));
+    match stored {
+        Ok(spindle_engine::audit::Appended {
+            uncounted: Some(e), ..
+        }) => spindle_spin::context::log(&format!("activity not counted: {e}")),
+        Ok(_) => {}
+        Err(e) => spindle_spin::context::log(&format!("audit entry not stored: {e}")),
     }
 }

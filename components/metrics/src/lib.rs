@@ -23,9 +23,8 @@ use spin_sdk::wasip3::http::types::RequestOptions;
 use spin_sdk::wasip3::http_compat::RequestOptionsExtension;
 use spindle_auth::{Class, Role};
 use spindle_core::metrics as m;
-use spindle_spin::engine::SpinEngine;
 use spindle_spin::http::{Problem, Response, bad_query, json};
-use spindle_spin::store::{Kv, Store};
+use spindle_spin::store::{Kv, Store, StoreExt};
 
 /// How long a worker's `/health` may take before it counts as unreachable.
 const WORKER_PROBE_MS: u64 = 1_000;
@@ -134,7 +133,16 @@ async fn store_check(kv: &Kv) -> Result<u64, String> {
     }
 }
 
-/// One worker's answer to `GET /health`.
+/// How long a round of worker probes is reused: readiness and scrapes
+/// come every few seconds from machines (and `/health/ready` from anyone),
+/// and must not each send a request to every worker.
+const PROBE_CACHE_MS: u64 = 5_000;
+
+/// Where the last round of probes is kept.
+const PROBE_CACHE: &str = "health:workers";
+
+/// One worker's answer to `GET /health` (its URL without credentials).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Probe {
     url: String,
     reachable: bool,
@@ -142,12 +150,19 @@ struct Probe {
     error: Option<String>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Probes {
+    at_ms: u64,
+    workers: Vec<String>,
+    probes: Vec<Probe>,
+}
+
 async fn probe(worker: &str) -> Probe {
     let started = Instant::now();
     let result = async {
         let mut req = http::Request::get(format!("{worker}/health"))
             .body(FullBody::new(bytes::Bytes::new()))
-            .map_err(|e| format!("invalid worker URL: {e}"))?;
+            .map_err(|_| "invalid worker URL".to_owned())?;
         let options = RequestOptions::new();
         let ns = WORKER_PROBE_MS * 1_000_000;
         let _ = options.set_connect_timeout(Some(ns));
@@ -165,22 +180,58 @@ async fn probe(worker: &str) -> Probe {
     }
     .await;
     Probe {
-        url: worker.to_owned(),
+        url: m::redact_url(worker),
         reachable: result.is_ok(),
         latency_ms: started.elapsed().as_millis() as u64,
         error: result.err(),
     }
 }
 
-async fn probe_all(workers: &[String]) -> Vec<Probe> {
-    futures::future::join_all(workers.iter().map(|w| probe(w))).await
+/// Every worker's probe, asked at once, or the round kept from the last
+/// [`PROBE_CACHE_MS`] (for the same pool).
+async fn probe_all(kv: &Kv, workers: &[String]) -> Vec<Probe> {
+    let now = spindle_spin::now_ms();
+    if let Ok(Some(kept)) = kv.get::<Probes>(PROBE_CACHE).await
+        && kept.workers == workers
+        && now.saturating_sub(kept.at_ms) < PROBE_CACHE_MS
+    {
+        return kept.probes;
+    }
+    let probes = futures::future::join_all(workers.iter().map(|w| probe(w))).await;
+    let round = Probes {
+        at_ms: now,
+        workers: workers.to_vec(),
+        probes,
+    };
+    if let Err(e) = kv.set(PROBE_CACHE, &round).await {
+        spindle_spin::context::log(&format!("health: keeping the probes failed: {e}"));
+    }
+    round.probes
 }
 
+/// The worker pool, from the `workers` variable alone.
+async fn workers() -> Result<Vec<String>, Problem> {
+    let list = spin_sdk::variables::get("workers").await.map_err(|_| {
+        Problem::of(
+            spindle_core::problem::ProblemKind::Configuration,
+            "the workers variable is not set",
+        )
+    })?;
+    Ok(list
+        .split(',')
+        .map(|w| w.trim().trim_end_matches('/').to_owned())
+        .filter(|w| !w.is_empty())
+        .collect())
+}
+
+/// Readiness, for anyone: counts, never which hosts or why (that is in
+/// `/health`, for viewers, and in the log).
 async fn ready() -> Result<Response, Problem> {
     let unavailable = |e: String| {
+        spindle_spin::context::log(&format!("ready: the store does not answer: {e}"));
         json(
             503,
-            &serde_json::json!({"status": "unavailable", "checks": {"store": e}}),
+            &serde_json::json!({"status": "unavailable", "checks": {"store": "unavailable"}}),
         )
     };
     let kv = match Kv::open("default").await {
@@ -190,17 +241,13 @@ async fn ready() -> Result<Response, Problem> {
     if let Err(e) = store_check(&kv).await {
         return Ok(unavailable(e));
     }
-    let engine = spindle_spin::engine::open_on(kv).await?;
-    let probes = probe_all(&engine.config.workers).await;
+    let pool = workers().await?;
+    let probes = probe_all(&kv, &pool).await;
     let reachable = probes.iter().filter(|p| p.reachable).count();
     let workers = if reachable > 0 {
         format!("{reachable} of {} reachable", probes.len())
     } else {
-        let why: Vec<String> = probes
-            .iter()
-            .map(|p| format!("{}: {}", p.url, p.error.as_deref().unwrap_or("?")))
-            .collect();
-        format!("none reachable ({})", why.join("; "))
+        format!("none of {} reachable", probes.len())
     };
     let strict = spin_sdk::variables::get("ready_requires_worker")
         .await
@@ -218,8 +265,8 @@ async fn ready() -> Result<Response, Problem> {
 
 async fn detail(kv: Kv) -> Result<Response, Problem> {
     let store = store_check(&kv).await;
-    let engine = spindle_spin::engine::open_on(kv).await?;
-    let probes = probe_all(&engine.config.workers).await;
+    let pool = workers().await?;
+    let probes = probe_all(&kv, &pool).await;
     let reachable = probes.iter().filter(|p| p.reachable).count();
     let status = match (&store, reachable) {
         (Err(_), _) => "unavailable",
@@ -260,8 +307,8 @@ async fn scrape(kv: Kv) -> Result<Response, Problem> {
             (String::new(), 0.0)
         }
     };
-    let engine: SpinEngine = spindle_spin::engine::open_on(kv).await?;
-    let probes = probe_all(&engine.config.workers).await;
+    let pool = workers().await?;
+    let probes = probe_all(&kv, &pool).await;
     m::render_gauge(
         &mut out,
         "spindle_worker_up",

@@ -96,7 +96,7 @@ family!(
     "spindle_webhooks_received_total",
     Counter,
     ["source", "outcome"],
-    "Webhook deliveries received, by source and outcome (accepted, duplicate, unmatched, ping, or the reason it was refused)."
+    "Webhook deliveries received, by source and outcome (started, unmatched, failed, duplicate, ping, or the reason it was refused)."
 );
 family!(
     RUNS_STARTED,
@@ -221,7 +221,7 @@ pub const STORED: &[&Family] = &[
 ];
 
 /// Most series one family keeps; a series beyond it is counted but not
-/// exported (and logged), so no label can grow a scrape without bound.
+/// exported, so no label can grow a scrape without bound.
 pub const MAX_SERIES: usize = 2_000;
 
 /// Longest label value kept; longer ones are cut.
@@ -288,6 +288,21 @@ fn cut(s: &str, max: usize) -> &str {
 fn series_id(s: &Series) -> String {
     let joined = serde_json::to_vec(&s.0).unwrap_or_default();
     crate::sign::digest(&joined)[..16].to_owned()
+}
+
+/// A worker's URL as metrics and health show it: without credentials
+/// (`user:pass@`), query or fragment, which a pool URL might carry and which
+/// must not end up in labels or answers.
+pub fn redact_url(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.rsplit_once('@').map_or(url, |(_, h)| h).to_owned(),
+    }
 }
 
 /// Whether a counter that moved by `delta` to `new` crossed a power of two,
@@ -378,8 +393,8 @@ fn status_str<T: Serialize>(s: &T) -> String {
 /// it exactly once.
 pub fn observe(old: Option<&Run>, new: &Run) -> Vec<Observation> {
     let mut out = Vec::new();
-    match old {
-        None => out.push(Observation::Count {
+    if old.is_none() {
+        out.push(Observation::Count {
             family: &RUNS_STARTED,
             labels: vec![if new.rerun_of.is_some() {
                 "rerun".to_owned()
@@ -387,22 +402,23 @@ pub fn observe(old: Option<&Run>, new: &Run) -> Vec<Observation> {
                 status_str(&new.trigger.kind)
             }],
             n: 1,
-        }),
-        Some(old) if !old.status.is_terminal() && new.status.is_terminal() => {
-            let status = status_str(&new.status);
-            out.push(Observation::Count {
-                family: &RUNS_FINISHED,
-                labels: vec![status.clone()],
-                n: 1,
-            });
-            let end = new.finished_at_ms.unwrap_or(new.created_at_ms);
-            out.push(Observation::Duration {
-                family: &RUN_DURATION,
-                labels: vec![status],
-                ms: end.saturating_sub(new.created_at_ms),
-            });
-        }
-        Some(_) => {}
+        });
+    }
+    // A run may end in the very change that creates it (a re-run whose
+    // every step is reused).
+    if new.status.is_terminal() && !old.is_some_and(|o| o.status.is_terminal()) {
+        let status = status_str(&new.status);
+        out.push(Observation::Count {
+            family: &RUNS_FINISHED,
+            labels: vec![status.clone()],
+            n: 1,
+        });
+        let end = new.finished_at_ms.unwrap_or(new.created_at_ms);
+        out.push(Observation::Duration {
+            family: &RUN_DURATION,
+            labels: vec![status],
+            ms: end.saturating_sub(new.created_at_ms),
+        });
     }
     for (i, step) in new.steps.iter().enumerate() {
         let agent = new
@@ -427,9 +443,10 @@ fn observe_unit(
     out: &mut Vec<Observation>,
 ) {
     let ended = |s: StepStatus| matches!(s, StepStatus::Succeeded | StepStatus::Failed);
-    if ended(new.status) && !old.is_some_and(|o| ended(o.status)) {
-        // Steps that never ran (reused by a re-run, failed before any
-        // dispatch) have no duration worth a bucket.
+    if ended(new.status) && !old.is_some_and(|o| ended(o.status)) && new.reused_from.is_none() {
+        // Steps that never ran here (reused by a re-run: see the
+        // condition above; failed before any dispatch) have no duration
+        // worth a bucket.
         if let (Some(first), Some(done)) = (new.attempts.first(), new.done_at_ms) {
             let agent = new
                 .attempts
@@ -667,7 +684,7 @@ pub fn is_error_event(kind: &str) -> bool {
 pub struct DayActivity {
     /// The UTC day, `YYYY-MM-DD`.
     pub day: String,
-    /// Entries written to runs' trails that day.
+    /// Audit entries written that day (run changes and API changes).
     pub events: u64,
     /// Those that were errors (see [`is_error_event`]).
     pub errors: u64,
@@ -803,6 +820,18 @@ mod tests {
         assert!(!crossed_power_of_two(0, 1));
         assert!(!crossed_power_of_two(5, -1));
         assert!(crossed_power_of_two(i64::MAX, i64::MAX));
+    }
+
+    #[test]
+    fn worker_urls_lose_their_credentials() {
+        assert_eq!(redact_url("http://127.0.0.1:8081"), "http://127.0.0.1:8081");
+        assert_eq!(
+            redact_url("https://u:p@w.example:443/base?token=x#f"),
+            "https://w.example:443/base"
+        );
+        assert_eq!(redact_url("http://a@b@w/x"), "http://w/x");
+        assert_eq!(redact_url("u:p@w"), "w");
+        assert_eq!(redact_url(""), "");
     }
 
     #[test]

@@ -18,19 +18,37 @@ pub const MAX_SWEEP: u64 = 200;
 /// number) rather than a write still under way.
 const SETTLED_GAP: u64 = 1_000;
 
+/// What [`append`] did.
+#[derive(Debug)]
+pub struct Appended {
+    /// The entry's number.
+    pub seq: u64,
+    /// Counting it in its day's activity failed (the entry is stored).
+    pub uncounted: Option<StoreError>,
+}
+
 /// Appends `entry` (its `seq` is set here): an increment for its number,
-/// a plain write, and its day's activity counts. Returns its number.
-pub async fn append<S: Store>(store: &S, mut entry: AuditEntry) -> Result<u64> {
+/// a plain write, and its day's activity counts (best effort: a failed
+/// count is reported in [`Appended`], the entry stands).
+pub async fn append<S: Store>(store: &S, mut entry: AuditEntry) -> Result<Appended> {
     let seq = u64::try_from(store.increment(HEAD, 1).await?).unwrap_or(0);
     entry.seq = seq;
     let entry = entry.bounded();
     store.set(&a::entry_key(seq), &entry).await?;
-    let events_today = crate::metrics::count_event(store, entry.at_ms, &entry.kind).await?;
-    if events_today == 1 {
-        // The day's first entry: where a query for an earlier time starts.
-        store.set(&a::day_key(entry.at_ms / DAY_MS), &seq).await?;
+    let counted = async {
+        let events_today = crate::metrics::count_event(store, entry.at_ms, &entry.kind).await?;
+        if events_today == 1 {
+            // The day's first entry: where a query for an earlier time
+            // starts.
+            store.set(&a::day_key(entry.at_ms / DAY_MS), &seq).await?;
+        }
+        Ok::<(), StoreError>(())
     }
-    Ok(seq)
+    .await;
+    Ok(Appended {
+        seq,
+        uncounted: counted.err(),
+    })
 }
 
 /// A page of entries matching `f`, newest first. Examines at most
@@ -99,7 +117,6 @@ pub async fn sweep<S: Store>(store: &S, now_ms: u64, retention_ms: u64) -> Resul
     let stored = store.get::<u64>(LOW).await?;
     let start = stored.unwrap_or(1).max(1);
     let cutoff = now_ms.saturating_sub(retention_ms);
-    let cutoff_day = cutoff / DAY_MS;
     let mut low = start;
     let mut removed = 0;
     let mut marker_cleared = None;
@@ -108,8 +125,11 @@ pub async fn sweep<S: Store>(store: &S, now_ms: u64, retention_ms: u64) -> Resul
         match store.get::<AuditEntry>(&key).await {
             Ok(Some(e)) if e.at_ms < cutoff => {
                 store.delete(&key).await?;
+                // Once a day's entries go, the day before it is gone: its
+                // marker (where queries for that earlier day start) is of
+                // no more use.
                 let day = e.at_ms / DAY_MS;
-                if day < cutoff_day && marker_cleared != Some(day) {
+                if marker_cleared != Some(day) {
                     store.delete(&a::day_key(day)).await?;
                     marker_cleared = Some(day);
                 }

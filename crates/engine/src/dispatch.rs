@@ -229,7 +229,8 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     }
 
     async fn count_dispatch(&self, family: &Family, worker: &str) {
-        if let Err(e) = crate::metrics::count(&self.store, family, &[worker], 1).await {
+        let worker = spindle_core::metrics::redact_url(worker);
+        if let Err(e) = crate::metrics::count(&self.store, family, &[&worker], 1).await {
             self.host.log(&format!("{}: not counted: {e}", family.name));
         }
     }

@@ -251,9 +251,16 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                         summary: event.detail.clone(),
                     };
                     // The run's own trail has it either way.
-                    if let Err(e) = audit::append(&self.store, entry).await {
-                        self.host
-                            .log(&format!("run {}: audit entry not stored: {e}", run.id));
+                    match audit::append(&self.store, entry).await {
+                        Ok(audit::Appended {
+                            uncounted: Some(e), ..
+                        }) => self
+                            .host
+                            .log(&format!("run {}: activity not counted: {e}", run.id)),
+                        Ok(_) => {}
+                        Err(e) => self
+                            .host
+                            .log(&format!("run {}: audit entry not stored: {e}", run.id)),
                     }
                     self.host.audit(
                         &serde_json::json!({

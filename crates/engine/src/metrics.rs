@@ -94,12 +94,28 @@ async fn file<S: Store>(store: &S, family: &Family, series: &Series) -> Result<(
     }
 }
 
-/// Forgets the expiry bucket just passed (nothing counts it any more:
-/// [`record`] leaves passed buckets alone). A bucket passed while no tick
-/// ran stays behind: one small counter per ten minutes of tick outage.
-pub async fn forget_passed_expiry_buckets<S: Store>(store: &S, now_ms: u64) -> Result<()> {
-    if let Some(b) = (now_ms / m::EXPIRY_BUCKET_MS).checked_sub(1) {
-        store.delete(&m::expiring_key(b)).await?;
+/// Where the sweep of passed expiry buckets has got to.
+pub const EXPIRING_CURSOR: &str = "metrics:expiring-cursor";
+
+/// Deletes passed expiry buckets from a cursor, at most two a tick (one
+/// more passes every ten minutes). It
+/// stays a whole bucket behind: [`record`] leaves buckets before the
+/// current one alone, but one that checked just before a boundary may
+/// still add to the bucket just passed.
+pub async fn sweep_expiry_buckets<S: Store>(store: &S, now_ms: u64) -> Result<()> {
+    let Some(last) = (now_ms / m::EXPIRY_BUCKET_MS).checked_sub(2) else {
+        return Ok(());
+    };
+    let stored = store.get::<u64>(EXPIRING_CURSOR).await?;
+    // A fresh store starts a day back: nothing older was counted.
+    let start = stored.unwrap_or_else(|| last.saturating_sub(144));
+    let mut next = start;
+    while next <= last && next < start + 2 {
+        store.delete(&m::expiring_key(next)).await?;
+        next += 1;
+    }
+    if next != start || stored.is_none() {
+        store.set(EXPIRING_CURSOR, &next).await?;
     }
     Ok(())
 }
@@ -268,10 +284,10 @@ pub async fn sweep_activity<S: Store>(store: &S, now_ms: u64) -> Result<u64> {
     let Some(oldest_kept) = today.checked_sub(m::ACTIVITY_DAYS_KEPT) else {
         return Ok(0);
     };
-    // A fresh store starts from today: the first tick comes with the first
-    // counts, and nothing older was counted.
+    // A fresh store starts as far back as anything is kept: counts may
+    // come before the first tick (under Spin the tick is set up apart).
     let stored = store.get::<u64>(ACTIVITY_CURSOR).await?;
-    let cursor = stored.unwrap_or(today);
+    let cursor = stored.unwrap_or(oldest_kept.saturating_sub(m::ACTIVITY_DAYS_KEPT));
     let mut day = cursor;
     let mut cleared = 0;
     // One day a tick: the tick's work stays small after a long outage too.

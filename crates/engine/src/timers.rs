@@ -151,7 +151,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         if let Err(e) = self.store.set(crate::metrics::TICK_LAST_RUN, &now).await {
             report.errors.push(format!("metrics: {e}"));
         }
-        if let Err(e) = crate::metrics::forget_passed_expiry_buckets(&self.store, now).await {
+        if let Err(e) = crate::metrics::sweep_expiry_buckets(&self.store, now).await {
             report.errors.push(format!("metrics: {e}"));
         }
         if let Err(e) = crate::metrics::sweep_activity(&self.store, now).await {
