@@ -9,6 +9,7 @@
 
 mod access;
 mod agents;
+mod api_docs;
 mod approvals;
 mod backup;
 mod conformance;
