@@ -76,6 +76,34 @@ ensure_podman() {
     export CONTAINERS_CONF="$ROOT/scripts/containers.conf"
 }
 
+# promtool and amtool check the alerting rules and the Alertmanager example
+# under deploy/ (Debian's prometheus and prometheus-alertmanager packages;
+# without their recommendations, which add the node exporter).
+ensure_prometheus_tools() {
+    local missing=()
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]} (promtool, amtool)"
+        apt_install --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# Checks the alerting rules (and runs their unit tests), the example
+# Prometheus configuration's syntax (its credential file exists only where
+# it is deployed) and the Alertmanager example. tests/all/alerting.rs runs
+# the same and more under `cargo test`.
+check_alerting() {
+    log "alerting rules and the Alertmanager example (promtool, amtool)"
+    (
+        cd deploy/prometheus
+        promtool check rules alerts.yml
+        promtool test rules alerts.test.yml
+        promtool check config --syntax-only prometheus.yml
+    )
+    amtool check-config deploy/alertmanager/alertmanager.yml
+}
+
 AGENT_IMAGE=localhost/spindle/agents:latest
 
 # Builds the reference agents as one static binary and imports an image

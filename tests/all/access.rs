@@ -1131,6 +1131,9 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         ("get", "/health/live", None, None, 200),
         ("get", "/health/ready", None, None, 200),
         ("get", "/docs/problems", None, None, 200),
+        ("get", "/api/openapi.json", None, None, 200),
+        ("get", "/api/docs", None, None, 200),
+        ("post", "/api/docs", None, None, 405),
         ("post", "/jobs/r1.a.1/result", None, Some(json!({})), 401),
         ("post", "/internal/tick", None, None, 401),
         ("post", "/trigger/x", None, None, 401),
@@ -1156,7 +1159,8 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         );
         assert_eq!(a.header("x-frame-options"), Some("DENY"), "{what}");
         assert_eq!(a.header("referrer-policy"), Some("no-referrer"), "{what}");
-        let cache = if *path == "/docs/problems" {
+        let public_docs = ["/docs/problems", "/api/openapi.json", "/api/docs"];
+        let cache = if *status == 200 && public_docs.contains(path) {
             "public, max-age=300"
         } else {
             "no-store"

@@ -6,9 +6,13 @@
 //!   observed through the test-only probe component.
 //! - `manifests`: every bad manifest under `tests/scenarios/bad-manifests/`
 //!   stops start-up with the message in its `expected.txt`.
+//! - `alerting`: the Prometheus rules and the Alertmanager example under
+//!   `deploy/`, checked and unit-tested by promtool and amtool.
 
 mod access;
 mod agents;
+mod alerting;
+mod api_docs;
 mod approvals;
 mod backup;
 mod conformance;

@@ -33,6 +33,10 @@ pub(crate) const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 /// no valid credential, too low a role, no budget left.
 const GUARD_STATUSES: [&str; 3] = ["401", "403", "429"];
 
+/// Paths under `/api` that need no credential: the API's own documentation,
+/// which holds no secret and which a client reads before it has a key.
+pub(crate) const PUBLIC_API_PATHS: [&str; 2] = ["/api/openapi.json", "/api/docs"];
+
 /// The roles, lowest first, as `x-required-role` names them.
 pub(crate) const ROLES: [&str; 4] = ["viewer", "operator", "approver", "admin"];
 
@@ -517,12 +521,14 @@ fn every_protected_operation_states_its_role_and_security() {
                     assert!(schemes.contains_key(name), "{what}: unknown scheme {name}");
                 }
             }
-            // A signed approval link is its own credential.
+            // A signed approval link is its own credential; the API's
+            // documentation is public.
             let guarded = (["/approvals", "/health", "/metrics"].contains(&path.as_str())
                 || ["/api/", "/trigger/", "/approvals/"]
                     .iter()
                     .any(|p| path.starts_with(p)))
-                && !path.starts_with("/approvals/link/");
+                && !path.starts_with("/approvals/link/")
+                && !PUBLIC_API_PATHS.contains(&path.as_str());
             let role = op.get("x-required-role").and_then(Value::as_str);
             if !guarded {
                 assert_eq!(role, None, "{what}: not a guarded route, yet states a role");

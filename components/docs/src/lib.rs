@@ -1,35 +1,86 @@
-//! Documentation pages: `GET /docs/problems` serves the problem catalogue
-//! (`docs/problems.md`), the page every problem document's `type` URI
-//! (`/docs/problems#<slug>`) points at, so that URI resolves on every
-//! Spindle deployment.
+//! Documentation pages, all public (they hold no secret, and a client
+//! needs them before it has a credential):
 //!
-//! Least privilege: the page is built into the component, which opens no
-//! store, reads no variable and makes no outbound request.
+//! - `GET /docs/problems`: the problem catalogue (`docs/problems.md`), the
+//!   page every problem document's `type` URI (`/docs/problems#<slug>`)
+//!   points at, so that URI resolves on every Spindle deployment;
+//! - `GET /api/openapi.json`: the API's contract, `docs/openapi.json` byte
+//!   for byte;
+//! - `GET /api/docs`: that contract as a browsable HTML page, rendered at
+//!   compile time by `build.rs`: no script, no outside fonts or styles, a
+//!   Content-Security-Policy that lets nothing else load.
+//!
+//! Every page is built into the component, which opens no store, reads no
+//! variable and makes no outbound request. Each answer carries an entity
+//! tag, so a client revalidates with `If-None-Match` and gets `304`.
 
 use spin_sdk::http::{FullBody, Method, Request};
 use spin_sdk::http_service;
 use spindle_spin::http::{Problem, Response};
 
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/generated.rs"));
+}
+
 /// The problem catalogue, one section per kind of `spindle_core::problem::ProblemKind`.
 const PROBLEMS: &str = include_str!("../../../docs/problems.md");
 
+/// The OpenAPI document, served as it is in the repository.
+const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// The OpenAPI document rendered as HTML by `build.rs`.
+const API_DOCS: &str = include_str!(concat!(env!("OUT_DIR"), "/api-docs.html"));
+
+/// For the pages that are not HTML: nothing they contain may run or load
+/// anything, should a browser be talked into rendering them.
+const INERT_CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
+
 /// The methods every page accepts.
 const ALLOWED: &str = "GET, HEAD";
+
+/// One page and how it is answered.
+struct Page {
+    body: &'static str,
+    content_type: &'static str,
+    etag: &'static str,
+    csp: &'static str,
+}
 
 #[http_service]
 async fn handle(req: Request) -> Response {
     spindle_spin::serve("docs", req, |req| async move { page(&req) }).await
 }
 
+fn lookup(path: &str) -> Option<Page> {
+    Some(match path {
+        "/docs/problems" => Page {
+            body: PROBLEMS,
+            content_type: "text/markdown; charset=utf-8",
+            etag: generated::PROBLEMS_ETAG,
+            csp: INERT_CSP,
+        },
+        "/api/openapi.json" => Page {
+            body: OPENAPI,
+            content_type: "application/json",
+            etag: generated::OPENAPI_ETAG,
+            csp: INERT_CSP,
+        },
+        "/api/docs" => Page {
+            body: API_DOCS,
+            content_type: "text/html; charset=utf-8",
+            etag: generated::PAGE_ETAG,
+            csp: generated::PAGE_CSP,
+        },
+        _ => return None,
+    })
+}
+
 fn page(req: &Request) -> Result<Response, Problem> {
     let path = req.uri().path();
-    let page = match path {
-        "/docs/problems" => PROBLEMS,
-        other => {
-            return Err(Problem::not_found(format!(
-                "no documentation page at {other}"
-            )));
-        }
+    let Some(page) = lookup(path) else {
+        return Err(Problem::not_found(format!(
+            "no documentation page at {path}"
+        )));
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut problem = Problem::method_not_allowed(ALLOWED);
@@ -39,12 +90,34 @@ fn page(req: &Request) -> Result<Response, Problem> {
             .insert("allow", http::HeaderValue::from_static(ALLOWED));
         return Ok(resp);
     }
-    // The full page for HEAD too: the host sends only its headers.
-    Ok(http::Response::builder()
-        .status(200)
-        .header("content-type", "text/markdown; charset=utf-8")
-        // Public and the same for every caller until the app is upgraded.
+    let builder = http::Response::builder()
+        .header("etag", page.etag)
+        // Public and the same for every caller until the app is upgraded;
+        // the entity tag makes revalidation after that cheap.
         .header("cache-control", "public, max-age=300")
-        .body(FullBody::new(bytes::Bytes::from_static(page.as_bytes())))
-        .expect("valid response"))
+        .header("content-security-policy", page.csp);
+    let resp = if not_modified(req, page.etag) {
+        builder.status(304).body(FullBody::new(bytes::Bytes::new()))
+    } else {
+        // The full page for HEAD too: the host sends only its headers.
+        builder
+            .status(200)
+            .header("content-type", page.content_type)
+            .body(FullBody::new(bytes::Bytes::from_static(
+                page.body.as_bytes(),
+            )))
+    };
+    Ok(resp.expect("valid response"))
+}
+
+/// Whether `If-None-Match` names the current version (RFC 9110, 13.1.2:
+/// weak comparison, `*` matches any).
+fn not_modified(req: &Request, etag: &str) -> bool {
+    req.headers()
+        .get_all("if-none-match")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }

@@ -263,6 +263,68 @@ mod tests {
         assert_eq!(winner(&r, "/health/live").as_deref(), Some("live"));
     }
 
+    /// The API's documentation routes are exact routes inside the api
+    /// component's wildcard: they must win over it wherever they are
+    /// written, and only for exactly their paths (Spin's rule too).
+    #[test]
+    fn exact_routes_beat_the_api_wildcard_in_any_order() {
+        let routes = [
+            ("/api/...", "api"),
+            ("/api/openapi.json", "docs"),
+            ("/api/docs", "docs"),
+            ("/docs/...", "docs"),
+        ];
+        let mut reversed = routes;
+        reversed.reverse();
+        for r in [router(&routes), router(&reversed)] {
+            assert_eq!(winner(&r, "/api/openapi.json").as_deref(), Some("docs"));
+            assert_eq!(winner(&r, "/api/docs").as_deref(), Some("docs"));
+            assert_eq!(winner(&r, "/docs/problems").as_deref(), Some("docs"));
+            for path in [
+                "/api/docs/x",
+                "/api/openapi.json/x",
+                "/api/openapi",
+                "/api/whoami",
+            ] {
+                assert_eq!(winner(&r, path).as_deref(), Some("api"), "{path}");
+            }
+            let m = r.route("/api/docs").unwrap();
+            assert_eq!(m.route.raw, "/api/docs");
+            assert_eq!(m.path_info, "");
+        }
+    }
+
+    /// The same, read from the application's own spin.toml.
+    #[test]
+    fn the_manifest_routes_api_docs_to_the_docs_component() {
+        let manifest: toml::Value =
+            toml::from_str(include_str!("../../../spin.toml")).expect("spin.toml parses");
+        let routes = manifest["trigger"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                Route::parse(
+                    t["route"].as_str().unwrap(),
+                    t["component"].as_str().unwrap(),
+                    i,
+                )
+                .unwrap()
+            })
+            .collect();
+        let r = Router::new(routes).unwrap();
+        for (path, component) in [
+            ("/api/openapi.json", "docs"),
+            ("/api/docs", "docs"),
+            ("/docs/problems", "docs"),
+            ("/api/whoami", "api"),
+            ("/api/docs/more", "api"),
+        ] {
+            assert_eq!(winner(&r, path).as_deref(), Some(component), "{path}");
+        }
+    }
+
     #[test]
     fn captures_and_path_info() {
         let r = router(&[("/api/:kind/...", "api"), ("/x/:a/:b", "x")]);
