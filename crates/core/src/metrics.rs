@@ -760,6 +760,8 @@ pub const ROUTES: &[&str] = &[
     "/jobs/{job_id}/heartbeat",
     "/internal/tick",
     "/docs/problems",
+    "/api/openapi.json",
+    "/api/docs",
     "/approvals",
     "/approvals/{id}",
     "/approvals/{id}/decision",
