@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod approval;
+pub mod breaker;
 pub mod error;
 pub mod exec_policy;
 pub mod expr;

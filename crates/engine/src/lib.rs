@@ -18,6 +18,7 @@
 //! with fault injection, so every rule here is tested natively.
 
 mod approvals;
+mod breakers;
 mod callbacks;
 mod config;
 mod dispatch;
@@ -38,6 +39,7 @@ use spindle_core::keys;
 use spindle_core::run::{Effect, Event, Reject, Run};
 
 pub use approvals::{ApprovalFilter, ApprovalPage, Decided, DecisionRequest, DecisionResult};
+pub use breakers::BreakerView;
 pub use callbacks::ResultOutcome;
 pub use config::{Config, VARIABLES};
 pub use env::{Host, Sent, Workers};
