@@ -11,6 +11,7 @@ mod access;
 mod agents;
 mod approvals;
 mod backup;
+mod breaker;
 mod conformance;
 mod engine;
 mod flows;
