@@ -9,8 +9,8 @@
 //! compare-and-swap; a lost race is retried a few times and then given up,
 //! which at worst delays opening or closing by one outcome. On Spin's stores
 //! the first write of a document inserts blindly (architecture, "Store
-//! facts"), so two first failures at the same moment may count as one:
-//! harmless for the same reason.
+//! facts"), so the first failures of a worker recorded at the same moment
+//! may count as one: the breaker opens a few failures later, once.
 //!
 //! A breaker must never stop a dispatch: a document that cannot be read,
 //! decoded or written is logged and the worker treated as closed.
