@@ -42,7 +42,9 @@ pub(crate) fn stack_around(workers: Vec<Worker>) -> Stack {
     stack_of(workers, &[], &[])
 }
 
-fn stack_of(workers: Vec<Worker>, pool: &[String], env: &[(&str, &str)]) -> Stack {
+/// The real app around workers the caller started, with extra worker URLs
+/// in the pool and extra host environment.
+pub(crate) fn stack_of(workers: Vec<Worker>, pool: &[String], env: &[(&str, &str)]) -> Stack {
     let port = free_port();
     let mut urls: Vec<String> = workers.iter().map(|w| w.base.clone()).collect();
     urls.extend(pool.iter().cloned());

@@ -15,6 +15,7 @@ mod alerting;
 mod api_docs;
 mod approvals;
 mod backup;
+mod breaker;
 mod conformance;
 mod engine;
 mod flows;

@@ -883,14 +883,26 @@ fn auth_variables() -> BTreeSet<String> {
     variables_const("crates/auth/src/caller.rs")
 }
 
+/// The variables a component that watches the worker pool reads:
+/// `pub const POOL_VARIABLES` in the engine's config.
+fn pool_variables() -> BTreeSet<String> {
+    string_const("crates/engine/src/config.rs", "POOL_VARIABLES")
+}
+
 /// The string literals of `pub const VARIABLES` in `file`.
 fn variables_const(file: &str) -> BTreeSet<String> {
+    string_const(file, "VARIABLES")
+}
+
+/// The string literals of `pub const <name>: [&str; N]` in `file`.
+fn string_const(file: &str, name: &str) -> BTreeSet<String> {
     let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let head = format!("pub const {name}: [&str; ");
     let start = text
-        .find("pub const VARIABLES: [&str; ")
-        .unwrap_or_else(|| panic!("{file} defines pub const VARIABLES"));
+        .find(&head)
+        .unwrap_or_else(|| panic!("{file} defines pub const {name}"));
     let decl = &text[start..];
-    let len: usize = decl["pub const VARIABLES: [&str; ".len()..]
+    let len: usize = decl[head.len()..]
         .split(']')
         .next()
         .unwrap()
@@ -942,6 +954,9 @@ fn uses(
             u.variables.extend(engine_vars.iter().cloned());
             u.stores.insert("default".into());
             u.outbound_hosts.insert(WORKER_HOSTS.into());
+        }
+        if text.contains("engine::load_pool()") {
+            u.variables.extend(pool_variables());
         }
         // Components send HTTP to workers only.
         if text.contains("spin_sdk::http::send(") {

@@ -274,6 +274,10 @@ async fn native_server(dir: &std::path::Path, worker: &str) -> anyhow::Result<St
         "max_output_bytes" => Some("1048576".into()),
         "dispatch_timeout_ms" => Some("5000".into()),
         "retention_days" => Some("30".into()),
+        "breaker_failures" => Some("5".into()),
+        "breaker_window_secs" => Some("120".into()),
+        "breaker_open_secs" => Some("60".into()),
+        "breaker_close_successes" => Some("3".into()),
         _ => None,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -6,8 +6,8 @@
 //!   unless `ready_requires_worker` says so: webhooks, triggers and
 //!   approvals are still taken while workers are down (runs wait for them),
 //!   and taking the app out of a load balancer for it would lose them.
-//! - `GET /health`: every dependency with its latency, the workers'
-//!   circuit breakers, the version (viewer).
+//! - `GET /health`: every dependency with its latency, each worker's
+//!   circuit breaker, the version (viewer).
 //! - `GET /metrics`: the Prometheus exposition (viewer, or the scrape token
 //!   in `metrics_token`), a bounded number of store reads (see
 //!   [`spindle_engine::metrics::gather`]).
@@ -209,19 +209,11 @@ async fn probe_all(kv: &Kv, workers: &[String]) -> Vec<Probe> {
     round.probes
 }
 
-/// The worker pool, from the `workers` variable alone.
-async fn workers() -> Result<Vec<String>, Problem> {
-    let list = spin_sdk::variables::get("workers").await.map_err(|_| {
-        Problem::of(
-            spindle_core::problem::ProblemKind::Configuration,
-            "the workers variable is not set",
-        )
-    })?;
-    Ok(list
-        .split(',')
-        .map(|w| w.trim().trim_end_matches('/').to_owned())
-        .filter(|w| !w.is_empty())
-        .collect())
+/// The worker pool and its breakers' settings (no secret).
+async fn pool() -> Result<spindle_engine::Pool, Problem> {
+    spindle_spin::engine::load_pool()
+        .await
+        .map_err(Problem::from)
 }
 
 /// Readiness, for anyone: counts, never which hosts or why (that is in
@@ -241,8 +233,8 @@ async fn ready() -> Result<Response, Problem> {
     if let Err(e) = store_check(&kv).await {
         return Ok(unavailable(e));
     }
-    let pool = workers().await?;
-    let probes = probe_all(&kv, &pool).await;
+    let pool = pool().await?;
+    let probes = probe_all(&kv, &pool.workers).await;
     let reachable = probes.iter().filter(|p| p.reachable).count();
     let workers = if reachable > 0 {
         format!("{reachable} of {} reachable", probes.len())
@@ -265,8 +257,9 @@ async fn ready() -> Result<Response, Problem> {
 
 async fn detail(kv: Kv) -> Result<Response, Problem> {
     let store = store_check(&kv).await;
-    let pool = workers().await?;
-    let probes = probe_all(&kv, &pool).await;
+    let pool = pool().await?;
+    let probes = probe_all(&kv, &pool.workers).await;
+    let breakers = spindle_engine::breakers::views(&kv, &pool, spindle_spin::now_ms()).await;
     let reachable = probes.iter().filter(|p| p.reachable).count();
     let status = match (&store, reachable) {
         (Err(_), _) => "unavailable",
@@ -275,12 +268,20 @@ async fn detail(kv: Kv) -> Result<Response, Problem> {
     };
     let workers: Vec<serde_json::Value> = probes
         .iter()
-        .map(|p| {
+        .zip(&breakers)
+        .map(|(p, b)| {
             serde_json::json!({
                 "url": p.url,
                 "status": if p.reachable { "ok" } else { "unreachable" },
                 "latency_ms": p.latency_ms,
                 "error": p.error,
+                "breaker": {
+                    "state": b.state,
+                    "since_ms": b.since_ms,
+                    "opened_total": b.opened_total,
+                    "recent_failures": b.recent_failures,
+                    "error": b.error,
+                },
             })
         })
         .collect();
@@ -307,8 +308,37 @@ async fn scrape(kv: Kv) -> Result<Response, Problem> {
             (String::new(), 0.0)
         }
     };
-    let pool = workers().await?;
-    let probes = probe_all(&kv, &pool).await;
+    let pool = pool().await?;
+    let probes = probe_all(&kv, &pool.workers).await;
+    let breakers = spindle_engine::breakers::views(&kv, &pool, now).await;
+    m::render_gauge(
+        &mut out,
+        "spindle_breaker_state",
+        "A worker's circuit breaker: 0 closed, 1 half-open, 2 open.",
+        &["worker"],
+        &breakers
+            .iter()
+            .map(|b| {
+                let v = match b.state {
+                    spindle_core::breaker::BreakerState::Closed => 0.0,
+                    spindle_core::breaker::BreakerState::HalfOpen => 1.0,
+                    spindle_core::breaker::BreakerState::Open => 2.0,
+                };
+                (vec![m::redact_url(&b.worker)], v)
+            })
+            .collect::<Vec<_>>(),
+    );
+    m::render_computed(
+        &mut out,
+        m::Kind::Counter,
+        "spindle_breaker_opened_total",
+        "Times a worker's circuit breaker opened.",
+        &["worker"],
+        &breakers
+            .iter()
+            .map(|b| (vec![m::redact_url(&b.worker)], b.opened_total as f64))
+            .collect::<Vec<_>>(),
+    );
     m::render_gauge(
         &mut out,
         "spindle_worker_up",

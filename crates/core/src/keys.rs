@@ -206,6 +206,23 @@ pub fn approval_link_claim(hash: &str) -> String {
     counter(&format!("approval-link:{hash}"))
 }
 
+/// The circuit breaker document of the worker with base URL `worker`
+/// ([`crate::breaker::Breaker`]): the URL's SHA-256 in hex, so any URL
+/// makes a short key of safe characters (the document names the URL).
+pub fn breaker(worker: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "breaker:{}",
+        hex::encode(sha2::Sha256::digest(worker.as_bytes()))
+    )
+}
+
+/// The counter of breaker transitions into state `to` (a
+/// [`crate::breaker::BreakerState`] wire name), over every worker.
+pub fn breaker_transitions(to: &str) -> String {
+    counter(&format!("breaker_transitions:{to}"))
+}
+
 /// A key that only ever holds an 8-byte counter (see the store facts in the
 /// architecture doc: never store anything else under an incremented key).
 pub fn counter(name: &str) -> String {
@@ -242,6 +259,16 @@ mod tests {
         assert_eq!(workflow_run_at("pr", 1), "runs:workflow:pr:1");
         assert_eq!(timer(timer_bucket_of(12_345), 2), "timers:49:2");
         assert_eq!(timer_slots(49), "counter:timers:49");
+        let b = breaker("http://127.0.0.1:8081");
+        assert!(
+            b.starts_with("breaker:") && b.len() == "breaker:".len() + 64,
+            "{b}"
+        );
+        assert_ne!(b, breaker("http://127.0.0.1:8082"));
+        assert_eq!(
+            breaker_transitions("open"),
+            "counter:breaker_transitions:open"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod approval;
 pub mod audit;
+pub mod breaker;
 pub mod error;
 pub mod exec_policy;
 pub mod expr;

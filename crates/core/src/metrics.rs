@@ -192,14 +192,6 @@ family!(
     ["reason"],
     "Failed authentications, by reason."
 );
-family!(
-    BREAKER_OPENED,
-    "spindle_breaker_opened_total",
-    Counter,
-    ["worker"],
-    "Times a worker's circuit breaker opened."
-);
-
 /// The families kept as store counters, in exposition order.
 pub const STORED: &[&Family] = &[
     &HTTP_REQUESTS,
@@ -217,7 +209,6 @@ pub const STORED: &[&Family] = &[
     &SCHEDULE_FIRES,
     &RATE_LIMITED,
     &AUTH_FAILURES,
-    &BREAKER_OPENED,
 ];
 
 /// Most series one family keeps; a series beyond it is counted but not
@@ -632,8 +623,21 @@ pub fn render_gauge(
     label_names: &[&str],
     values: &[(Vec<String>, f64)],
 ) {
+    render_computed(out, Kind::Gauge, name, help, label_names, values);
+}
+
+/// Renders a counter or gauge family computed at scrape time from
+/// documents other than counters (a breaker's `opened_total`, say).
+pub fn render_computed(
+    out: &mut String,
+    kind: Kind,
+    name: &str,
+    help: &str,
+    label_names: &[&str],
+    values: &[(Vec<String>, f64)],
+) {
     let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
     for (vals, v) in values {
         let _ = writeln!(
             out,

@@ -6,13 +6,14 @@
 //! variable fails at the start of the request with a clear error instead of
 //! quietly using a second default written in code.
 
+use spindle_core::breaker::BreakerSettings;
 use spindle_core::run::RunSettings;
 
 use crate::EngineError;
 
 /// The variables [`Config::from_vars`] reads. A component that builds an
 /// engine must be given every one of them in `spin.toml`.
-pub const VARIABLES: [&str; 8] = [
+pub const VARIABLES: [&str; 12] = [
     "workers",
     "callback_url",
     "callback_secret",
@@ -21,6 +22,10 @@ pub const VARIABLES: [&str; 8] = [
     "max_output_bytes",
     "dispatch_timeout_ms",
     "retention_days",
+    "breaker_failures",
+    "breaker_window_secs",
+    "breaker_open_secs",
+    "breaker_close_successes",
 ];
 
 /// What the engine needs to know about its surroundings.
@@ -40,6 +45,8 @@ pub struct Config {
     pub dispatch_timeout_ms: u64,
     /// How long finished runs are kept.
     pub retention_ms: u64,
+    /// When a worker's circuit breaker opens and closes.
+    pub breaker: BreakerSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -52,24 +59,49 @@ impl std::fmt::Debug for Config {
             .field("settings", &self.settings)
             .field("dispatch_timeout_ms", &self.dispatch_timeout_ms)
             .field("retention_ms", &self.retention_ms)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
 
-impl Config {
-    /// Reads every setting through `var` (the component's variables);
-    /// names the first one missing or malformed.
+/// The variables [`Pool::from_vars`] reads: what a component that only
+/// watches the workers (health, metrics) needs, and no secret.
+pub const POOL_VARIABLES: [&str; 5] = [
+    "workers",
+    "breaker_failures",
+    "breaker_window_secs",
+    "breaker_open_secs",
+    "breaker_close_successes",
+];
+
+/// The worker pool and its circuit breakers' settings.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Worker base URLs.
+    pub workers: Vec<String>,
+    /// When a worker's circuit breaker opens and closes.
+    pub breaker: BreakerSettings,
+}
+
+fn required_var(
+    var: &mut impl FnMut(&str) -> Option<String>,
+    name: &str,
+) -> Result<String, EngineError> {
+    var(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            EngineError::Config(format!(
+                "variable {name} is not set (give the component `{name} = \"{{{{ {name} }}}}\"` in spin.toml)"
+            ))
+        })
+}
+
+impl Pool {
+    /// Reads [`POOL_VARIABLES`] through `var`; names the first one missing
+    /// or malformed.
     pub fn from_vars(mut var: impl FnMut(&str) -> Option<String>) -> Result<Self, EngineError> {
-        let mut required = |name: &str| {
-            var(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| {
-                    EngineError::Config(format!(
-                        "variable {name} is not set (give the component `{name} = \"{{{{ {name} }}}}\"` in spin.toml)"
-                    ))
-                })
-        };
+        let mut required = |name: &str| required_var(&mut var, name);
         let workers: Vec<String> = required("workers")?
             .split(',')
             .map(|w| w.trim().trim_end_matches('/').to_owned())
@@ -80,6 +112,30 @@ impl Config {
                 "variable workers lists no worker URL".into(),
             ));
         }
+        let breaker = BreakerSettings {
+            failures: number("breaker_failures", &required("breaker_failures")?)?,
+            window_ms: secs("breaker_window_secs", &required("breaker_window_secs")?)?,
+            open_ms: secs("breaker_open_secs", &required("breaker_open_secs")?)?,
+            close_successes: number(
+                "breaker_close_successes",
+                &required("breaker_close_successes")?,
+            )?,
+        };
+        if breaker.close_successes == 0 {
+            return Err(EngineError::Config(
+                "variable breaker_close_successes must be at least 1".into(),
+            ));
+        }
+        Ok(Self { workers, breaker })
+    }
+}
+
+impl Config {
+    /// Reads every setting through `var` (the component's variables);
+    /// names the first one missing or malformed.
+    pub fn from_vars(mut var: impl FnMut(&str) -> Option<String>) -> Result<Self, EngineError> {
+        let Pool { workers, breaker } = Pool::from_vars(&mut var)?;
+        let mut required = |name: &str| required_var(&mut var, name);
         let callback_url = required("callback_url")?.trim_end_matches('/').to_owned();
         let secret = required("callback_secret")?;
         let worker_token = required("worker_token")?;
@@ -115,6 +171,7 @@ impl Config {
             },
             dispatch_timeout_ms,
             retention_ms: retention_days.saturating_mul(86_400_000),
+            breaker,
         })
     }
 }
@@ -122,6 +179,16 @@ impl Config {
 fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, EngineError> {
     v.parse()
         .map_err(|_| EngineError::Config(format!("variable {name} must be a number, got {v:?}")))
+}
+
+/// A positive number of seconds, in milliseconds.
+fn secs(name: &str, v: &str) -> Result<u64, EngineError> {
+    match number::<u64>(name, v)? {
+        0 => Err(EngineError::Config(format!(
+            "variable {name} must be at least 1"
+        ))),
+        n => Ok(n.saturating_mul(1000)),
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +209,10 @@ mod tests {
                     "max_output_bytes" => "1000",
                     "dispatch_timeout_ms" => "500",
                     "retention_days" => "30",
+                    "breaker_failures" => "5",
+                    "breaker_window_secs" => "120",
+                    "breaker_open_secs" => "60",
+                    "breaker_close_successes" => "3",
                     _ => "s3cret-0123456789abcdefghijklmnopqrstuv",
                 }
                 .to_owned(),
@@ -155,6 +226,7 @@ mod tests {
         assert_eq!(c.workers, ["http://a:1", "http://b:2"]);
         assert_eq!(c.callback_url, "http://app");
         assert_eq!(c.retention_ms, 30 * 86_400_000);
+        assert_eq!(c.breaker, BreakerSettings::default());
         assert!(!format!("{c:?}").contains("s3cret"), "secrets are redacted");
         for name in VARIABLES {
             let err = Config::from_vars(vars(name)).unwrap_err().to_string();
@@ -175,6 +247,34 @@ mod tests {
             .to_string();
             assert!(err.contains(name) && !err.contains("changeme"), "{err}");
         }
+    }
+
+    #[test]
+    fn breaker_periods_and_successes_must_be_positive() {
+        for name in [
+            "breaker_window_secs",
+            "breaker_open_secs",
+            "breaker_close_successes",
+        ] {
+            let err = Config::from_vars(|n: &str| {
+                if n == name {
+                    return Some("0".into());
+                }
+                vars("")(n)
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(name) && err.contains("at least 1"), "{err}");
+        }
+        // No failures threshold: the breaker is off.
+        let off = Config::from_vars(|n: &str| {
+            if n == "breaker_failures" {
+                return Some("0".into());
+            }
+            vars("")(n)
+        })
+        .unwrap();
+        assert!(!off.breaker.enabled());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::Value;
+use spindle_core::breaker::Outcome;
 use spindle_core::job::{ErrorKind, Job, JobAgent, JobError, SIGNATURE_HEADER};
 use spindle_core::metrics::{DISPATCH_FAILURES, Family, JOBS_DISPATCHED};
 use spindle_core::retry::fnv1a;
@@ -99,9 +100,10 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
 
     /// Sends one job, at most once (the claim counter decides), to the first
     /// worker of the pool that takes it, starting from a worker chosen by the
-    /// job id so jobs spread over the pool. Returns what the run must learn:
-    /// accepted, or not dispatched and why; nothing when the job may be in
-    /// flight (its lease timer decides then).
+    /// job id so jobs spread over the pool. Workers whose circuit breaker is
+    /// open are not tried; every answer is recorded in the worker's breaker.
+    /// Returns what the run must learn: accepted, or not dispatched and why;
+    /// nothing when the job may be in flight (its lease timer decides then).
     pub(crate) async fn dispatch(&self, run: &Run, job_id: &str, step: &str) -> Option<Event> {
         match self
             .store
@@ -179,12 +181,32 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         let mut job_refused = true;
         for k in 0..workers.len() {
             let worker = &workers[(first + k) % workers.len()];
+            let breaker = self.breaker(worker).await;
+            if let Some(b) = &breaker
+                && !b.admits(self.host.now_ms(), &self.config.breaker)
+            {
+                // Down a moment ago: another worker, or a wait, not a
+                // failed step. Whether it would refuse the job is unknown.
+                job_refused = false;
+                refusals.push(format!(
+                    "{worker}: circuit breaker open until {}",
+                    b.reopens_at(&self.config.breaker)
+                ));
+                continue;
+            }
             let url = format!("{worker}/jobs");
-            match self
+            let sent = self
                 .workers
                 .post(&url, body.clone(), &auth, self.config.dispatch_timeout_ms)
-                .await
-            {
+                .await;
+            let outcome = match &sent {
+                Sent::Answered(status) => Outcome::of_status(*status),
+                Sent::NotReached(_) | Sent::Unknown(_) => Some(Outcome::Failure),
+            };
+            if let Some(outcome) = outcome {
+                self.record_outcome(worker, breaker.as_ref(), outcome).await;
+            }
+            match sent {
                 // 409: the worker already holds this job (an earlier send that
                 // looked lost); it is running it.
                 Sent::Answered(200 | 201 | 202 | 409) => {
@@ -248,7 +270,9 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
 
     /// Asks the worker holding a job (or, if unknown, every worker) to stop
     /// it. Best effort: a worker that misses this learns it from its next
-    /// heartbeat's answer.
+    /// heartbeat's answer. Circuit breakers are not consulted: a worker
+    /// believed down costs one failed request here, and one that came back
+    /// early still stops the job.
     pub(crate) async fn cancel_job(&self, job_id: &str, worker: Option<&str>) {
         let token = sign::job_token(&self.config.secret, job_id);
         let body = Bytes::from(

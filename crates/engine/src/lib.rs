@@ -12,6 +12,10 @@
 //! engine increments the job's claim counter and only the caller that sees 1
 //! sends it. That holds even on stores whose compare-and-swap misreports.
 //!
+//! Dispatch goes through each worker's circuit breaker (a small document
+//! per worker, see `breakers`): a worker that keeps failing is skipped for
+//! a while, so jobs go to the others or wait instead of failing.
+//!
 //! The engine talks to the world through three small traits: a document
 //! [`Store`], a [`Workers`] client and a [`Host`] (clock and logs). Spin
 //! components get them from `spindle-spin`; [`testing`] has in-memory ones
@@ -19,6 +23,7 @@
 
 mod approvals;
 pub mod audit;
+pub mod breakers;
 mod callbacks;
 mod config;
 mod dispatch;
@@ -40,8 +45,9 @@ use spindle_core::keys;
 use spindle_core::run::{Effect, Event, Reject, Run};
 
 pub use approvals::{ApprovalFilter, ApprovalPage, Decided, DecisionRequest, DecisionResult};
+pub use breakers::BreakerView;
 pub use callbacks::ResultOutcome;
-pub use config::{Config, VARIABLES};
+pub use config::{Config, POOL_VARIABLES, Pool, VARIABLES};
 pub use env::{Host, Sent, Workers};
 pub use runs::{RunFilter, RunPage, parse_cursor};
 pub use store::{Store, StoreError, StoreExt, UpdateError};

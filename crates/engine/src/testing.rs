@@ -421,7 +421,8 @@ impl Host for TestHost {
     }
 }
 
-/// Settings for tests: two workers, a one-second lease, 30 days' retention.
+/// Settings for tests: two workers, a one-second lease, 30 days'
+/// retention, the default circuit breaker.
 pub fn config() -> Config {
     Config::from_vars(|name| {
         Some(
@@ -432,6 +433,10 @@ pub fn config() -> Config {
                 "max_output_bytes" => "4096",
                 "dispatch_timeout_ms" => "100",
                 "retention_days" => "30",
+                "breaker_failures" => "5",
+                "breaker_window_secs" => "120",
+                "breaker_open_secs" => "60",
+                "breaker_close_successes" => "3",
                 _ => "test-secret-0123456789abcdefghijklmnop",
             }
             .to_owned(),

@@ -43,6 +43,18 @@ pub async fn load_config() -> Result<Config, EngineError> {
     Config::from_vars(|name| values.get(name).cloned())
 }
 
+/// Reads the worker pool and its breakers' settings alone (no secret):
+/// for components that watch the pool without running the engine.
+pub async fn load_pool() -> Result<spindle_engine::Pool, EngineError> {
+    let mut values = std::collections::BTreeMap::new();
+    for name in spindle_engine::POOL_VARIABLES {
+        if let Ok(v) = spin_sdk::variables::get(name).await {
+            values.insert(name, v);
+        }
+    }
+    spindle_engine::Pool::from_vars(|name| values.get(name).cloned())
+}
+
 /// Workers over `wasi:http` outbound requests.
 pub struct SpinWorkers;
 
