@@ -68,7 +68,14 @@ async fn one_run(s: &Stack) -> String {
     assert_eq!(v["status"], "succeeded", "{v:#}");
     let attempts = step(&v, "echo")["attempts"].as_array().unwrap().clone();
     assert_eq!(attempts.len(), 1, "{v:#}");
-    attempts[0]["worker"].as_str().unwrap().to_owned()
+    // The attempt names the worker by the URL it was sent to, or by the
+    // name the worker reports itself with (`worker@<host:port>`) once its
+    // heartbeat or result came first: one worker either way.
+    let w = attempts[0]["worker"].as_str().unwrap();
+    match w.strip_prefix("worker@") {
+        Some(addr) => format!("http://{addr}"),
+        None => w.to_owned(),
+    }
 }
 
 /// Triggers runs, one after another, until the breaker document of
