@@ -15,6 +15,7 @@ mod conformance;
 mod engine;
 mod flows;
 mod hostile;
+mod logs;
 mod manifests;
 mod openapi;
 mod platform;

@@ -177,14 +177,19 @@ async fn a_component_in_a_cpu_loop_is_stopped_at_the_request_timeout() {
         // The same component serves on, from a fresh instance.
         let (s, v) = get(&host, "/probe/instance-hits").await;
         assert_eq!(s, 200, "mode {mode:?}: {v}");
-        let log = host.stderr();
+        let log = host.log();
         assert!(
-            log.contains("request timed out: component instance stopped component=probe"),
-            "mode {mode:?}: {log}"
+            log.iter().any(
+                |l| l["msg"] == "request timed out: component instance stopped"
+                    && l["component"] == "probe"
+            ),
+            "mode {mode:?}: {log:#?}"
         );
         assert!(
-            log.contains(r#"request timed out error=component "probe": request timed out after 1s path=/probe/spin"#),
-            "mode {mode:?}: {log}"
+            log.iter().any(|l| l["msg"] == "request timed out"
+                && l["error"] == r#"component "probe": request timed out after 1s"#
+                && l["path"] == "/probe/spin"),
+            "mode {mode:?}: {log:#?}"
         );
     }
 }

@@ -271,10 +271,10 @@ async fn a_process_worker_refuses_programs_off_its_list_before_running_anything(
     let worker = Worker::start(&["--executor", "process", "--allow-command", "cat"]);
     assert!(
         worker
-            .stdout()
+            .stderr()
             .contains("PROCESS EXECUTOR: agents run on this machine as processes with the worker's own privileges"),
         "the start-up warning: {}",
-        worker.stdout()
+        worker.stderr()
     );
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");

@@ -45,6 +45,7 @@ use crate::kv::SqliteKv;
 use crate::manifest::{App, DEFINED_STORES};
 use crate::outbound::{AllowedHosts, Destination};
 use crate::routes::{RouteMatch, Router};
+use crate::stdio::{ComponentOutput, Stream};
 
 /// How instances are reused.
 #[derive(Debug, Clone, Copy)]
@@ -262,13 +263,18 @@ impl Runtime {
                 defined_stores: DEFINED_STORES.iter().map(|s| s.to_string()).collect(),
                 variables,
             });
-            let open_log = |stream: &str| -> anyhow::Result<std::fs::File> {
-                let path = logs.join(format!("{id}_{stream}.txt"));
-                std::fs::OpenOptions::new()
+            let open_log = |stream: Stream| -> anyhow::Result<ComponentOutput> {
+                let name = match stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                let path = logs.join(format!("{id}_{name}.txt"));
+                let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                Ok(ComponentOutput::new(file, id, stream))
             };
             compiled.push((
                 id.clone(),
@@ -276,8 +282,8 @@ impl Runtime {
                 env,
                 c.allowed_hosts.clone(),
                 c.environment.clone(),
-                open_log("stdout")?,
-                open_log("stderr")?,
+                open_log(Stream::Stdout)?,
+                open_log(Stream::Stderr)?,
             ));
         }
 
@@ -293,8 +299,8 @@ impl Runtime {
                         env,
                         allowed,
                         environment,
-                        stdout: wasmtime_wasi::cli::OutputFile::new(stdout),
-                        stderr: wasmtime_wasi::cli::OutputFile::new(stderr),
+                        stdout,
+                        stderr,
                         runtime: weak.clone(),
                         reuse,
                         request_timeout,
@@ -521,8 +527,8 @@ pub struct ComponentHandler {
     env: Arc<ComponentEnv>,
     allowed: AllowedHosts,
     environment: BTreeMap<String, String>,
-    stdout: wasmtime_wasi::cli::OutputFile,
-    stderr: wasmtime_wasi::cli::OutputFile,
+    stdout: ComponentOutput,
+    stderr: ComponentOutput,
     runtime: Weak<Runtime>,
     reuse: ReuseConfig,
     request_timeout: Duration,
@@ -544,7 +550,8 @@ impl HandlerState for ComponentHandler {
             _ => unreachable!("only WASI 0.3 components are pre-instantiated"),
         };
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(self.stdout.clone()).stderr(self.stderr.clone());
+        wasi.stdout(self.stdout.for_instance())
+            .stderr(self.stderr.for_instance());
         for (k, v) in &self.environment {
             wasi.env(k, v);
         }
