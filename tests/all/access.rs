@@ -1135,6 +1135,16 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         ("post", "/approvals/1", None, None, 401),
         // Unsigned: refused before the body is parsed.
         ("post", "/webhooks/github", None, Some(json!({})), 401),
+        // Answered by the host itself: no route matches.
+        ("get", "/nope", None, None, 404),
+        (
+            "post",
+            "/nothing/routes/here",
+            admin_key.clone(),
+            Some(json!({})),
+            404,
+        ),
+        ("get", "/.well-known/spin/health", None, None, 200),
     ];
     let is_fresh_id = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
     let mut ids = BTreeSet::new();
@@ -1164,6 +1174,10 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         if a.header("content-type") == Some("application/problem+json") {
             assert_eq!(a.body["request_id"].as_str(), Some(id), "{what}");
         }
+        if *status == 404 && !path.starts_with("/api") {
+            assert_eq!(a.body["type"], "/docs/problems#not-found", "{what}");
+            assert_eq!(a.body["status"], 404, "{what}");
+        }
     }
     assert_eq!(ids.len(), cases.len(), "every request has its own id");
 
@@ -1174,6 +1188,7 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
             ("/api/whoami", admin_key.clone(), 200),
             ("/api/whoami", None, 401),
             ("/health/live", None, 200),
+            ("/nope", None, 404),
         ] {
             let a = call_with(
                 &anon_client(),
@@ -1186,14 +1201,14 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
             .await;
             assert_eq!(a.status, status);
             assert_eq!(a.header("x-request-id"), Some(id), "{path}");
-            if status == 401 {
-                assert_eq!(a.body["request_id"], id);
+            if status >= 400 {
+                assert_eq!(a.body["request_id"], id, "{path}");
             }
         }
     }
-    // The host's request log lines carry it too.
+    // The host's request log lines carry it too, whoever answered.
     let log = host.log();
-    for (path, status) in [("/api/whoami", 200), ("/api/whoami", 401)] {
+    for (path, status) in [("/api/whoami", 200), ("/api/whoami", 401), ("/nope", 404)] {
         assert!(
             log.iter().any(|l| l["msg"] == "request"
                 && l["request_id"] == "trace-42_a.b:c"
@@ -1211,18 +1226,20 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         too_long.as_str(),
         way_too_long.as_str(),
     ] {
-        let a = call_with(
-            &anon_client(),
-            &host.url("/api/agents"),
-            "get",
-            &None,
-            None,
-            &[("x-request-id", id)],
-        )
-        .await;
-        let got = a.header("x-request-id").unwrap();
-        assert!(is_fresh_id(got), "{id:?} was answered with {got:?}");
-        assert_eq!(a.body["request_id"], got);
+        for path in ["/api/agents", "/nope"] {
+            let a = call_with(
+                &anon_client(),
+                &host.url(path),
+                "get",
+                &None,
+                None,
+                &[("x-request-id", id)],
+            )
+            .await;
+            let got = a.header("x-request-id").unwrap();
+            assert!(is_fresh_id(got), "{path}: {id:?} was answered with {got:?}");
+            assert_eq!(a.body["request_id"], got, "{path}");
+        }
     }
 
     // HSTS only when the request came over https.
@@ -1230,7 +1247,11 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         ("https", Some("max-age=31536000; includeSubDomains")),
         ("http", None),
     ] {
-        for (path, cred) in [("/api/whoami", admin_key.clone()), ("/api/whoami", None)] {
+        for (path, cred) in [
+            ("/api/whoami", admin_key.clone()),
+            ("/api/whoami", None),
+            ("/nope", None),
+        ] {
             let a = call_with(
                 &anon_client(),
                 &host.url(path),
@@ -1240,7 +1261,11 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
                 &[("x-forwarded-proto", proto)],
             )
             .await;
-            assert_eq!(a.header("strict-transport-security"), hsts, "{proto}");
+            assert_eq!(
+                a.header("strict-transport-security"),
+                hsts,
+                "{proto} {path}"
+            );
         }
     }
 

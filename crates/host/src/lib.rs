@@ -11,6 +11,7 @@
 //! keeps lives in the key-value store.
 #![deny(missing_docs)]
 
+pub mod answer;
 pub mod backup;
 pub mod bindings;
 pub mod deadline;

@@ -39,6 +39,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::answer::RequestId;
 use crate::deadline::{InstanceClock, RequestTimedOut, Ticket};
 use crate::host_impl::{ComponentEnv, KvData, KvView};
 use crate::kv::SqliteKv;
@@ -774,10 +775,12 @@ impl WasiHttpHooks for OutboundHooks {
                     let rt = runtime
                         .upgrade()
                         .ok_or(wasmtime_wasi_http::Error::DestinationUnavailable)?;
-                    let request = relative(request);
+                    let mut request = relative(request);
+                    let id = RequestId::adopt(request.headers_mut());
+                    let path = request.uri().path().to_owned();
                     match rt.handle(request, Origin::Internal).await {
                         Ok(Some((_, _, resp))) => Ok((resp, done)),
-                        Ok(None) => Ok((not_found(), done)),
+                        Ok(None) => Ok((crate::answer::no_route(&path, &id, false), done)),
                         Err(e) => Err(wasmtime_wasi_http::Error::InternalError(Some(
                             e.to_string(),
                         ))),
@@ -819,12 +822,4 @@ pub fn full_body(bytes: impl Into<Bytes>) -> WasiBody {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
-}
-
-/// Spin's answer for a path no route matches.
-pub fn not_found() -> http::Response<WasiBody> {
-    http::Response::builder()
-        .status(http::StatusCode::NOT_FOUND)
-        .body(full_body("Not Found"))
-        .expect("static response")
 }
