@@ -177,20 +177,14 @@ async fn a_component_in_a_cpu_loop_is_stopped_at_the_request_timeout() {
         // The same component serves on, from a fresh instance.
         let (s, v) = get(&host, "/probe/instance-hits").await;
         assert_eq!(s, 200, "mode {mode:?}: {v}");
-        let log = host.log();
-        assert!(
-            log.iter().any(
-                |l| l["msg"] == "request timed out: component instance stopped"
-                    && l["component"] == "probe"
-            ),
-            "mode {mode:?}: {log:#?}"
-        );
-        assert!(
-            log.iter().any(|l| l["msg"] == "request timed out"
+        host.log_line(|l| {
+            l["msg"] == "request timed out: component instance stopped" && l["component"] == "probe"
+        });
+        host.log_line(|l| {
+            l["msg"] == "request timed out"
                 && l["error"] == r#"component "probe": request timed out after 1s"#
-                && l["path"] == "/probe/spin"),
-            "mode {mode:?}: {log:#?}"
-        );
+                && l["path"] == "/probe/spin"
+        });
     }
 }
 
@@ -250,20 +244,10 @@ async fn the_hosts_own_answers_carry_the_request_id_and_the_security_headers() {
         // What failed inside stays in the log.
         assert!(!doc.to_string().contains("traps on purpose"), "{doc}");
         if let Some(warning) = warning {
-            let log = host.log();
-            assert!(
-                log.iter()
-                    .any(|l| l["msg"] == warning && l["request_id"] == id && l["path"] == path),
-                "{path}: no {warning:?} line with its request id: {log:#?}"
-            );
+            host.log_line(|l| l["msg"] == warning && l["request_id"] == id && l["path"] == path);
         }
         // So does the request line.
-        assert!(
-            host.log()
-                .iter()
-                .any(|l| l["msg"] == "request" && l["request_id"] == id && l["status"] == status),
-            "{path}"
-        );
+        host.log_line(|l| l["msg"] == "request" && l["request_id"] == id && l["status"] == status);
     }
     // Without an id of the client's, the host makes one and gives it to the
     // component, so the component's lines and the host's match.
@@ -278,12 +262,10 @@ async fn the_hosts_own_answers_carry_the_request_id_and_the_security_headers() {
     let (_, seen) = get(&host, "/probe/headers").await;
     let given = seen["headers"]["x-request-id"].as_str().unwrap();
     assert!(given.len() == 32 && given != id, "{seen}");
-    assert!(
-        host.log().iter().any(|l| l["msg"] == "request"
-            && l["path"] == "/probe/headers"
-            && l["request_id"] == given),
-        "the request line names the id the component was given"
-    );
+    // The request line names the id the component was given.
+    host.log_line(|l| {
+        l["msg"] == "request" && l["path"] == "/probe/headers" && l["request_id"] == given
+    });
 }
 
 #[tokio::test(flavor = "multi_thread")]

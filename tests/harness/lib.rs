@@ -350,6 +350,24 @@ impl Worker {
         json_lines("the worker", &self.stderr())
     }
 
+    /// Like [`Host::log_line`], for the worker's log.
+    pub fn log_line(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        wait_for_line("the worker", || self.log(), pred)
+    }
+
+    /// Waits (up to ten seconds) until the worker's stderr holds `text`,
+    /// and returns it.
+    pub fn stderr_with(&self, text: &str) -> String {
+        for _ in 0..200 {
+            let err = self.stderr();
+            if err.contains(text) {
+                return err;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the worker never logged {text:?}: {}", self.stderr())
+    }
+
     /// Everything the worker wrote to stdout so far (its start-up line).
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
@@ -405,6 +423,14 @@ impl Host {
         json_lines("the host", &self.stderr())
     }
 
+    /// The first line of the host's log that `pred` accepts, waiting (up to
+    /// ten seconds) for it to arrive: the log is read on another thread,
+    /// so a line written just before an answer may land just after it.
+    /// Panics with the whole log if none comes.
+    pub fn log_line(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        wait_for_line("the host", || self.log(), pred)
+    }
+
     /// Everything the host wrote to stdout so far.
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
@@ -441,6 +467,20 @@ impl Drop for Host {
             let _ = c.wait();
         }
     }
+}
+
+fn wait_for_line(
+    who: &str,
+    log: impl Fn() -> Vec<serde_json::Value>,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..200 {
+        if let Some(l) = log().into_iter().find(|l| pred(l)) {
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{who} logged no such line: {:#?}", log())
 }
 
 /// Parses each line of `who`'s log; panics naming the first line that is
