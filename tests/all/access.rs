@@ -1140,6 +1140,16 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         ("post", "/approvals/1", None, None, 401),
         // Unsigned: refused before the body is parsed.
         ("post", "/webhooks/github", None, Some(json!({})), 401),
+        // Answered by the host itself: no route matches.
+        ("get", "/nope", None, None, 404),
+        (
+            "post",
+            "/nothing/routes/here",
+            admin_key.clone(),
+            Some(json!({})),
+            404,
+        ),
+        ("get", "/.well-known/spin/health", None, None, 200),
     ];
     let is_fresh_id = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
     let mut ids = BTreeSet::new();
@@ -1170,6 +1180,10 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         if a.header("content-type") == Some("application/problem+json") {
             assert_eq!(a.body["request_id"].as_str(), Some(id), "{what}");
         }
+        if *status == 404 && !path.starts_with("/api") {
+            assert_eq!(a.body["type"], "/docs/problems#not-found", "{what}");
+            assert_eq!(a.body["status"], 404, "{what}");
+        }
     }
     assert_eq!(ids.len(), cases.len(), "every request has its own id");
 
@@ -1180,6 +1194,7 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
             ("/api/whoami", admin_key.clone(), 200),
             ("/api/whoami", None, 401),
             ("/health/live", None, 200),
+            ("/nope", None, 404),
         ] {
             let a = call_with(
                 &anon_client(),
@@ -1192,17 +1207,20 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
             .await;
             assert_eq!(a.status, status);
             assert_eq!(a.header("x-request-id"), Some(id), "{path}");
-            if status == 401 {
-                assert_eq!(a.body["request_id"], id);
+            if status >= 400 {
+                assert_eq!(a.body["request_id"], id, "{path}");
             }
         }
     }
-    // The host's request log line carries it too.
-    assert!(
-        host.stderr().contains("request_id=trace-42_a.b:c"),
-        "{}",
-        host.stderr()
-    );
+    // The host's request log lines carry it too, whoever answered.
+    for (path, status) in [("/api/whoami", 200), ("/api/whoami", 401), ("/nope", 404)] {
+        host.log_line(|l| {
+            l["msg"] == "request"
+                && l["request_id"] == "trace-42_a.b:c"
+                && l["path"] == path
+                && l["status"] == status
+        });
+    }
     // Anything else is replaced by a fresh id.
     let too_long = "a".repeat(129);
     let way_too_long = "b".repeat(200);
@@ -1212,18 +1230,20 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         too_long.as_str(),
         way_too_long.as_str(),
     ] {
-        let a = call_with(
-            &anon_client(),
-            &host.url("/api/agents"),
-            "get",
-            &None,
-            None,
-            &[("x-request-id", id)],
-        )
-        .await;
-        let got = a.header("x-request-id").unwrap();
-        assert!(is_fresh_id(got), "{id:?} was answered with {got:?}");
-        assert_eq!(a.body["request_id"], got);
+        for path in ["/api/agents", "/nope"] {
+            let a = call_with(
+                &anon_client(),
+                &host.url(path),
+                "get",
+                &None,
+                None,
+                &[("x-request-id", id)],
+            )
+            .await;
+            let got = a.header("x-request-id").unwrap();
+            assert!(is_fresh_id(got), "{path}: {id:?} was answered with {got:?}");
+            assert_eq!(a.body["request_id"], got, "{path}");
+        }
     }
 
     // HSTS only when the request came over https.
@@ -1231,7 +1251,11 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
         ("https", Some("max-age=31536000; includeSubDomains")),
         ("http", None),
     ] {
-        for (path, cred) in [("/api/whoami", admin_key.clone()), ("/api/whoami", None)] {
+        for (path, cred) in [
+            ("/api/whoami", admin_key.clone()),
+            ("/api/whoami", None),
+            ("/nope", None),
+        ] {
             let a = call_with(
                 &anon_client(),
                 &host.url(path),
@@ -1241,7 +1265,11 @@ async fn every_answer_carries_a_request_id_and_the_security_headers() {
                 &[("x-forwarded-proto", proto)],
             )
             .await;
-            assert_eq!(a.header("strict-transport-security"), hsts, "{proto}");
+            assert_eq!(
+                a.header("strict-transport-security"),
+                hsts,
+                "{proto} {path}"
+            );
         }
     }
 
@@ -1597,4 +1625,351 @@ async fn failed_authentications_meet_the_write_limit_of_their_address() {
     // The admin, from the same address, is not locked out.
     let ok = admin(&host, "get", "/api/agents", None).await;
     assert_eq!(ok.status, 200, "{}", ok.text);
+}
+
+/// Runs the `spindle` CLI with `args`, its credentials only from what the
+/// test gives it (`env`, and the secrets file the arguments name); returns
+/// whether it succeeded, its stdout and its stderr.
+fn spindle_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(spindle_tests::spindle_bin());
+    cmd.args(args);
+    for name in [
+        "SPINDLE_API_KEY",
+        "SPINDLE_URL",
+        "SPIN_VARIABLE_ADMIN_KEY",
+        "SPIN_VARIABLE_JWT_SECRET",
+        "SPIN_VARIABLE_JWT_ISSUER",
+        "SPIN_VARIABLE_JWT_AUDIENCE",
+    ] {
+        cmd.env_remove(name);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `spindle keys create`, `list` and `revoke` against a running app, and
+/// `spindle token`, reading the admin key and the JWT secret from the
+/// secrets file `scripts/up` writes (or the environment): the credentials
+/// they print work, a revoked key stops working at once, and a refusal is
+/// a failed command that says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_manages_keys_and_mints_tokens_that_work() {
+    let host = app().start();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.env");
+    std::fs::write(
+        &secrets,
+        format!(
+            "SPIN_VARIABLE_CALLBACK_SECRET=unused\nSPIN_VARIABLE_ADMIN_KEY={TEST_ADMIN_KEY}\nSPIN_VARIABLE_JWT_SECRET={TEST_JWT_SECRET}\n"
+        ),
+    )
+    .unwrap();
+    let secrets = secrets.to_str().unwrap();
+    let target = ["--url", host.base.as_str(), "--secrets", secrets];
+    let keys = |args: &[&str], env: &[(&str, &str)]| {
+        let all: Vec<&str> = ["keys"]
+            .iter()
+            .chain(args)
+            .chain(&target)
+            .copied()
+            .collect();
+        spindle_cli(&all, env)
+    };
+
+    // Created: the key on stdout (alone, for scripts), the rest on stderr.
+    let (ok, out, err) = keys(&["create", "--name", "ci", "--role", "operator"], &[]);
+    assert!(ok, "{err}");
+    let key = out.trim().to_owned();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(key.starts_with("spk_"), "{out}");
+    let id = key[4..20].to_owned();
+    assert!(
+        err.contains(&format!("created key {id} (ci, role operator)")),
+        "{err}"
+    );
+    assert_eq!(
+        whoami(&host, &key, "the CLI's key").await,
+        who("key:ci", "operator")
+    );
+    let (ok, out, err) = keys(
+        &[
+            "create",
+            "--name",
+            "ops",
+            "--role",
+            "admin",
+            "--expires-in-days",
+            "1",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let ops = out.trim().to_owned();
+
+    // Listed without secrets; an admin key in the environment is used
+    // before the file's.
+    let (ok, out, err) = keys(&["list"], &[("SPINDLE_API_KEY", &ops)]);
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains(&key[21..]) && !out.contains(&ops[21..]),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} is not listed: {out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words, [id.as_str(), "ci", "operator", "active"], "{out}");
+    assert!(
+        out.lines().any(|l| l
+            .split_whitespace()
+            .eq([&ops[4..20], "ops", "admin", "active"])),
+        "{out}"
+    );
+    let (ok, _, err) = keys(
+        &["list"],
+        &[("SPINDLE_API_KEY", "spk_0123456789abcdef_nope")],
+    );
+    assert!(!ok);
+    assert!(err.contains("401"), "{err}");
+
+    // Revoked: refused at once, and listed as such.
+    let (ok, out, err) = keys(&["revoke", &id], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("revoked {id}"));
+    assert_eq!(whoami(&host, &key, "a key the CLI revoked").await, None);
+    let (_, out, _) = keys(&["list"], &[]);
+    assert!(
+        out.lines().any(|l| l
+            .split_whitespace()
+            .eq([id.as_str(), "ci", "operator", "revoked"])),
+        "{out}"
+    );
+    // An id that is not one never reaches the app.
+    let (ok, _, err) = keys(&["revoke", "../agents/x"], &[]);
+    assert!(!ok);
+    assert!(err.contains("is not a key id"), "{err}");
+
+    // Tokens, under the app's JWT secret from the file.
+    let (ok, out, err) = spindle_cli(
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--role",
+            "approver",
+            "--secrets",
+            secrets,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        whoami(&host, out.trim(), "the CLI's token").await,
+        who("token:alice", "approver")
+    );
+    // A token for another audience than the app's is refused by the app.
+    let (ok, out, err) = spindle_cli(
+        &[
+            "token",
+            "--sub",
+            "bob",
+            "--role",
+            "admin",
+            "--secrets",
+            secrets,
+        ],
+        &[("SPIN_VARIABLE_JWT_AUDIENCE", "elsewhere")],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(whoami(&host, out.trim(), "another audience").await, None);
+    // Without a secret anywhere, nothing is minted.
+    let (ok, out, err) = spindle_cli(
+        &[
+            "token",
+            "--sub",
+            "carol",
+            "--role",
+            "viewer",
+            "--secrets",
+            "/nonexistent",
+        ],
+        &[],
+    );
+    assert!(!ok && out.is_empty());
+    assert!(err.contains("no JWT secret"), "{err}");
+}
+
+/// Worker callbacks and the tick are never rate limited: they are signed,
+/// and limiting them would stall runs. With every class limited to one
+/// request a minute, a guarded route meets its limit at once while the
+/// callbacks and the tick are all answered on their merits, with no
+/// rate-limit headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_and_the_tick_are_not_rate_limited() {
+    let host = app()
+        .env("SPIN_VARIABLE_RATE_LIMIT_WRITE", "1")
+        .env("SPIN_VARIABLE_RATE_LIMIT_TRIGGER", "1")
+        .env("SPIN_VARIABLE_RATE_LIMIT_READ", "1")
+        .start();
+    let statuses = in_one_window(|| async {
+        let mut guarded = Vec::new();
+        for _ in 0..3 {
+            guarded.push(admin(&host, "get", "/api/agents", None).await.status);
+        }
+        guarded
+    })
+    .await;
+    assert_eq!(statuses, [200, 429, 429]);
+    let http = anon_client();
+    for i in 0..20 {
+        let tick = http
+            .post(host.url("/internal/tick"))
+            .bearer_auth(spindle_tests::TEST_TICK_SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tick.status(), 200, "tick {i}");
+        assert!(tick.headers().get("ratelimit-limit").is_none());
+        for action in ["heartbeat", "result"] {
+            let a = call_with(
+                &http,
+                &host.url(&format!("/jobs/r1-1.a.1/{action}")),
+                "post",
+                &None,
+                Some(b"{}"),
+                &[("x-spindle-signature", "sha256=00")],
+            )
+            .await;
+            assert_ne!(a.status, 429, "{action} {i}: {}", a.text);
+            assert!(a.status < 500, "{action} {i}: {}", a.text);
+            assert_eq!(a.header("ratelimit-limit"), None, "{action} {i}");
+        }
+    }
+}
+
+/// A counter of refused authentications, by reason.
+fn auth_failures(state_dir: &Path) -> BTreeMap<String, i64> {
+    let db = rusqlite::Connection::open_with_flags(
+        state_dir.join("sqlite_key_value.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = db
+        .prepare("SELECT key, value FROM spin_key_value WHERE key LIKE 'counter:auth_failures:%'")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })
+    .unwrap()
+    .map(|row| {
+        let (key, value) = row.unwrap();
+        let n = match <[u8; 8]>::try_from(value.as_slice()) {
+            Ok(b) if !value.iter().all(u8::is_ascii_digit) => i64::from_le_bytes(b),
+            _ => String::from_utf8(value).unwrap().trim().parse().unwrap(),
+        };
+        (key["counter:auth_failures:".len()..].to_owned(), n)
+    })
+    .collect()
+}
+
+/// Each refused authentication is counted under its reason (for the
+/// metrics), and an API key past its expiry is refused end to end, like a
+/// revoked one.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_authentications_are_counted_by_reason_and_expired_keys_refused() {
+    let host = app().start();
+    let created = admin(
+        &host,
+        "post",
+        "/api/keys",
+        Some(&json!({"name": "short-lived", "role": "viewer", "expires_in_days": 1})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let key = created.body["key"].as_str().unwrap().to_owned();
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        whoami(&host, &key, "a fresh key").await,
+        who("key:short-lived", "viewer")
+    );
+    // A day is long for a test: move the key's expiry into the past in the
+    // store, as time would.
+    {
+        let db = rusqlite::Connection::open(host.state_dir.join("sqlite_key_value.db")).unwrap();
+        let record: Vec<u8> = db
+            .query_row(
+                "SELECT value FROM spin_key_value WHERE store = 'default' AND key = ?1",
+                [format!("apikey:{id}")],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut record: Value = serde_json::from_slice(&record).unwrap();
+        record["expires_ms"] = json!(now_ms() - 1000);
+        db.execute(
+            "UPDATE spin_key_value SET value = ?1 WHERE store = 'default' AND key = ?2",
+            rusqlite::params![record.to_string().into_bytes(), format!("apikey:{id}")],
+        )
+        .unwrap();
+    }
+    let revoked = new_key(&host, "gone", "viewer").await;
+    let a = admin(
+        &host,
+        "delete",
+        &format!("/api/keys/{}", revoked["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+
+    let before = auth_failures(&host.state_dir);
+    let unknown = format!("spk_{}_{}", "0".repeat(16), "0".repeat(64));
+    let wrong_key_token = hs256_raw(
+        b"another-secret-0123456789abcdefghijkl",
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &claims("mallory", "admin"),
+    );
+    let cases: [(&str, Cred, &str); 6] = [
+        ("missing", None, "no credential"),
+        (
+            "malformed",
+            Some(("authorization", "Basic eDp5".into())),
+            "not a bearer",
+        ),
+        ("unknown", bearer(&unknown), "an unknown key"),
+        ("expired", bearer(&key), "an expired key"),
+        (
+            "revoked",
+            api_key(revoked["key"].as_str().unwrap()),
+            "a revoked key",
+        ),
+        (
+            "invalid_token",
+            bearer(&wrong_key_token),
+            "a token signed with another key",
+        ),
+    ];
+    for (_, cred, what) in &cases {
+        let a = call(&host, "get", "/api/whoami", cred, None).await;
+        a.unauthorized(what);
+    }
+    let after = auth_failures(&host.state_dir);
+    for (reason, _, what) in &cases {
+        let moved =
+            after.get(*reason).copied().unwrap_or(0) - before.get(*reason).copied().unwrap_or(0);
+        assert_eq!(
+            moved, 1,
+            "{what}: counter:auth_failures:{reason} {before:?} -> {after:?}"
+        );
+    }
+    // The expired key stays listed as such.
+    let listed = admin(&host, "get", &format!("/api/keys/{id}"), None).await;
+    assert_eq!(listed.body["active"], false, "{}", listed.text);
 }

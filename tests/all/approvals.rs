@@ -285,6 +285,24 @@ async fn signed_links_work_once_and_forged_ones_never() {
     assert_eq!(st, 403);
     let (st, links) = a.mint("admin", id, "key:bob").await;
     assert_eq!(st, 201, "{links}");
+    // Minting is audited like any other change (who gave whom a way to
+    // decide, until when), and the links themselves are never logged.
+    let log = std::fs::read_to_string(a.s.host.state_dir.join("logs/approve_stdout.txt")).unwrap();
+    let minted = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["audit"]["kind"] == "approval_link_minted" && l["audit"]["approval"] == id)
+        .unwrap_or_else(|| panic!("no audit line for the minted links in {log}"));
+    assert_eq!(minted["audit"]["actor"], "key:bootstrap", "{minted}");
+    assert_eq!(minted["audit"]["approver"], "key:bob", "{minted}");
+    assert_eq!(minted["audit"]["expires_at_ms"], links["expires_at_ms"]);
+    assert_eq!(minted["run"], run.as_str(), "{minted}");
+    assert!(minted["request_id"].is_string(), "{minted}");
+    let host_log = a.s.host.stderr();
+    for verdict in ["approve", "reject"] {
+        let token = links[verdict]["token"].as_str().unwrap();
+        assert!(!log.contains(token) && !host_log.contains(token));
+    }
     // Only for someone who may approve: not an operator's key.
     let (st, p) = a.mint("admin", id, "key:olga").await;
     assert_eq!(st, 400, "{p}");

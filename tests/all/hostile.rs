@@ -363,7 +363,8 @@ async fn send(addr: &str, req: &Hostile, within: Duration) -> Result<Answer, Str
 // What every answer must be.
 
 /// The path reaches a component (Spin's routing: empty segments ignored).
-/// Only unrouted paths may get the host's own plain `404 Not Found`.
+/// Other paths are answered by the host (its `404` problem) or, for a
+/// request it cannot parse, by the HTTP layer itself.
 fn routed(path: &str) -> bool {
     let segs: Vec<&str> = path.split('/').skip(1).filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
@@ -380,7 +381,7 @@ fn judge(req: &Hostile, answer: &Answer) -> Result<(), String> {
     let status = answer.status;
     let path = req.path();
     if !routed(path) {
-        // The host's own answer (Spin's plain `404 Not Found`).
+        // The host's own answer, or the HTTP layer's.
         return if status < 500 {
             Ok(())
         } else {

@@ -20,6 +20,7 @@ mod conformance;
 mod engine;
 mod flows;
 mod hostile;
+mod logs;
 mod manifests;
 mod metrics;
 mod openapi;

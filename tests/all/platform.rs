@@ -175,9 +175,10 @@ async fn health_endpoints_and_reserved_routes() {
         "{out}"
     );
     // One structured log line per request.
-    let err = host.stderr();
-    assert!(
-        err.contains("status=200") && err.contains("component=metrics"),
-        "{err}"
-    );
+    host.log_line(|l| {
+        l["msg"] == "request"
+            && l["status"] == 200
+            && l["component"] == "metrics"
+            && l["request_id"].is_string()
+    });
 }

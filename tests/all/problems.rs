@@ -704,16 +704,22 @@ async fn every_problem_the_app_answers_is_a_catalogue_kind() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_component_missing_a_variable_answers_a_configuration_problem() {
-    // The shipped manifest, with the sources made absolute and one engine
-    // variable taken from the api component.
+/// The shipped manifest's text, with the components' sources made absolute
+/// (so it can be written anywhere).
+fn shipped_manifest_text() -> String {
     let text = std::fs::read_to_string(root().join("spin.toml")).unwrap();
     let target = spindle_tests::target_dir();
-    let text = text.replace(
+    text.replace(
         "source = \"target/",
         &format!("source = \"{}/", target.display()),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_missing_a_variable_answers_a_configuration_problem() {
+    // The shipped manifest, with one engine variable taken from the api
+    // component.
+    let text = shipped_manifest_text();
     let api_vars = "[component.api.variables]\n";
     let at = text.find(api_vars).unwrap() + api_vars.len();
     let (before, after) = text.split_at(at);
@@ -731,6 +737,110 @@ async fn a_component_missing_a_variable_answers_a_configuration_problem() {
         doc["detail"].as_str().unwrap().contains("lease_ms"),
         "names the variable: {doc}"
     );
+}
+
+/// Under Spin nothing checks secrets at start-up (the local host does, for
+/// the variables the manifest declares `secret`), so each component checks
+/// them on first use: with the admin key, the callback secret and the tick
+/// secret declared as plain variables and set to placeholders, the host
+/// starts, and the guarded routes, the worker callbacks and the tick each
+/// answer a 500 `configuration` problem that shows no secret, and for the
+/// secrets unauthenticated callers could probe, does not say which
+/// variable is wrong; the component's log does.
+#[tokio::test(flavor = "multi_thread")]
+async fn components_refuse_weak_secrets_on_first_use() {
+    const ADMIN_KEY: &str = "changeme";
+    const CALLBACK_SECRET: &str = "CHANGE_ME_CHANGE_ME_CHANGE_ME_CHANGE_ME";
+    const TICK_SECRET: &str = "tick-secret";
+    let mut text = shipped_manifest_text();
+    for name in ["admin_key", "callback_secret", "tick_secret"] {
+        let declared = format!("{name} = {{ required = true, secret = true }}");
+        assert!(text.contains(&declared), "spin.toml declares {declared}");
+        text = text.replace(&declared, &format!("{name} = {{ required = true }}"));
+    }
+    let (_dir, manifest) = spindle_tests::manifest(&text);
+    let host = HostBuilder::new(manifest)
+        .env("SPIN_VARIABLE_ADMIN_KEY", ADMIN_KEY)
+        .env("SPIN_VARIABLE_CALLBACK_SECRET", CALLBACK_SECRET)
+        .env("SPIN_VARIABLE_TICK_SECRET", TICK_SECRET)
+        .arg("--tick-interval-ms")
+        .arg("0")
+        .start();
+    let c = reqwest::Client::new();
+    let cases = [
+        (
+            "a guarded route, with the weak key itself",
+            c.get(host.url("/api/agents")).bearer_auth(ADMIN_KEY),
+            None,
+        ),
+        (
+            "a guarded route, with no credential",
+            c.post(host.url("/trigger/anything")).json(&json!({})),
+            None,
+        ),
+        (
+            "a worker's result callback",
+            c.post(host.url("/jobs/r1-1.a.1/result"))
+                .header(spindle_core::job::SIGNATURE_HEADER, "sha256=00")
+                .json(&json!({})),
+            Some("callback_secret"),
+        ),
+        (
+            "the tick, with the weak secret itself",
+            c.post(host.url("/internal/tick")).bearer_auth(TICK_SECRET),
+            None,
+        ),
+    ];
+    for (what, req, names) in cases {
+        let answer = Answer::of(req.send().await.unwrap()).await;
+        assert_eq!(kind_of(what, &answer), ProblemKind::Configuration);
+        let text = String::from_utf8_lossy(&answer.body).into_owned();
+        for secret in [ADMIN_KEY, CALLBACK_SECRET, TICK_SECRET] {
+            assert!(!text.contains(secret), "{what} shows a secret: {text}");
+        }
+        match names {
+            Some(name) => assert!(text.contains(name), "{what} names {name}: {text}"),
+            None => {
+                for name in ["admin_key", "callback_secret", "tick_secret", "jwt_secret"] {
+                    assert!(!text.contains(name), "{what} names {name}: {text}");
+                }
+            }
+        }
+    }
+    // The logs say which, and never the value.
+    let logs = host.state_dir.join("logs");
+    let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+    for (file, says) in [
+        (
+            "api_stderr.txt",
+            "configuration: variable admin_key is 8 bytes long",
+        ),
+        (
+            "trigger_stderr.txt",
+            "configuration: variable admin_key is 8 bytes long",
+        ),
+        (
+            "jobs_stderr.txt",
+            "configuration: variable callback_secret looks like a placeholder",
+        ),
+        (
+            "scheduler_stderr.txt",
+            "configuration: variable tick_secret is 11 bytes long",
+        ),
+    ] {
+        assert!(read(file).contains(says), "{file}: {}", read(file));
+    }
+    let everything = format!(
+        "{}{}{}{}{}",
+        host.stderr(),
+        read("api_stderr.txt"),
+        read("trigger_stderr.txt"),
+        read("jobs_stderr.txt"),
+        read("scheduler_stderr.txt")
+    );
+    for secret in [ADMIN_KEY, CALLBACK_SECRET, TICK_SECRET] {
+        assert!(!everything.contains(secret), "a log shows {secret}");
+    }
 }
 
 /// A fake Spindle that keeps every job running, so the worker holds it.

@@ -177,16 +177,95 @@ async fn a_component_in_a_cpu_loop_is_stopped_at_the_request_timeout() {
         // The same component serves on, from a fresh instance.
         let (s, v) = get(&host, "/probe/instance-hits").await;
         assert_eq!(s, 200, "mode {mode:?}: {v}");
-        let log = host.stderr();
-        assert!(
-            log.contains("request timed out: component instance stopped component=probe"),
-            "mode {mode:?}: {log}"
-        );
-        assert!(
-            log.contains(r#"request timed out error=component "probe": request timed out after 1s path=/probe/spin"#),
-            "mode {mode:?}: {log}"
-        );
+        host.log_line(|l| {
+            l["msg"] == "request timed out: component instance stopped" && l["component"] == "probe"
+        });
+        host.log_line(|l| {
+            l["msg"] == "request timed out"
+                && l["error"] == r#"component "probe": request timed out after 1s"#
+                && l["path"] == "/probe/spin"
+        });
     }
+}
+
+/// The answers the host makes itself (a component that traps, one that
+/// runs out of time, a path no route matches) carry what a component's
+/// answers carry: the request id (the client's, if well-formed), the
+/// security headers, and a problem document naming the id; and the host's
+/// warning line about each names the id too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hosts_own_answers_carry_the_request_id_and_the_security_headers() {
+    let (_d, host) = start(&["--request-timeout-secs", "1"]);
+    for (path, id, status, kind, warning) in [
+        (
+            "/probe/trap",
+            "trap-1",
+            500,
+            "internal",
+            Some("request failed in component"),
+        ),
+        (
+            "/probe/spin",
+            "spin-1",
+            500,
+            "internal",
+            Some("request timed out"),
+        ),
+        ("/nowhere", "lost-1", 404, "not-found", None),
+    ] {
+        let resp = client()
+            .get(host.url(path))
+            .header("x-request-id", id)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        let h = resp.headers().clone();
+        let header = |name: &str| h.get(name).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(header("x-request-id").as_deref(), Some(id), "{path}");
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+        assert_eq!(header("x-frame-options").as_deref(), Some("DENY"));
+        assert_eq!(header("referrer-policy").as_deref(), Some("no-referrer"));
+        assert_eq!(header("cache-control").as_deref(), Some("no-store"));
+        assert_eq!(
+            header("content-type").as_deref(),
+            Some("application/problem+json"),
+            "{path}"
+        );
+        let doc: Value = resp.json().await.unwrap();
+        assert_eq!(
+            doc["type"],
+            format!("/docs/problems#{kind}"),
+            "{path}: {doc}"
+        );
+        assert_eq!(doc["status"], status, "{path}: {doc}");
+        assert_eq!(doc["request_id"], id, "{path}: {doc}");
+        // What failed inside stays in the log.
+        assert!(!doc.to_string().contains("traps on purpose"), "{doc}");
+        if let Some(warning) = warning {
+            host.log_line(|l| l["msg"] == warning && l["request_id"] == id && l["path"] == path);
+        }
+        // So does the request line.
+        host.log_line(|l| l["msg"] == "request" && l["request_id"] == id && l["status"] == status);
+    }
+    // Without an id of the client's, the host makes one and gives it to the
+    // component, so the component's lines and the host's match.
+    let resp = client().get(host.url("/probe/trap")).send().await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let doc: Value = resp.json().await.unwrap();
+    assert_eq!(doc["request_id"], id.as_str());
+    let (_, seen) = get(&host, "/probe/headers").await;
+    let given = seen["headers"]["x-request-id"].as_str().unwrap();
+    assert!(given.len() == 32 && given != id, "{seen}");
+    // The request line names the id the component was given.
+    host.log_line(|l| {
+        l["msg"] == "request" && l["path"] == "/probe/headers" && l["request_id"] == given
+    });
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -98,7 +98,7 @@ impl Pool {
             .iter()
             .chain(self.live.iter().flatten())
             .enumerate()
-            .map(|(i, w)| (format!("{} #{i}", w.base), w.stdout()))
+            .map(|(i, w)| (format!("{} #{i}", w.base), w.stderr()))
             .collect()
     }
 }

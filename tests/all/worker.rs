@@ -269,12 +269,9 @@ fn a_worker_runs_nothing_on_its_own_machine_unless_told_to() {
 async fn a_process_worker_refuses_programs_off_its_list_before_running_anything() {
     let spindle = Spindle::start(Beat::KeepRunning).await;
     let worker = Worker::start(&["--executor", "process", "--allow-command", "cat"]);
-    assert!(
-        worker
-            .stdout()
-            .contains("PROCESS EXECUTOR: agents run on this machine as processes with the worker's own privileges"),
-        "the start-up warning: {}",
-        worker.stdout()
+    // The start-up warning.
+    worker.stderr_with(
+        "PROCESS EXECUTOR: agents run on this machine as processes with the worker's own privileges",
     );
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");

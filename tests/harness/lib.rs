@@ -151,6 +151,9 @@ impl HostBuilder {
             // Every test starts a host: compile each component once per run.
             .env("SPINDLE_CACHE_DIR", target_dir().join("wasmtime-cache"))
             .env_remove("SPINDLE_LISTEN")
+            // Tests read the log as JSON lines, at the default levels.
+            .env_remove("SPINDLE_LOG_FORMAT")
+            .env_remove("SPINDLE_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in &self.env {
@@ -323,6 +326,8 @@ impl Worker {
             .env_remove("SPINDLE_WORKER_LISTEN")
             .env_remove("SPINDLE_WORKER_EXECUTOR")
             .env_remove("SPINDLE_WORKER_ALLOW_COMMANDS")
+            .env_remove("SPINDLE_LOG_FORMAT")
+            .env_remove("SPINDLE_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let (child, base, out, err) = spawn_ready(cmd, "Worker listening on ")?;
@@ -334,12 +339,36 @@ impl Worker {
         })
     }
 
-    /// Everything the worker logged so far.
+    /// Everything the worker logged so far (stderr: one JSON object a line).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Everything the worker wrote to stdout so far (its tracing log lines).
+    /// The worker's log lines so far, each parsed; panics on a line that is
+    /// not a JSON object.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        json_lines("the worker", &self.stderr())
+    }
+
+    /// Like [`Host::log_line`], for the worker's log.
+    pub fn log_line(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        wait_for_line("the worker", || self.log(), pred)
+    }
+
+    /// Waits (up to ten seconds) until the worker's stderr holds `text`,
+    /// and returns it.
+    pub fn stderr_with(&self, text: &str) -> String {
+        for _ in 0..200 {
+            let err = self.stderr();
+            if err.contains(text) {
+                return err;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the worker never logged {text:?}: {}", self.stderr())
+    }
+
+    /// Everything the worker wrote to stdout so far (its start-up line).
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }
@@ -382,9 +411,24 @@ impl Host {
         format!("{}{path}", self.base)
     }
 
-    /// Everything the host wrote to stderr so far.
+    /// Everything the host wrote to stderr so far: its log, one JSON object
+    /// a line.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The host's log lines so far, each parsed; panics on a line that is
+    /// not a JSON object.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        json_lines("the host", &self.stderr())
+    }
+
+    /// The first line of the host's log that `pred` accepts, waiting (up to
+    /// ten seconds) for it to arrive: the log is read on another thread,
+    /// so a line written just before an answer may land just after it.
+    /// Panics with the whole log if none comes.
+    pub fn log_line(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        wait_for_line("the host", || self.log(), pred)
     }
 
     /// Everything the host wrote to stdout so far.
@@ -423,6 +467,36 @@ impl Drop for Host {
             let _ = c.wait();
         }
     }
+}
+
+fn wait_for_line(
+    who: &str,
+    log: impl Fn() -> Vec<serde_json::Value>,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..200 {
+        if let Some(l) = log().into_iter().find(|l| pred(l)) {
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{who} logged no such line: {:#?}", log())
+}
+
+/// Parses each line of `who`'s log; panics naming the first line that is
+/// not a JSON object with the fields every line has (`ts`, `level`, `msg`).
+pub fn json_lines(who: &str, text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{who} logged a line that is not JSON ({e}): {l}"));
+            assert!(
+                v["ts"].is_string() && v["level"].is_string() && v["msg"].is_string(),
+                "{who} logged a line without ts, level and msg: {l}"
+            );
+            v
+        })
+        .collect()
 }
 
 /// Writes a scenario manifest into a fresh directory, with `{{PROBE}}`,

@@ -83,7 +83,8 @@ pub async fn mint(
         ));
     }
     let engine = spindle_spin::engine::open_on(kv).await?;
-    let roles = engine.approval(id).await?.approval.approver_roles;
+    let approval = engine.approval(id).await?.approval;
+    let roles = approval.approver_roles;
     let key = match may_approve(&engine.store, &by, None, &roles).await? {
         Ok(key) => key,
         Err(why) => return Err(Problem::at(ProblemKind::Validation, "/approver", why)),
@@ -110,6 +111,25 @@ pub async fn mint(
         .increment(&spindle_core::keys::counter("approval_links_minted"), 1)
         .await
         .map_err(Problem::store)?;
+    // Audited like every other change: who handed whom a way to decide, until
+    // when. Never the links themselves.
+    println!(
+        "{}",
+        json!({
+            "audit": {
+                "kind": "approval_link_minted",
+                "at_ms": spindle_spin::now_ms(),
+                "step": approval.step,
+                "approval": id,
+                "approver": by,
+                "expires_at_ms": expires_at,
+                "actor": me,
+            },
+            "run": approval.run_id,
+            "workflow": approval.workflow,
+            "request_id": spindle_spin::context::request_id(),
+        })
+    );
     Ok(json(
         201,
         &json!({

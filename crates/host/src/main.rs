@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use spindle_host::manifest::App;
 use spindle_host::runtime::{ReuseConfig, Runtime, RuntimeOptions};
 use spindle_host::server;
@@ -79,12 +79,6 @@ fn store_path(manifest: &std::path::Path, state_dir: Option<PathBuf>) -> PathBuf
         .join("sqlite_key_value.db")
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Parser)]
 struct UpArgs {
     /// The manifest.
@@ -109,7 +103,6 @@ struct UpArgs {
     /// Longest a request may run inside a component, in seconds.
     #[arg(long, default_value_t = 60)]
     request_timeout_secs: u64,
-    /// Log format on stderr.
     /// Where compiled components are cached between starts (default: the
     /// user's cache directory, `$XDG_CACHE_HOME/spindle` or
     /// `~/.cache/spindle`).
@@ -125,22 +118,15 @@ struct UpArgs {
     /// The route the host ticks.
     #[arg(long, default_value = "/internal/tick")]
     tick_path: String,
-    #[arg(long, value_enum, default_value = "text", env = "SPINDLE_LOG_FORMAT")]
-    log_format: LogFormat,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    /// How the log on stderr looks: `json` (one object per line) or
+    /// `text` (for people at a terminal).
+    #[arg(
+        long,
+        default_value_t,
+        value_name = "json|text",
+        env = "SPINDLE_LOG_FORMAT"
+    )]
+    log_format: spindle_log::Format,
 }
 
 fn load(manifest: &std::path::Path) -> anyhow::Result<App> {
@@ -247,7 +233,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => {
-            init_logging(args.log_format);
+            spindle_log::init(args.log_format, "info,wasmtime=warn,cranelift=warn");
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?

@@ -39,12 +39,14 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::answer::RequestId;
 use crate::deadline::{InstanceClock, RequestTimedOut, Ticket};
 use crate::host_impl::{ComponentEnv, KvData, KvView};
 use crate::kv::SqliteKv;
 use crate::manifest::{App, DEFINED_STORES};
 use crate::outbound::{AllowedHosts, Destination};
 use crate::routes::{RouteMatch, Router};
+use crate::stdio::{ComponentOutput, Stream};
 
 /// How instances are reused.
 #[derive(Debug, Clone, Copy)]
@@ -262,13 +264,18 @@ impl Runtime {
                 defined_stores: DEFINED_STORES.iter().map(|s| s.to_string()).collect(),
                 variables,
             });
-            let open_log = |stream: &str| -> anyhow::Result<std::fs::File> {
-                let path = logs.join(format!("{id}_{stream}.txt"));
-                std::fs::OpenOptions::new()
+            let open_log = |stream: Stream| -> anyhow::Result<ComponentOutput> {
+                let name = match stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                let path = logs.join(format!("{id}_{name}.txt"));
+                let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                Ok(ComponentOutput::new(file, id, stream))
             };
             compiled.push((
                 id.clone(),
@@ -276,8 +283,8 @@ impl Runtime {
                 env,
                 c.allowed_hosts.clone(),
                 c.environment.clone(),
-                open_log("stdout")?,
-                open_log("stderr")?,
+                open_log(Stream::Stdout)?,
+                open_log(Stream::Stderr)?,
             ));
         }
 
@@ -293,8 +300,8 @@ impl Runtime {
                         env,
                         allowed,
                         environment,
-                        stdout: wasmtime_wasi::cli::OutputFile::new(stdout),
-                        stderr: wasmtime_wasi::cli::OutputFile::new(stderr),
+                        stdout,
+                        stderr,
                         runtime: weak.clone(),
                         reuse,
                         request_timeout,
@@ -521,8 +528,8 @@ pub struct ComponentHandler {
     env: Arc<ComponentEnv>,
     allowed: AllowedHosts,
     environment: BTreeMap<String, String>,
-    stdout: wasmtime_wasi::cli::OutputFile,
-    stderr: wasmtime_wasi::cli::OutputFile,
+    stdout: ComponentOutput,
+    stderr: ComponentOutput,
     runtime: Weak<Runtime>,
     reuse: ReuseConfig,
     request_timeout: Duration,
@@ -544,7 +551,8 @@ impl HandlerState for ComponentHandler {
             _ => unreachable!("only WASI 0.3 components are pre-instantiated"),
         };
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(self.stdout.clone()).stderr(self.stderr.clone());
+        wasi.stdout(self.stdout.for_instance())
+            .stderr(self.stderr.for_instance());
         for (k, v) in &self.environment {
             wasi.env(k, v);
         }
@@ -767,10 +775,12 @@ impl WasiHttpHooks for OutboundHooks {
                     let rt = runtime
                         .upgrade()
                         .ok_or(wasmtime_wasi_http::Error::DestinationUnavailable)?;
-                    let request = relative(request);
+                    let mut request = relative(request);
+                    let id = RequestId::adopt(request.headers_mut());
+                    let path = request.uri().path().to_owned();
                     match rt.handle(request, Origin::Internal).await {
                         Ok(Some((_, _, resp))) => Ok((resp, done)),
-                        Ok(None) => Ok((not_found(), done)),
+                        Ok(None) => Ok((crate::answer::no_route(&path, &id, false), done)),
                         Err(e) => Err(wasmtime_wasi_http::Error::InternalError(Some(
                             e.to_string(),
                         ))),
@@ -812,12 +822,4 @@ pub fn full_body(bytes: impl Into<Bytes>) -> WasiBody {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
-}
-
-/// Spin's answer for a path no route matches.
-pub fn not_found() -> http::Response<WasiBody> {
-    http::Response::builder()
-        .status(http::StatusCode::NOT_FOUND)
-        .body(full_body("Not Found"))
-        .expect("static response")
 }

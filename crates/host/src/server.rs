@@ -11,8 +11,11 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::WasiBody;
 
+use spindle_core::problem::ProblemKind;
+
+use crate::answer::{self, RequestId};
 use crate::deadline::RequestTimedOut;
-use crate::runtime::{Origin, Runtime, full_body, not_found};
+use crate::runtime::{Origin, Runtime};
 
 /// Binds `addr` the way Spin does (address reuse on, so a restart does not
 /// wait out TIME_WAIT).
@@ -114,27 +117,35 @@ pub async fn serve(
 
 async fn handle(
     rt: &Runtime,
-    req: hyper::Request<hyper::body::Incoming>,
+    mut req: hyper::Request<hyper::body::Incoming>,
     client: SocketAddr,
 ) -> http::Response<WasiBody> {
     let started = Instant::now();
+    let request_id = RequestId::adopt(req.headers_mut());
+    let https = answer::over_https(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if path == "/.well-known/spin/health" {
-        return text(http::StatusCode::OK, "OK");
+        return answer::healthy(&request_id, https);
     }
     let req = req.map(|b| b.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
     let mut waiting = ClientWaits {
         method: &method,
         path: &path,
+        request_id: &request_id,
         started,
         answered: false,
     };
     let outcome = rt.handle(req, Origin::Client(client)).await;
     waiting.answered = true;
+    let id = request_id.as_str();
     let (route, component, resp) = match outcome {
         Ok(Some(found)) => found,
-        Ok(None) => (String::new(), String::new(), not_found()),
+        Ok(None) => (
+            String::new(),
+            String::new(),
+            answer::no_route(&path, &request_id, https),
+        ),
         // The error may reach here typed or (through wasmtime-wasi-http's
         // worker) as text only.
         Err(e)
@@ -145,40 +156,42 @@ async fn handle(
         {
             // Every instance slot is busy: overload, not a fault; the client
             // may retry.
-            tracing::warn!(error = %format!("{e:#}"), %path, "no instance slot free");
-            (
-                String::new(),
-                String::new(),
-                text(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    "Service Unavailable: every instance slot is busy; retry shortly",
-                ),
-            )
+            tracing::warn!(error = %format!("{e:#}"), %path, request_id = %id, "no instance slot free");
+            let mut resp = answer::problem(
+                ProblemKind::Unavailable,
+                "every component instance is busy; retry shortly",
+                &request_id,
+                https,
+            );
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            (String::new(), String::new(), resp)
         }
         Err(e) => {
-            if e.downcast_ref::<RequestTimedOut>().is_some() {
-                tracing::warn!(error = %format!("{e:#}"), %path, "request timed out");
+            let detail = if e.downcast_ref::<RequestTimedOut>().is_some() {
+                tracing::warn!(error = %format!("{e:#}"), %path, request_id = %id, "request timed out");
+                "the request ran longer than the request timeout and was stopped"
             } else {
-                tracing::error!(error = %format!("{e:#}"), %path, "request failed in component");
-            }
+                tracing::error!(error = %format!("{e:#}"), %path, request_id = %id, "request failed in component");
+                // The cause stays in the host's log, under this request id.
+                "the component serving the request failed"
+            };
             (
                 String::new(),
                 String::new(),
-                text(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal Server Error",
-                ),
+                answer::problem(ProblemKind::Internal, detail, &request_id, https),
             )
         }
     };
-    // The component's id for the request (every Spindle component sets
-    // one), so this line and the component's own lines can be matched.
-    let request_id = resp
+    // The answer's id: the component's (every Spindle component echoes the
+    // one it was given), else the host's.
+    let answered_id = resp
         .headers()
-        .get("x-request-id")
+        .get(&answer::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+        .unwrap_or(id);
     tracing::info!(
         target: "spindle::request",
         method = %method,
@@ -186,7 +199,7 @@ async fn handle(
         route = %route,
         component = %component,
         status = resp.status().as_u16(),
-        request_id = %request_id,
+        request_id = %answered_id,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
@@ -198,6 +211,7 @@ async fn handle(
 struct ClientWaits<'a> {
     method: &'a http::Method,
     path: &'a str,
+    request_id: &'a RequestId,
     started: Instant,
     answered: bool,
 }
@@ -209,19 +223,12 @@ impl Drop for ClientWaits<'_> {
                 target: "spindle::request",
                 method = %self.method,
                 path = %self.path,
+                request_id = %self.request_id.as_str(),
                 duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
                 "client went away before the answer; the component finishes its work"
             );
         }
     }
-}
-
-fn text(status: http::StatusCode, body: &'static str) -> http::Response<WasiBody> {
-    http::Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "text/plain")
-        .body(full_body(body))
-        .expect("static response")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -10,8 +10,9 @@ use crate::http::Problem;
 use crate::store::Kv;
 
 /// Reads the auth settings from the component's variables. A missing or
-/// weak secret is a 500 naming the variable (checked on every use, so a
-/// deployment with a placeholder never serves a protected route).
+/// weak secret is a 500 `configuration` problem (checked on every use, so a
+/// deployment with a placeholder never serves a protected route) that does
+/// not say which variable is wrong; the component's log does.
 pub async fn load_config() -> Result<AuthConfig, Problem> {
     let mut values = std::collections::BTreeMap::new();
     for name in spindle_auth::caller::VARIABLES {

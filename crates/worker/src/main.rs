@@ -81,9 +81,15 @@ struct Args {
     /// handed back to Spindle.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_secs: u64,
-    /// Log format.
-    #[arg(long, default_value = "text", env = "SPINDLE_LOG_FORMAT")]
-    log_format: String,
+    /// How the log on stderr looks: `json` (one object per line) or
+    /// `text` (for people at a terminal).
+    #[arg(
+        long,
+        default_value_t,
+        value_name = "json|text",
+        env = "SPINDLE_LOG_FORMAT"
+    )]
+    log_format: spindle_log::Format,
 }
 
 #[derive(Clone)]
@@ -157,26 +163,35 @@ async fn take_job(
         }
     };
     let job_id = job.job_id.clone();
-    // The id of the Spindle request that dispatched the job, so its lines
-    // here can be matched with the app's.
+    // Every line about the job, here and through its whole life, names it,
+    // its run, and the Spindle request that dispatched it, so the worker's
+    // lines can be matched with the app's.
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|id| spindle_core::ids::valid_request_id(id))
-        .unwrap_or("");
-    tracing::info!(job = %job_id, %request_id, "job offered");
-    match state.worker.accept(job) {
+        .filter(|id| spindle_core::ids::valid_request_id(id));
+    let span = tracing::info_span!("job", job_id = %job.job_id, run_id = %job.run_id, request_id);
+    let _in_job = span.enter();
+    tracing::info!("job offered");
+    match state.worker.accept(job, span.clone()) {
         Ok(()) => (
             StatusCode::ACCEPTED,
             axum::Json(serde_json::json!({"job_id": job_id, "worker": state.worker.name})),
         )
             .into_response(),
-        Err(e @ Refusal::Duplicate(_)) => problem(ProblemKind::Duplicate, e.to_string()),
         Err(e @ Refusal::NotAllowed(_)) => {
-            tracing::warn!(job = %job_id, %request_id, error = %e, "job refused");
+            tracing::warn!(error = %e, "job refused");
             problem(ProblemKind::Validation, e.to_string())
         }
-        Err(e) => problem(ProblemKind::Unavailable, e.to_string()),
+        Err(e) => {
+            // Spindle offers it to the next worker, or already has it here.
+            tracing::info!(error = %e, "job not taken");
+            let kind = match e {
+                Refusal::Duplicate(_) => ProblemKind::Duplicate,
+                _ => ProblemKind::Unavailable,
+            };
+            problem(kind, e.to_string())
+        }
     }
 }
 
@@ -245,19 +260,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPINDLE_LOG")
-        .unwrap_or_else(|_| "info".into());
-    if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_target(false)
-            .init();
-    }
+    spindle_log::init(args.log_format, "info");
     anyhow::ensure!(!args.token.is_empty(), "the worker token must not be empty");
     anyhow::ensure!(args.slots > 0, "--slots must be at least 1");
     // Without its engine, a worker would take every job and fail each as a

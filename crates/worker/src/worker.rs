@@ -12,6 +12,7 @@ use spindle_core::job::{
 };
 use spindle_core::sign;
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
 
 use crate::executor::{Executor, NotAllowed};
 use crate::stop::StopReason;
@@ -98,8 +99,9 @@ impl Worker {
         }
     }
 
-    /// Takes a job, or says why not.
-    pub fn accept(self: &Arc<Self>, job: Job) -> Result<(), Refusal> {
+    /// Takes a job, or says why not. Everything the job's life logs is
+    /// logged in `span` (which names the job).
+    pub fn accept(self: &Arc<Self>, job: Job, span: tracing::Span) -> Result<(), Refusal> {
         // Before anything else: nothing of a job this worker may not run is
         // kept, let alone started.
         self.executor.admit(&job.agent)?;
@@ -125,9 +127,9 @@ impl Worker {
             );
             rx
         };
-        tracing::info!(job = %job.job_id, agent = %job.agent.name, "job accepted");
+        tracing::info!(agent = %job.agent.name, "job accepted");
         let me = self.clone();
-        tokio::spawn(async move { me.life(job, stop_rx).await });
+        tokio::spawn(async move { me.life(job, stop_rx).await }.instrument(span));
         Ok(())
     }
 
@@ -165,7 +167,11 @@ impl Worker {
 
     async fn life(self: Arc<Self>, job: Job, stop: watch::Receiver<Option<StopReason>>) {
         let job_id = job.job_id.clone();
-        let beat = tokio::spawn(self.clone().heartbeats(job.clone()));
+        let beat = tokio::spawn(
+            self.clone()
+                .heartbeats(job.clone())
+                .instrument(tracing::Span::current()),
+        );
         // Wait for a slot, unless told to stop first.
         let permit = tokio::select! {
             // The slots are never closed; were they, the worker would be
@@ -207,7 +213,7 @@ impl Worker {
                 }
             }
         };
-        tracing::info!(job = %job_id, status = ?result.status, error = ?result.error, "job finished");
+        tracing::info!(status = ?result.status, error = ?result.error, "job finished");
         self.deliver(&job, &result).await;
         beat.abort();
         self.jobs.lock().unwrap().remove(&job_id);
@@ -238,20 +244,20 @@ impl Worker {
                     if let Ok(reply) = resp.json::<HeartbeatReply>().await
                         && !reply.keep_running
                     {
-                        tracing::info!(job = %job.job_id, "Spindle no longer wants the job; stopping it");
+                        tracing::info!("Spindle no longer wants the job; stopping it");
                         self.stop(&job.job_id, StopReason::NoLongerWanted);
                         return;
                     }
                 }
                 Ok(resp) if resp.status().is_client_error() => {
-                    tracing::warn!(job = %job.job_id, status = %resp.status(), "heartbeat refused; stopping the job");
+                    tracing::warn!(status = %resp.status(), "heartbeat refused; stopping the job");
                     self.stop(&job.job_id, StopReason::HeartbeatRefused);
                     return;
                 }
                 Ok(resp) => {
-                    tracing::warn!(job = %job.job_id, status = %resp.status(), "heartbeat failed")
+                    tracing::warn!(status = %resp.status(), "heartbeat failed")
                 }
-                Err(e) => tracing::warn!(job = %job.job_id, error = %e, "heartbeat failed"),
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
             tokio::time::sleep(every).await;
         }
@@ -287,14 +293,14 @@ impl Worker {
                 {
                     let status = resp.status();
                     let text = resp.text().await.unwrap_or_default();
-                    tracing::warn!(job = %job.job_id, %status, body = %text, "result refused; not retrying");
+                    tracing::warn!(%status, body = %text, "result refused; not retrying");
                     return;
                 }
                 Ok(resp) => {
-                    tracing::warn!(job = %job.job_id, attempt, status = %resp.status(), "result delivery failed; retrying");
+                    tracing::warn!(attempt, status = %resp.status(), "result delivery failed; retrying");
                 }
                 Err(e) => {
-                    tracing::warn!(job = %job.job_id, attempt, error = %e, "result delivery failed; retrying");
+                    tracing::warn!(attempt, error = %e, "result delivery failed; retrying");
                 }
             }
             tokio::time::sleep(wait).await;

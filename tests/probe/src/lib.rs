@@ -82,6 +82,7 @@ async fn handle(req: Request) -> Response {
             json(200, &serde_json::json!({"received": n}))
         }
         ["probe", "spin"] => spin_forever(),
+        ["probe", "trap"] => panic!("the probe traps on purpose"),
         ["probe", "burn", rounds] => burn(rounds.parse().unwrap_or(0)),
         ["probe", "slow-writes"] => slow_writes(&query).await,
         _ => headers(&req),
@@ -142,7 +143,9 @@ async fn slow_writes(query: &str) -> Response {
 fn headers(req: &Request) -> Response {
     let mut seen = serde_json::Map::new();
     for (k, v) in req.headers() {
-        if k.as_str().starts_with("spin-") || k.as_str() == "host" || k.as_str() == "connection" {
+        if k.as_str().starts_with("spin-")
+            || matches!(k.as_str(), "host" | "connection" | "x-request-id")
+        {
             seen.insert(k.as_str().to_owned(), v.to_str().unwrap_or("").into());
         }
     }
