@@ -1855,29 +1855,37 @@ async fn callbacks_and_the_tick_are_not_rate_limited() {
     }
 }
 
-/// A counter of refused authentications, by reason.
+/// The metrics' counts of refused authentications, by reason.
 fn auth_failures(state_dir: &Path) -> BTreeMap<String, i64> {
+    use spindle_core::metrics::AUTH_FAILURES;
     let db = rusqlite::Connection::open_with_flags(
         state_dir.join("sqlite_key_value.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    let mut stmt = db
-        .prepare("SELECT key, value FROM spin_key_value WHERE key LIKE 'counter:auth_failures:%'")
-        .unwrap();
-    stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-    })
-    .unwrap()
-    .map(|row| {
-        let (key, value) = row.unwrap();
-        let n = match <[u8; 8]>::try_from(value.as_slice()) {
-            Ok(b) if !value.iter().all(u8::is_ascii_digit) => i64::from_le_bytes(b),
-            _ => String::from_utf8(value).unwrap().trim().parse().unwrap(),
-        };
-        (key["counter:auth_failures:".len()..].to_owned(), n)
-    })
-    .collect()
+    let mut out = BTreeMap::new();
+    for reason in [
+        "missing",
+        "malformed",
+        "unknown",
+        "expired",
+        "revoked",
+        "invalid_token",
+    ] {
+        let key = AUTH_FAILURES.count_key(&AUTH_FAILURES.series(&[reason]));
+        let value: Option<Vec<u8>> = db
+            .query_row(
+                "SELECT value FROM spin_key_value WHERE key = ?1",
+                [&key],
+                |r| r.get(0),
+            )
+            .ok();
+        if let Some(value) = value {
+            let n = i64::from_le_bytes(<[u8; 8]>::try_from(value.as_slice()).unwrap());
+            out.insert(reason.to_owned(), n);
+        }
+    }
+    out
 }
 
 /// Each refused authentication is counted under its reason (for the
@@ -1966,7 +1974,7 @@ async fn refused_authentications_are_counted_by_reason_and_expired_keys_refused(
             after.get(*reason).copied().unwrap_or(0) - before.get(*reason).copied().unwrap_or(0);
         assert_eq!(
             moved, 1,
-            "{what}: counter:auth_failures:{reason} {before:?} -> {after:?}"
+            "{what}: spindle_auth_failures_total{{reason={reason}}} {before:?} -> {after:?}"
         );
     }
     // The expired key stays listed as such.

@@ -183,16 +183,26 @@ async fn a_single_step_run_stores_the_agents_output() {
     assert_eq!(st["attempts"][0]["exit_code"], 0);
     assert!(v["finished_at_ms"].as_u64() >= v["created_at_ms"].as_u64());
 
-    // The audit trail also goes out as JSON lines in the components' logs.
-    let mut audit = Vec::new();
-    for entry in std::fs::read_dir(s.host.state_dir.join("logs")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
-        audit.extend(
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|l| l["run"] == run.as_str())
-                .map(|l| l["audit"]["kind"].as_str().unwrap_or("").to_owned()),
-        );
+    // The audit trail also goes out as JSON lines in the components' logs
+    // (the run's last lines just after the run document: wait for them).
+    let read_audit = || {
+        let mut audit = Vec::new();
+        for entry in std::fs::read_dir(s.host.state_dir.join("logs")).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            audit.extend(
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|l| l["run"] == run.as_str())
+                    .map(|l| l["audit"]["kind"].as_str().unwrap_or("").to_owned()),
+            );
+        }
+        audit
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut audit = read_audit();
+    while !audit.iter().any(|k| k == "run_succeeded") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        audit = read_audit();
     }
     for kind in [
         "run_created",
@@ -1001,7 +1011,13 @@ async fn a_refusing_worker_is_skipped_and_jobs_spread_over_the_rest() {
             1,
             "a refusal is not a failed attempt: {v:#}"
         );
-        let worker = attempts[0]["worker"].as_str().unwrap().to_owned();
+        // Named by the URL it was sent to, or by the worker's own name
+        // (`worker@<host:port>`) when its result was recorded first.
+        let worker = attempts[0]["worker"].as_str().unwrap();
+        let worker = match worker.strip_prefix("worker@") {
+            Some(addr) => format!("http://{addr}"),
+            None => worker.to_owned(),
+        };
         assert_ne!(worker, refuser);
         *by_worker.entry(worker).or_insert(0) += 1;
     }

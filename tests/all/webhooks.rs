@@ -510,8 +510,9 @@ fn rows(host: &Host) -> BTreeMap<String, Vec<u8>> {
     .collect()
 }
 
-/// The rows a refused request must not change: all but counters (a
-/// refusal is counted by design) and rate-limit buckets (a failed
+/// The rows a refused request must not change: all but counters and the
+/// metrics' series indexes (a refusal is counted by design) and rate-limit
+/// buckets (a failed
 /// verification spends the client address's budget by design), with API
 /// keys' `last_used_ms` left out (authenticating refreshes it).
 fn state(host: &Host) -> BTreeMap<String, Vec<u8>> {
@@ -519,7 +520,9 @@ fn state(host: &Host) -> BTreeMap<String, Vec<u8>> {
         .into_iter()
         .filter(|(k, _)| {
             let key = k.split_once('/').map_or(k.as_str(), |(_, k)| k);
-            !key.starts_with("counter:") && !key.starts_with("ratelimit:")
+            !key.starts_with("counter:")
+                && !key.starts_with("ratelimit:")
+                && !key.starts_with("metrics:")
         })
         .map(|(k, v)| {
             if k.contains("/apikey:")

@@ -130,6 +130,20 @@ pub async fn mint(
             "request_id": spindle_spin::context::request_id(),
         })
     );
+    let entry = spindle_core::audit::AuditEntry {
+        seq: 0,
+        at_ms: spindle_spin::now_ms(),
+        kind: "approval_link_minted".into(),
+        actor: Some(me.clone()),
+        request_id: Some(spindle_spin::context::request_id()),
+        run: Some(approval.run_id.clone()),
+        workflow: Some(approval.workflow.clone()),
+        step: Some(approval.step.clone()),
+        summary: format!("approve and reject links for {by} on {id}, until {expires_at}"),
+    };
+    if let Err(e) = spindle_engine::audit::append(&engine.store, entry).await {
+        spindle_spin::context::log(&format!("audit entry not stored: {e}"));
+    }
     Ok(json(
         201,
         &json!({
