@@ -104,6 +104,7 @@ fn every_alert_is_tested_routed_and_has_a_runbook() {
         "SpindleApprovalsExpiringSoon",
         "SpindleNoWorkerReady",
         "SpindleTickNotRunning",
+        "SpindleStoreDown",
     ];
     let alerts = alerts();
     let names: Vec<&str> = alerts.iter().map(|(n, _)| n.as_str()).collect();

@@ -217,6 +217,18 @@ pub fn breaker(worker: &str) -> String {
     )
 }
 
+/// The counter of trial jobs let through to `worker` in one period of a
+/// half-open breaker (`since`: when it turned half-open; `period`: how many
+/// open periods since then): at most the successes that close it go
+/// through per period, so a worker that hangs is not sent every job.
+pub fn breaker_trials(worker: &str, since: u64, period: u64) -> String {
+    use sha2::Digest;
+    counter(&format!(
+        "breaker-trials:{}:{since}:{period}",
+        hex::encode(sha2::Sha256::digest(worker.as_bytes()))
+    ))
+}
+
 /// The counter of breaker transitions into state `to` (a
 /// [`crate::breaker::BreakerState`] wire name), over every worker.
 pub fn breaker_transitions(to: &str) -> String {

@@ -111,12 +111,49 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         if !self.config.breaker.enabled() {
             return None;
         }
+        let shown = spindle_core::metrics::redact_url(worker);
         Some(self.read_breaker(worker).await.unwrap_or_else(|e| {
             self.host.log(&format!(
-                "worker {worker}: circuit breaker unreadable ({e}); treating it as closed"
+                "worker {shown}: circuit breaker unreadable ({e}); treating it as closed"
             ));
             Breaker::new(worker)
         }))
+    }
+
+    /// Whether a job may go to `worker` whose breaker dispatch read as `b`:
+    /// always unless it is half-open, when only as many trial jobs as close
+    /// it go through in each open period (an increment decides; a counter
+    /// that cannot be taken lets the job through, as a breaker that cannot
+    /// be read does). The period's counter expires a day later.
+    pub(crate) async fn take_trial(&self, worker: &str, b: &Breaker) -> bool {
+        let s = &self.config.breaker;
+        let now = self.host.now_ms();
+        let (state, since) = b.effective(now, s);
+        if !s.enabled() || state != BreakerState::HalfOpen {
+            return true;
+        }
+        let period = now.saturating_sub(since) / s.open_ms.max(1);
+        let key = keys::breaker_trials(worker, since, period);
+        match self.store.increment(&key, 1).await {
+            Ok(n) => {
+                if n == 1
+                    && let Err(e) = self.expire_at(&[key], now.saturating_add(86_400_000)).await
+                {
+                    self.host.log(&format!(
+                        "worker {}: trial counter not filed for expiry: {e}",
+                        spindle_core::metrics::redact_url(worker)
+                    ));
+                }
+                n <= i64::from(s.close_successes)
+            }
+            Err(e) => {
+                self.host.log(&format!(
+                    "worker {}: trial counter unavailable ({e}); letting the job through",
+                    spindle_core::metrics::redact_url(worker)
+                ));
+                true
+            }
+        }
     }
 
     /// Records what offering a job to `worker` showed, given the breaker
@@ -162,13 +199,15 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
     }
 
     fn breaker_write_failed(&self, worker: &str, why: &str) {
+        let shown = spindle_core::metrics::redact_url(worker);
         self.host.log(&format!(
-            "worker {worker}: recording a dispatch outcome in its circuit breaker failed: {why}"
+            "worker {shown}: recording a dispatch outcome in its circuit breaker failed: {why}"
         ));
     }
 
     /// Logs and counts the transitions of a stored change.
     async fn announce(&self, worker: &str, r: &Recorded) {
+        let shown = spindle_core::metrics::redact_url(worker);
         let s = &self.config.breaker;
         for t in &r.transitions {
             let why = match (t.from, t.to) {
@@ -186,7 +225,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 _ => String::new(),
             };
             self.host.log(&format!(
-                "worker {worker}: circuit breaker {} -> {} at {} ({why}; opened {} times in all)",
+                "worker {shown}: circuit breaker {} -> {} at {} ({why}; opened {} times in all)",
                 t.from, t.to, t.at_ms, r.breaker.opened_total
             ));
             if let Err(e) = self
@@ -195,7 +234,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 .await
             {
                 self.host.log(&format!(
-                    "worker {worker}: counting a circuit breaker transition failed: {e}"
+                    "worker {shown}: counting a circuit breaker transition failed: {e}"
                 ));
             }
         }

@@ -182,6 +182,7 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
         for k in 0..workers.len() {
             let worker = &workers[(first + k) % workers.len()];
             let breaker = self.breaker(worker).await;
+            let shown = spindle_core::metrics::redact_url(worker);
             if let Some(b) = &breaker
                 && !b.admits(self.host.now_ms(), &self.config.breaker)
             {
@@ -189,8 +190,17 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 // failed step. Whether it would refuse the job is unknown.
                 job_refused = false;
                 refusals.push(format!(
-                    "{worker}: circuit breaker open until {}",
+                    "{shown}: circuit breaker open until {}",
                     b.reopens_at(&self.config.breaker)
+                ));
+                continue;
+            }
+            if let Some(b) = &breaker
+                && !self.take_trial(worker, b).await
+            {
+                job_refused = false;
+                refusals.push(format!(
+                    "{shown}: circuit breaker half-open, its trial jobs are out"
                 ));
                 continue;
             }
@@ -219,19 +229,19 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
                 Sent::Answered(status) => {
                     self.count_dispatch(&DISPATCH_FAILURES, worker).await;
                     job_refused &= (400..500).contains(&status) && status != 429;
-                    refusals.push(format!("{worker} answered {status}"));
+                    refusals.push(format!("{shown} answered {status}"));
                 }
                 Sent::NotReached(why) => {
                     self.count_dispatch(&DISPATCH_FAILURES, worker).await;
                     job_refused = false;
-                    refusals.push(format!("{worker}: {why}"));
+                    refusals.push(format!("{shown}: {why}"));
                 }
                 Sent::Unknown(why) => {
                     self.count_dispatch(&DISPATCH_FAILURES, worker).await;
                     // It may be running there: treat as in flight. Its
                     // heartbeats or its lease decide what happens next.
                     self.host.log(&format!(
-                        "job {job_id}: no answer from {worker} ({why}); treating as in flight"
+                        "job {job_id}: no answer from {shown} ({why}); treating as in flight"
                     ));
                     return None;
                 }

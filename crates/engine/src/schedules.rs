@@ -411,13 +411,18 @@ impl<S: Store, W: Workers, H: Host> Engine<S, W, H> {
             ("missed", plan.missed),
         ] {
             if n > 0 {
-                crate::metrics::count(
+                // Counting is best effort: the fires are done either way.
+                if let Err(e) = crate::metrics::count(
                     &self.store,
                     &spindle_core::metrics::SCHEDULE_FIRES,
                     &[what],
                     n as i64,
                 )
-                .await?;
+                .await
+                {
+                    self.host
+                        .log(&format!("schedule {}: fires not counted: {e}", s.name));
+                }
             }
         }
         Ok(())

@@ -329,3 +329,42 @@ fn a_closed_worker_taking_jobs_costs_one_read_and_no_write() {
     assert_eq!(on.0, off.0 + 10, "one read per dispatch");
     assert_eq!(on.1, off.1, "no write");
 }
+
+/// A half-open worker is sent no more trial jobs in a period than would
+/// close its breaker, however many dispatches read it half-open before any
+/// outcome is recorded (here it answers "busy", which records nothing):
+/// the rest go to the other worker rather than each waiting on it.
+#[test]
+fn a_half_open_worker_gets_at_most_the_trials_that_close_it_per_period() {
+    let e = engine();
+    one_step(&e);
+    let busy = Arc::new(AtomicBool::new(false));
+    let flag = busy.clone();
+    e.workers.answer_with(move |url, _| {
+        if url.starts_with(W1) {
+            if flag.load(Ordering::SeqCst) {
+                Sent::Answered(429)
+            } else {
+                Sent::NotReached("connection refused".into())
+            }
+        } else {
+            Sent::Answered(202)
+        }
+    });
+    start_until_offered(&e, 5);
+    assert_eq!(state(&e, W1), BreakerState::Open);
+    busy.store(true, Ordering::SeqCst);
+    e.host.advance(60_000);
+    assert_eq!(state(&e, W1), BreakerState::HalfOpen);
+    for _ in 0..30 {
+        start(&e, "one");
+    }
+    assert_eq!(offers(&e, W1) - 5, 3, "three trials in the first period");
+    assert_eq!(state(&e, W1), BreakerState::HalfOpen);
+    // The next period lets three more through.
+    e.host.advance(60_000);
+    for _ in 0..30 {
+        start(&e, "one");
+    }
+    assert_eq!(offers(&e, W1) - 5, 6, "three more in the next period");
+}

@@ -124,10 +124,12 @@ async fn handle(
     let request_id = RequestId::adopt(req.headers_mut());
     let https = answer::over_https(req.headers());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    if path == "/.well-known/spin/health" {
+    let full_path = req.uri().path().to_owned();
+    if full_path == "/.well-known/spin/health" {
         return answer::healthy(&request_id, https);
     }
+    // What the logs show: a signed approval link's token is a credential.
+    let path = loggable_path(&full_path);
     let req = req.map(|b| b.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
     let mut waiting = ClientWaits {
         method: &method,
@@ -271,5 +273,30 @@ mod tests {
         assert!(stream.nodelay().unwrap());
         // The default is on, so the assertion above is about `accept`.
         assert!(!client.nodelay().unwrap());
+    }
+}
+
+/// `path` as the request log shows it: the token of a signed approval
+/// link (`/approvals/link/<token>`) is a bearer credential and is left out.
+fn loggable_path(path: &str) -> String {
+    const LINK: &str = "/approvals/link/";
+    match path.strip_prefix(LINK) {
+        Some(rest) if !rest.is_empty() => format!("{LINK}<token>"),
+        _ => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod loggable_path_tests {
+    use super::loggable_path;
+
+    #[test]
+    fn link_tokens_never_reach_the_log() {
+        assert_eq!(
+            loggable_path("/approvals/link/abc.def-ghi"),
+            "/approvals/link/<token>"
+        );
+        assert_eq!(loggable_path("/approvals/link/"), "/approvals/link/");
+        assert_eq!(loggable_path("/api/runs/r1-2"), "/api/runs/r1-2");
     }
 }
