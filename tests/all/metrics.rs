@@ -262,6 +262,7 @@ async fn known_traffic_gives_known_metrics_and_promtool_accepts_the_scrape() {
     let (status, summary) = stack.get("/api/metrics/summary").await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["runs"], json!(m + k));
+    assert_eq!(summary["top_events_examined"], today["events"], "{summary}");
     let top: Vec<&Value> = summary["top_events"].as_array().unwrap().iter().collect();
     assert!(top.len() <= 10 && !top.is_empty());
     let started = top.iter().find(|e| e["type"] == "run_started").unwrap();

@@ -658,24 +658,16 @@ pub const MAX_ACTIVITY_DAYS: u64 = 90;
 /// One milliseconds day.
 pub const DAY_MS: u64 = 86_400_000;
 
-/// The counter of one day's activity: `what` is `events`, `errors` or
-/// `runs`; `day` counts days since the Unix epoch (UTC).
+/// The counter of one day's activity: `what` is `errors` or `runs`; `day`
+/// counts days since the Unix epoch (UTC). (Entries per day come from the
+/// audit trail's day markers.)
 pub fn activity_key(day: u64, what: &str) -> String {
     format!("counter:m:activity:{day}:{what}")
 }
 
-/// The counter of one day's events of type `kind`.
-pub fn activity_type_key(day: u64, kind: &str) -> String {
-    format!(
-        "counter:m:activity:{day}:type:{}",
-        cut(kind, MAX_LABEL_BYTES)
-    )
-}
-
-/// The document listing the event types seen on `day` (filed like series).
-pub fn activity_types_key(day: u64) -> String {
-    format!("metrics:activity-types:{day}")
-}
+/// How many of today's newest audit entries the summary's top ten is
+/// counted over.
+pub const SUMMARY_EXAMINED: u64 = 2_000;
 
 /// Whether an event of the run trail counts as an error in the activity
 /// figures: something failed, timed out, or expired unanswered.
@@ -714,9 +706,12 @@ pub struct Summary {
     pub today: DayActivity,
     /// Errors per event, 0 when there were no events.
     pub error_rate: f64,
-    /// The ten most frequent event types today, most frequent first (ties
-    /// by name).
+    /// The ten most frequent event types among today's newest
+    /// `top_events_examined` entries, most frequent first (ties by name).
     pub top_events: Vec<EventCount>,
+    /// How many of today's entries `top_events` counts (at most
+    /// [`SUMMARY_EXAMINED`]; all of today's unless more were written).
+    pub top_events_examined: u64,
 }
 
 /// The ten most frequent of `counts`, most frequent first, ties by name.

@@ -35,16 +35,9 @@ pub async fn append<S: Store>(store: &S, mut entry: AuditEntry) -> Result<Append
     entry.seq = seq;
     let entry = entry.bounded();
     store.set(&a::entry_key(seq), &entry).await?;
-    let counted = async {
-        let events_today = crate::metrics::count_event(store, entry.at_ms, &entry.kind).await?;
-        if events_today == 1 {
-            // The day's first entry: where a query for an earlier time
-            // starts.
-            store.set(&a::day_key(entry.at_ms / DAY_MS), &seq).await?;
-        }
-        Ok::<(), StoreError>(())
-    }
-    .await;
+    // Also the day's first number: where a query for an earlier time
+    // starts, and what the day's activity is counted from.
+    let counted = crate::metrics::count_event(store, entry.at_ms, &entry.kind, seq).await;
     Ok(Appended {
         seq,
         uncounted: counted.err(),
@@ -119,20 +112,13 @@ pub async fn sweep<S: Store>(store: &S, now_ms: u64, retention_ms: u64) -> Resul
     let cutoff = now_ms.saturating_sub(retention_ms);
     let mut low = start;
     let mut removed = 0;
-    let mut marker_cleared = None;
     while low <= head && removed < MAX_SWEEP {
         let key = a::entry_key(low);
         match store.get::<AuditEntry>(&key).await {
             Ok(Some(e)) if e.at_ms < cutoff => {
+                // (Day markers stay: the activity figures count entries
+                // per day from them, and keep them 100 days.)
                 store.delete(&key).await?;
-                // Once a day's entries go, the day before it is gone: its
-                // marker (where queries for that earlier day start) is of
-                // no more use.
-                let day = e.at_ms / DAY_MS;
-                if marker_cleared != Some(day) {
-                    store.delete(&a::day_key(day)).await?;
-                    marker_cleared = Some(day);
-                }
                 removed += 1;
             }
             Ok(Some(_)) => break,

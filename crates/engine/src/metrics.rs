@@ -26,7 +26,7 @@ pub async fn count<S: Store>(store: &S, family: &Family, labels: &[&str], n: i64
 /// `labels`.
 pub async fn observe<S: Store>(store: &S, family: &Family, labels: &[&str], ms: u64) -> Result<()> {
     let series = family.series(labels);
-    store
+    let bucket = store
         .increment(&family.bucket_key(&series, family.bucket_of(ms)), 1)
         .await?;
     store
@@ -35,8 +35,9 @@ pub async fn observe<S: Store>(store: &S, family: &Family, labels: &[&str], ms: 
             i64::try_from(ms).unwrap_or(i64::MAX),
         )
         .await?;
-    let new = store.increment(&family.count_key(&series), 1).await?;
-    if m::crossed_power_of_two(new, 1) {
+    // The count is the buckets' sum (a scrape adds them up): each bucket's
+    // counter files the series at its powers of two.
+    if m::crossed_power_of_two(bucket, 1) {
         file(store, family, &series).await?;
     }
     Ok(())
@@ -186,28 +187,29 @@ fn non_negative(v: i64) -> u64 {
 /// Where the sweep of old activity counts has got to (a day number).
 pub const ACTIVITY_CURSOR: &str = "metrics:activity-cursor";
 
-/// Counts one entry of the audit trail in its day's activity; returns the
-/// day's count of entries so far.
-pub async fn count_event<S: Store>(store: &S, at_ms: u64, kind: &str) -> Result<i64> {
+/// Counts audit entry number `seq` in its day's activity, at the cost of a
+/// read: the day's first entry number is kept (entries per day are the
+/// differences between days' first numbers, so nothing is incremented per
+/// entry), and errors are counted.
+pub async fn count_event<S: Store>(store: &S, at_ms: u64, kind: &str, seq: u64) -> Result<()> {
     let day = at_ms / m::DAY_MS;
-    let events = store.increment(&m::activity_key(day, "events"), 1).await?;
+    // The lowest number of the day: entries written at once around
+    // midnight race for it, and the lower one wins.
+    let kept = store
+        .update::<u64, std::convert::Infallible>(&spindle_core::audit::day_key(day), |first| {
+            Ok(match first {
+                Some(first) if first <= seq => None,
+                _ => Some(seq),
+            })
+        })
+        .await;
+    if let Err(UpdateError::Store(e)) = kept {
+        return Err(e);
+    }
     if m::is_error_event(kind) {
         store.increment(&m::activity_key(day, "errors"), 1).await?;
     }
-    let new = store.increment(&m::activity_type_key(day, kind), 1).await?;
-    if m::crossed_power_of_two(new, 1) {
-        let kind = Series(vec![kind.to_owned()]);
-        let filed = store
-            .update::<SeriesIndex, std::convert::Infallible>(&m::activity_types_key(day), |index| {
-                let mut index = index.unwrap_or_default();
-                Ok(m::file_series(&mut index, &kind).then_some(index))
-            })
-            .await;
-        if let Err(UpdateError::Store(e)) = filed {
-            return Err(e);
-        }
-    }
-    Ok(events)
+    Ok(())
 }
 
 /// Counts a run started at `at_ms` in its day's activity.
@@ -218,61 +220,105 @@ pub async fn count_run<S: Store>(store: &S, at_ms: u64) -> Result<()> {
         .map(drop)
 }
 
-async fn day_activity<S: Store>(store: &S, day: u64) -> Result<m::DayActivity> {
-    let read = |what: &'static str| async move {
-        store
-            .counter(&m::activity_key(day, what))
-            .await
-            .map(non_negative)
-    };
-    Ok(m::DayActivity {
-        day: spindle_core::keys::utc_day(day * m::DAY_MS),
-        events: read("events").await?,
-        errors: read("errors").await?,
-        runs: read("runs").await?,
-    })
-}
-
-/// The last `days` days of activity (today last), at most
-/// [`m::MAX_ACTIVITY_DAYS`]: three reads a day.
-pub async fn activity<S: Store>(store: &S, now_ms: u64, days: u64) -> Result<Vec<m::DayActivity>> {
-    let today = now_ms / m::DAY_MS;
-    let days = days.clamp(1, m::MAX_ACTIVITY_DAYS);
-    let mut out = Vec::with_capacity(days as usize);
-    for back in (0..days).rev() {
-        if let Some(day) = today.checked_sub(back) {
-            out.push(day_activity(store, day).await?);
-        }
+/// Activity of the days `first..=last`: the days' first entry numbers
+/// (and the newest number, for the last day) give the entries per day;
+/// errors and runs are counters. Four reads a day at most.
+async fn days_activity<S: Store>(store: &S, first: u64, last: u64) -> Result<Vec<m::DayActivity>> {
+    let head = non_negative(store.counter(spindle_core::audit::HEAD).await?);
+    // A day's entries end where the next day with entries begins.
+    let mut starts = Vec::new();
+    for day in first..=last {
+        starts.push(store.get::<u64>(&spindle_core::audit::day_key(day)).await?);
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (k, day) in (first..=last).enumerate() {
+        let events = match starts[k] {
+            Some(start) => {
+                let end = starts[k + 1..]
+                    .iter()
+                    .flatten()
+                    .next()
+                    .copied()
+                    .unwrap_or(head + 1);
+                end.saturating_sub(start)
+            }
+            None => 0,
+        };
+        let read = |what: &'static str| async move {
+            store
+                .counter(&m::activity_key(day, what))
+                .await
+                .map(non_negative)
+        };
+        out.push(m::DayActivity {
+            day: spindle_core::keys::utc_day(day * m::DAY_MS),
+            events,
+            errors: read("errors").await?,
+            runs: read("runs").await?,
+        });
     }
     Ok(out)
 }
 
-/// Today's totals, error rate and ten most frequent event types: one read
-/// of the day's type index and one per type seen.
+/// The last `days` days of activity (today last), at most
+/// [`m::MAX_ACTIVITY_DAYS`]: four reads a day.
+pub async fn activity<S: Store>(store: &S, now_ms: u64, days: u64) -> Result<Vec<m::DayActivity>> {
+    let today = now_ms / m::DAY_MS;
+    let days = days.clamp(1, m::MAX_ACTIVITY_DAYS);
+    days_activity(store, today.saturating_sub(days - 1), today).await
+}
+
+/// Today's totals, error rate, and the ten most frequent event types among
+/// today's newest [`m::SUMMARY_EXAMINED`] entries (all of them on most
+/// days): a bounded walk down the audit trail.
 pub async fn summary<S: Store>(store: &S, now_ms: u64) -> Result<m::Summary> {
     let day = now_ms / m::DAY_MS;
-    let today = day_activity(store, day).await?;
-    let kinds: SeriesIndex = store
-        .get(&m::activity_types_key(day))
+    let today = days_activity(store, day, day)
         .await?
-        .unwrap_or_default();
-    let mut counts = Vec::with_capacity(kinds.len());
-    for kind in kinds {
-        let Some(kind) = kind.0.into_iter().next() else {
-            continue;
-        };
-        let count = non_negative(store.counter(&m::activity_type_key(day, &kind)).await?);
-        counts.push(m::EventCount { kind, count });
+        .pop()
+        .unwrap_or(m::DayActivity {
+            day: spindle_core::keys::utc_day(now_ms),
+            events: 0,
+            errors: 0,
+            runs: 0,
+        });
+    let head = non_negative(store.counter(spindle_core::audit::HEAD).await?);
+    let low = store
+        .get::<u64>(spindle_core::audit::LOW)
+        .await?
+        .unwrap_or(1)
+        .max(1);
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut examined = 0;
+    if let Some(start) = store.get::<u64>(&spindle_core::audit::day_key(day)).await? {
+        let mut seq = head;
+        while seq >= start.max(low) && seq > 0 && examined < m::SUMMARY_EXAMINED {
+            examined += 1;
+            if let Ok(Some(e)) = store
+                .get::<spindle_core::audit::AuditEntry>(&spindle_core::audit::entry_key(seq))
+                .await
+                && e.at_ms / m::DAY_MS == day
+            {
+                *counts.entry(e.kind).or_default() += 1;
+            }
+            seq -= 1;
+        }
     }
     let error_rate = if today.events == 0 {
         0.0
     } else {
-        today.errors as f64 / today.events as f64
+        (today.errors as f64 / today.events as f64).min(1.0)
     };
     Ok(m::Summary {
         today,
         error_rate,
-        top_events: m::top_ten(counts),
+        top_events: m::top_ten(
+            counts
+                .into_iter()
+                .map(|(kind, count)| m::EventCount { kind, count })
+                .collect(),
+        ),
+        top_events_examined: examined,
     })
 }
 
@@ -292,19 +338,10 @@ pub async fn sweep_activity<S: Store>(store: &S, now_ms: u64) -> Result<u64> {
     let mut cleared = 0;
     // One day a tick: the tick's work stays small after a long outage too.
     while day < oldest_kept && cleared < 1 {
-        let kinds: SeriesIndex = store
-            .get(&m::activity_types_key(day))
-            .await?
-            .unwrap_or_default();
-        for kind in &kinds {
-            if let Some(kind) = kind.0.first() {
-                store.delete(&m::activity_type_key(day, kind)).await?;
-            }
-        }
-        for what in ["events", "errors", "runs"] {
+        for what in ["errors", "runs"] {
             store.delete(&m::activity_key(day, what)).await?;
         }
-        store.delete(&m::activity_types_key(day)).await?;
+        store.delete(&spindle_core::audit::day_key(day)).await?;
         day += 1;
         cleared += 1;
     }

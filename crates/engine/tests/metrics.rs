@@ -198,6 +198,7 @@ fn known_traffic_gives_known_numbers() {
     assert_eq!(count("run_started"), (n + k + c) as u64);
     assert_eq!(count("step_succeeded"), n as u64);
     assert!(summary.top_events.len() <= 10);
+    assert_eq!(summary.top_events_examined, today.events);
     assert!((summary.error_rate - today.errors as f64 / today.events as f64).abs() < 1e-9);
 }
 
@@ -374,11 +375,8 @@ fn old_activity_is_swept_a_day_per_tick() {
     }
     assert_eq!(block_on(e.store.counter(&key)).unwrap(), 0);
     assert!(
-        block_on(
-            e.store
-                .get_raw(&spindle_core::metrics::activity_types_key(day))
-        )
-        .unwrap()
-        .is_none()
+        block_on(e.store.get_raw(&spindle_core::audit::day_key(day)))
+            .unwrap()
+            .is_none()
     );
 }
