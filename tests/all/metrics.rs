@@ -369,7 +369,8 @@ async fn readiness_without_a_worker_is_degraded_or_failing_as_configured() {
             "public readiness names no host: {body}"
         );
         assert!(
-            body["checks"]["workers"].as_str().unwrap() == "none of 1 reachable",
+            body["checks"]["workers"].as_str().unwrap()
+                == "none of 1 reachable (connection refused: 1)",
             "{body}"
         );
     }

@@ -1069,7 +1069,7 @@ fn uses(
             u.variables.extend(pool_variables());
         }
         // Components send HTTP to workers only.
-        if text.contains("spin_sdk::http::send(") {
+        if text.contains("spin_sdk::http::send(") || text.contains("engine::send_within(") {
             u.outbound_hosts.insert(WORKER_HOSTS.into());
         }
         if text.contains("engine::load_config()") {

@@ -19,8 +19,6 @@ use std::time::Instant;
 
 use spin_sdk::http::{FullBody, Method, Request};
 use spin_sdk::http_service;
-use spin_sdk::wasip3::http::types::RequestOptions;
-use spin_sdk::wasip3::http_compat::RequestOptionsExtension;
 use spindle_auth::{Class, Role};
 use spindle_core::metrics as m;
 use spindle_spin::http::{Problem, Response, bad_query, json};
@@ -160,16 +158,10 @@ struct Probes {
 async fn probe(worker: &str) -> Probe {
     let started = Instant::now();
     let result = async {
-        let mut req = http::Request::get(format!("{worker}/health"))
+        let req = http::Request::get(format!("{worker}/health"))
             .body(FullBody::new(bytes::Bytes::new()))
             .map_err(|_| "invalid worker URL".to_owned())?;
-        let options = RequestOptions::new();
-        let ns = WORKER_PROBE_MS * 1_000_000;
-        let _ = options.set_connect_timeout(Some(ns));
-        let _ = options.set_first_byte_timeout(Some(ns));
-        req.extensions_mut()
-            .insert(RequestOptionsExtension(options));
-        let resp = spin_sdk::http::send(req)
+        let resp = spindle_spin::engine::send_within(req, WORKER_PROBE_MS)
             .await
             .map_err(|e| format!("{e:?}"))?;
         if resp.status().is_success() {
@@ -216,8 +208,34 @@ async fn pool() -> Result<spindle_engine::Pool, Problem> {
         .map_err(Problem::from)
 }
 
-/// Readiness, for anyone: counts, never which hosts or why (that is in
-/// `/health`, for viewers, and in the log).
+/// Why the workers did not answer, in kinds and counts only
+/// (`connection refused: 2`): which host said what is for `/health`.
+fn why_not(probes: &[Probe]) -> String {
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+    for p in probes.iter().filter(|p| !p.reachable) {
+        let e = p.error.as_deref().unwrap_or_default();
+        let kind = if e.contains("ConnectionRefused") {
+            "connection refused"
+        } else if e.contains("Timeout") {
+            "timed out"
+        } else if e.contains("Dns") || e.contains("DestinationNotFound") {
+            "name not resolved"
+        } else if e.starts_with("answered ") {
+            "answered an error"
+        } else {
+            "not reached"
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Readiness, for anyone: counts and kinds of failure, never which hosts
+/// (that is in `/health`, for viewers, and in the log).
 async fn ready() -> Result<Response, Problem> {
     let unavailable = |e: String| {
         spindle_spin::context::log(&format!("ready: the store does not answer: {e}"));
@@ -239,7 +257,7 @@ async fn ready() -> Result<Response, Problem> {
     let workers = if reachable > 0 {
         format!("{reachable} of {} reachable", probes.len())
     } else {
-        format!("none of {} reachable", probes.len())
+        format!("none of {} reachable ({})", probes.len(), why_not(&probes))
     };
     let strict = spin_sdk::variables::get("ready_requires_worker")
         .await

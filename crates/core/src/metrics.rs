@@ -13,7 +13,6 @@
 //! lost (a crash, a racing first write of the index) a later crossing files
 //! it again, at a cost of a few dozen writes over a counter's life.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -795,16 +794,6 @@ pub fn route_of(path: &str) -> &'static str {
         }
     }
     best.map_or("other", |(t, _)| t)
-}
-
-/// The label values of a counter family's series, for tests and tools.
-pub fn label_map(family: &Family, s: &Series) -> BTreeMap<String, String> {
-    family
-        .labels
-        .iter()
-        .zip(&s.0)
-        .map(|(n, v)| ((*n).to_owned(), v.clone()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -55,6 +55,21 @@ pub async fn load_pool() -> Result<spindle_engine::Pool, EngineError> {
     spindle_engine::Pool::from_vars(|name| values.get(name).cloned())
 }
 
+/// Sends `req` with `timeout_ms` to connect and to the first byte of the
+/// answer (a host that does not support timeouts still sends it).
+pub async fn send_within(
+    mut req: http::Request<FullBody<Bytes>>,
+    timeout_ms: u64,
+) -> Result<spin_sdk::http::Response, ErrorCode> {
+    let options = RequestOptions::new();
+    let ns = timeout_ms.saturating_mul(1_000_000);
+    let _ = options.set_connect_timeout(Some(ns));
+    let _ = options.set_first_byte_timeout(Some(ns));
+    req.extensions_mut()
+        .insert(RequestOptionsExtension(options));
+    spin_sdk::http::send(req).await
+}
+
 /// Workers over `wasi:http` outbound requests.
 pub struct SpinWorkers;
 
@@ -70,17 +85,10 @@ impl Workers for SpinWorkers {
         for (k, v) in headers {
             builder = builder.header(*k, v);
         }
-        let Ok(mut req) = builder.body(FullBody::new(body)) else {
+        let Ok(req) = builder.body(FullBody::new(body)) else {
             return Sent::NotReached(format!("invalid worker URL {url:?}"));
         };
-        let options = RequestOptions::new();
-        let ns = timeout_ms.saturating_mul(1_000_000);
-        // A host that does not support timeouts still sends the request.
-        let _ = options.set_connect_timeout(Some(ns));
-        let _ = options.set_first_byte_timeout(Some(ns));
-        req.extensions_mut()
-            .insert(RequestOptionsExtension(options));
-        match spin_sdk::http::send(req).await {
+        match send_within(req, timeout_ms).await {
             Ok(resp) => Sent::Answered(resp.status().as_u16()),
             Err(code) => {
                 let text = format!("{code:?}");
