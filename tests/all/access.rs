@@ -396,8 +396,11 @@ async fn every_guarded_operation_refuses_bad_credentials_and_lower_roles_and_cha
 
         let cred = bearer(&keys[role]);
         let a = call_with(&http, &url, method, &cred, body.as_deref(), &[]).await;
+        // Or the status its example documents for the test app (a step's
+        // output, which no worker produced here: 404 past the guard).
+        let documented = op["x-example-status"].as_u64() == Some(u64::from(a.status));
         assert!(
-            a.status < 300 || openapi::is_reserved(op),
+            a.status < 300 || openapi::is_reserved(op) || documented,
             "{what} as {role} should be let through and succeed: {} {}",
             a.status,
             a.text

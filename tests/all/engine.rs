@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spindle_core::job::SIGNATURE_HEADER;
 use spindle_core::sign;
-use spindle_tests::{HostBuilder, TEST_CALLBACK_SECRET, Worker, client, free_port, root};
+use spindle_tests::{
+    HostBuilder, TEST_CALLBACK_SECRET, Worker, anon_client, client, client_with, free_port, root,
+};
 
 /// A lease short enough that lost workers are noticed within seconds.
 const LEASE_MS: &str = "3000";
@@ -217,13 +219,128 @@ async fn a_single_step_run_stores_the_agents_output() {
         );
     }
 
-    // Listed by workflow and by status.
+    // Listed by workflow and by status, with what started it and who.
     let (_, list) = s.get("/api/runs?workflow=one").await;
     assert_eq!(list["runs"][0]["id"], run.as_str());
+    assert_eq!(list["runs"][0]["trigger_kind"], "manual", "{list}");
+    assert_eq!(list["runs"][0]["actor"], "key:bootstrap", "{list}");
+    assert_eq!(v["trigger_kind"], "manual");
+    assert_eq!(v["actor"], "key:bootstrap");
     let (_, list) = s.get("/api/runs?status=succeeded").await;
     assert_eq!(list["runs"][0]["id"], run.as_str());
     let (_, list) = s.get("/api/runs?status=running").await;
     assert_eq!(list["runs"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steps_output_downloads_as_the_stored_json_and_only_with_a_credential() {
+    let s = stack(1);
+    s.agent("echo", ECHO, json!({})).await;
+    s.agent("fail", "cat >/dev/null; exit 3", json!({})).await;
+    s.workflow(json!({"name": "dl", "steps": [
+        {"id": "echo", "agent": "echo", "input": {"n": [1, 2.5, "\u{e9}", "{{ trigger.payload.repo }}"]}},
+        {"id": "each", "agent": "echo", "needs": ["echo"], "for_each": "trigger.payload.files",
+         "input": {"path": "{{ item }}", "i": "{{ item_index }}"}},
+        {"id": "none", "agent": "echo", "for_each": "trigger.payload.nothing"},
+        {"id": "after", "agent": "echo", "needs": ["each"], "when": "false"}
+    ]}))
+    .await;
+    s.workflow(json!({"name": "broken", "steps": [{"id": "bad", "agent": "fail"}]}))
+        .await;
+    let run = s
+        .trigger(
+            "dl",
+            json!({"repo": "acme/app", "files": ["a.rs", "b.rs"], "nothing": []}),
+        )
+        .await;
+    let v = s.finished(&run, 30).await;
+    assert_eq!(v["status"], "succeeded", "{v:#}");
+    let broken = s.trigger("broken", json!({})).await;
+    let b = s.finished(&broken, 30).await;
+    assert_eq!(b["status"], "failed", "{b:#}");
+
+    let fetch = |http: reqwest::Client, path: String| {
+        let url = s.host.url(&path);
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let header = |n: &str| {
+                r.headers()
+                    .get(n)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            };
+            let (ct, cd) = (header("content-type"), header("content-disposition"));
+            let text = r.text().await.unwrap();
+            (status, ct, cd, text)
+        }
+    };
+    let path = |run: &str, step: &str| format!("/api/runs/{run}/steps/{step}/output");
+
+    // One step's output and a fan-out step's gathered items, each equal
+    // to the run's view of it, as a file to save.
+    for id in ["echo", "each", "none"] {
+        let (status, ct, cd, text) = fetch(client(), path(&run, id)).await;
+        assert_eq!(status, 200, "{id}: {text}");
+        assert_eq!(ct, "application/json", "{id}");
+        assert_eq!(
+            cd,
+            format!("attachment; filename=\"{run}-{id}-output.json\"")
+        );
+        let got: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(got, step(&v, id)["output"], "{id}");
+    }
+    let (_, _, _, text) = fetch(client(), path(&run, "each")).await;
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got[1], json!({"path": "b.rs", "i": 1}));
+    let (_, _, _, text) = fetch(client(), path(&run, "none")).await;
+    assert_eq!(text, "[]");
+    // Exactly as stored: the bytes the worker's agent wrote, re-encoded
+    // once by the app (compact JSON), not a pretty or reordered copy.
+    let (_, _, _, text) = fetch(client(), path(&run, "echo")).await;
+    assert_eq!(text, r#"{"n":[1,2.5,"é","acme/app"]}"#);
+
+    // A viewer may read it; no credential, or a wrong one, may not.
+    let (st, key) = s
+        .post("/api/keys", &json!({"name": "dash", "role": "viewer"}))
+        .await;
+    assert_eq!(st, 201, "{key}");
+    let viewer = client_with(Some(key["key"].as_str().unwrap()));
+    let (status, _, _, text) = fetch(viewer, path(&run, "echo")).await;
+    assert_eq!(status, 200, "{text}");
+    for http in [
+        anon_client(),
+        client_with(Some("spk_nobody_0123456789abcdef0123456789abcdef")),
+    ] {
+        let (status, ct, _, text) = fetch(http, path(&run, "echo")).await;
+        assert_eq!(status, 401, "{text}");
+        assert_eq!(ct, "application/problem+json");
+    }
+
+    // What has no output is a 404 problem that says why.
+    let cases = [
+        (path("r0nosuchrun", "echo"), "no run"),
+        (path(&run, "nope"), "has no step \"nope\""),
+        (path(&run, "after"), "has no output: it ended skipped"),
+        (path(&broken, "bad"), "has no output: it ended failed"),
+    ];
+    for (p, says) in cases {
+        let (status, ct, _, text) = fetch(client(), p.clone()).await;
+        assert_eq!(status, 404, "{p}: {text}");
+        assert_eq!(ct, "application/problem+json", "{p}");
+        let problem: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(problem["type"], "/docs/problems#not-found", "{p}: {text}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{p}: {text} should say {says:?}"
+        );
+    }
+    let r = client()
+        .delete(s.host.url(&path(&run, "echo")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
 }
 
 #[tokio::test(flavor = "multi_thread")]

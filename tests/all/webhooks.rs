@@ -2396,3 +2396,88 @@ async fn a_schedule_fires_every_second_on_the_hosts_tick_until_paused_or_deleted
         "fires counted"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The webhook overview
+
+/// `GET /api/metrics/webhooks` after known good and forged deliveries:
+/// each source's counts by outcome, accepted and rejected, and its last
+/// delivery; viewers read it, nobody without a credential does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_overview_counts_good_and_forged_deliveries_by_source() {
+    let h = &host(Some(0), &[]);
+    workflow(h, "on-push", json!({}), json!({})).await;
+    subscribe(h, "pushes", "github", &["push"], "on-push", json!({})).await;
+    let overview = || admin(h, "GET", "/api/metrics/webhooks", None);
+    let a = overview().await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body, json!({"sources": []}));
+
+    // Accepted: a ping, a push that starts a run, its redelivery, an
+    // event nobody subscribed to.
+    let a = github(h, GH_SECRET, "ping", &delivery_id(), PING).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let d = delivery_id();
+    let a = github(h, GH_SECRET, "push", &d, PUSH_BRANCH).await;
+    assert_taken(&a, 202, "started", "a push");
+    let a = github(h, GH_SECRET, "push", &d, PUSH_BRANCH).await;
+    assert_taken(&a, 200, "started", "its redelivery");
+    let a = github(h, GH_SECRET, "issues", &delivery_id(), ISSUE_OPENED).await;
+    assert_taken(&a, 202, "unmatched", "an issue");
+    // Rejected: two forgeries, one unsigned, one to no known source.
+    for _ in 0..2 {
+        let a = github(h, GH_STRANGER, "push", &delivery_id(), PUSH_TAG).await;
+        assert_problem(&a, 401, "bad-signature", "a forgery");
+    }
+    let headers = github_headers(GH_SECRET, "push", &delivery_id(), PUSH_TAG);
+    let a = deliver(h, "nobody", &headers, PUSH_TAG).await;
+    assert_problem(&a, 404, "unknown-source", "no such source");
+    let sent = now_ms();
+    let unsigned = without(&headers, "X-Hub-Signature-256");
+    let a = deliver(h, "github", &unsigned, PUSH_TAG).await;
+    assert_problem(&a, 401, "missing-signature", "unsigned");
+    let done = now_ms();
+
+    let a = overview().await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let sources = a.body["sources"].as_array().unwrap();
+    let names: Vec<&str> = sources
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["github", "unknown"], "{}", a.text);
+    let github = &sources[0];
+    assert_eq!(github["accepted"], 4, "{}", a.text);
+    assert_eq!(github["rejected"], 3, "{}", a.text);
+    assert_eq!(
+        github["by_outcome"],
+        json!({"ping": 1, "started": 1, "duplicate": 1, "unmatched": 1,
+               "bad-signature": 2, "missing-signature": 1})
+    );
+    let at = github["last_delivery_at_ms"].as_u64().unwrap();
+    assert!((sent..=done).contains(&at), "{at} not in {sent}..={done}");
+    assert_eq!(github["last_outcome"], "missing-signature");
+    let unknown = &sources[1];
+    assert_eq!(
+        (unknown["accepted"].as_u64(), unknown["rejected"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(unknown["by_outcome"], json!({"unknown-source": 1}));
+    assert_eq!(unknown["last_outcome"], "unknown-source");
+    assert!(unknown["last_delivery_at_ms"].as_u64().unwrap() <= at);
+
+    let key = admin(
+        h,
+        "POST",
+        "/api/keys",
+        Some(&json!({"name": "dash", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(key.status, 201, "{}", key.text);
+    let viewer = client_with(Some(key.body["key"].as_str().unwrap()));
+    let a = call(&viewer, h, "GET", "/api/metrics/webhooks", None).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["sources"], json!(sources));
+    let a = call(&anon_client(), h, "GET", "/api/metrics/webhooks", None).await;
+    assert_problem(&a, 401, "unauthorized", "no credential");
+}

@@ -141,6 +141,8 @@ async fn dispatch(
         (_, ["runs", _, "cancel"]) => Err(Problem::method_not_allowed("POST")),
         (Method::POST, ["runs", id, "rerun"]) => runs::rerun(id, req).await,
         (_, ["runs", _, "rerun"]) => Err(Problem::method_not_allowed("POST")),
+        (Method::GET, ["runs", id, "steps", step, "output"]) => runs::output(id, step).await,
+        (_, ["runs", _, "steps", _, "output"]) => Err(Problem::method_not_allowed("GET")),
         _ => Err(Problem::not_found(format!("no API resource at {path}"))),
     }
 }

@@ -1,15 +1,17 @@
 //! `/api/runs`: list (filtered, paginated, newest first), read one with every
-//! step's attempts, input and output, and cancel.
+//! step's attempts, input and output, download one step's output, and
+//! cancel.
 
 use serde_json::{Value, json as j};
 use spin_sdk::http::Request;
 use spindle_core::keys;
-use spindle_core::run::{Run, RunStatus, StepStatus};
+use spindle_core::problem::ProblemKind;
+use spindle_core::run::{MAX_GATHERED_BYTES, Run, RunStatus, StepStatus};
 use spindle_engine::RunFilter;
 use spindle_spin::http::{
     Problem, Response, bad_query, json, page_cursor, page_limit, read_body, require_json,
 };
-use spindle_spin::store::StoreExt;
+use spindle_spin::store::{Store, StoreExt};
 
 /// Default and largest page size.
 const DEFAULT_LIMIT: usize = 20;
@@ -68,6 +70,8 @@ fn summary(run: &Run) -> Value {
         "finished_at_ms": run.finished_at_ms,
         "error": run.error,
         "rerun_of": run.rerun_of,
+        "trigger_kind": run.trigger.kind,
+        "actor": run.trigger.actor,
     })
 }
 
@@ -214,6 +218,77 @@ pub async fn get(id: &str) -> Result<Response, Problem> {
 /// Most bytes of fan-out item outputs `GET /api/runs/{id}` gathers into a
 /// step's `output`.
 const MAX_GATHERED_SHOWN: usize = 1 << 20;
+
+/// `GET /api/runs/{id}/steps/{step}/output`: the step's output as stored,
+/// as a JSON file to save. A fan-out step's is its items' outputs gathered
+/// in order (`null` for an item without one), as its dependants read it and
+/// within the same bound ([`MAX_GATHERED_BYTES`]): the list is built in
+/// memory.
+pub async fn output(id: &str, step: &str) -> Result<Response, Problem> {
+    let engine = spindle_spin::engine::open().await?;
+    let run = engine.run(id).await?;
+    let Some((state, plan)) = run.steps.iter().zip(&run.plan).find(|(s, _)| s.id == step) else {
+        return Err(Problem::not_found(format!("run {id} has no step {step:?}")));
+    };
+    let none_yet = || {
+        let status = j!(state.status);
+        let status = status.as_str().unwrap_or("unknown");
+        let why = match state.status {
+            StepStatus::Succeeded => "its output is missing from the store".to_owned(),
+            s if s.is_terminal() => format!("it ended {status}"),
+            _ => format!("it is {status} and has not succeeded yet"),
+        };
+        Problem::not_found(format!("step {step:?} of run {id} has no output: {why}"))
+    };
+    let read = |job: String| {
+        let store = &engine.store;
+        async move {
+            store
+                .get_raw(&keys::output(&job))
+                .await
+                .map_err(Problem::store)
+        }
+    };
+    let body = if plan.for_each.is_some() && state.status == StepStatus::Succeeded {
+        // As `get` gathers it (an empty list's is `[]`).
+        let bytes: usize = state.items.iter().filter_map(|i| i.output_bytes).sum();
+        if bytes > MAX_GATHERED_BYTES {
+            return Err(Problem::of(
+                ProblemKind::Conflict,
+                format!(
+                    "step {step:?} gathers {bytes} bytes of item outputs, more than the {MAX_GATHERED_BYTES} a download holds"
+                ),
+            ));
+        }
+        let mut list = Vec::with_capacity(bytes + 2 * state.items.len() + 2);
+        list.push(b'[');
+        for (k, item) in state.items.iter().enumerate() {
+            if k > 0 {
+                list.push(b',');
+            }
+            let stored = match item.output_job() {
+                Some(job) => read(job.to_owned()).await?,
+                None => None,
+            };
+            list.extend_from_slice(stored.as_deref().unwrap_or(b"null"));
+        }
+        list.push(b']');
+        list
+    } else if let Some(job) = state.output_job() {
+        read(job.to_owned()).await?.ok_or_else(none_yet)?
+    } else {
+        return Err(none_yet());
+    };
+    ::http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header(
+            "content-disposition",
+            format!("attachment; filename=\"{id}-{step}-output.json\""),
+        )
+        .body(spin_sdk::http::FullBody::new(bytes::Bytes::from(body)))
+        .map_err(|e| Problem::internal(format!("building the answer: {e}")))
+}
 
 /// `POST /api/runs/{id}/rerun`: an optional body `{"from": "<step>"}`.
 pub async fn rerun(id: &str, req: Request) -> Result<Response, Problem> {

@@ -14,6 +14,8 @@
 //! - `GET /api/metrics/activity?days=N` and `GET /api/metrics/summary`:
 //!   runs, events and errors per day, today's most frequent events
 //!   (viewer).
+//! - `GET /api/metrics/webhooks`: each webhook source's deliveries,
+//!   accepted and rejected, by outcome, and its last delivery (viewer).
 
 use std::time::Instant;
 
@@ -67,6 +69,14 @@ async fn route(req: Request) -> Result<Response, Problem> {
                 .await
                 .map_err(Problem::store)?;
             Ok(json(200, &summary))
+        }
+        "/api/metrics/webhooks" => {
+            let kv = Kv::open("default").await.map_err(Problem::store)?;
+            spindle_spin::auth::authorize(&req, &kv, Role::Viewer, Class::Read).await?;
+            let sources = spindle_engine::metrics::webhook_sources(&kv)
+                .await
+                .map_err(Problem::store)?;
+            Ok(json(200, &serde_json::json!({ "sources": sources })))
         }
         other => Err(Problem::not_found(format!("nothing is served at {other}"))),
     }

@@ -15,6 +15,8 @@
 //! Every refusal is its own problem type and its own metric label
 //! (`spindle_webhooks_received_total{source,outcome}`); failed verifications also
 //! spend the client address's budget, so a flood of forgeries meets 429s.
+//! Each delivery also rewrites its source's last-delivery document
+//! (`GET /api/metrics/webhooks` shows it).
 
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
@@ -152,12 +154,11 @@ async fn find_source(kv: &Kv, name: &str) -> Result<Option<Source>, Problem> {
     Ok(source)
 }
 
-/// Counts one delivery outcome for the metrics (best effort: the answer
-/// stands either way).
+/// Counts one delivery outcome for the metrics and keeps it as the
+/// source's last delivery (best effort: the answer stands either way).
 async fn count(kv: &Kv, source: &str, outcome: &str) {
     let _ =
-        spindle_engine::metrics::count(kv, &spindle_core::metrics::WEBHOOKS, &[source, outcome], 1)
-            .await;
+        spindle_engine::metrics::record_webhook(kv, source, outcome, spindle_spin::now_ms()).await;
 }
 
 fn rejection_kind(r: &Rejection) -> ProblemKind {

@@ -721,6 +721,102 @@ pub fn top_ten(mut counts: Vec<EventCount>) -> Vec<EventCount> {
     counts
 }
 
+/// Webhook outcomes counted as accepted in the webhook overview: the
+/// delivery was verified and taken, and answered with success (`started`
+/// runs, matched no subscription: `unmatched`, a redelivery: `duplicate`,
+/// GitHub's `ping`). Every other outcome counts as rejected (see
+/// [`WEBHOOK_REJECTED`]).
+pub const WEBHOOK_ACCEPTED: &[&str] = &["started", "unmatched", "duplicate", "ping"];
+
+/// Webhook outcomes counted as rejected: the delivery was refused with a
+/// problem. Its source is unknown (under source `unknown`), its body too
+/// large, its signature or timestamp missing, wrong or stale, its source
+/// over its rate budget, its body not the JSON it should be, its delivery
+/// id reused with another body (`replay`), or it matched subscriptions but
+/// none could start a run (`failed`). Listed for the documentation and
+/// tests; an outcome in neither list counts as rejected too.
+pub const WEBHOOK_REJECTED: &[&str] = &[
+    "unknown-source",
+    "too-large",
+    "missing-signature",
+    "bad-signature",
+    "missing-timestamp",
+    "stale-timestamp",
+    "rate-limited",
+    "malformed",
+    "replay",
+    "failed",
+];
+
+/// Whether a webhook outcome counts as accepted (see [`WEBHOOK_ACCEPTED`]).
+pub fn webhook_accepted(outcome: &str) -> bool {
+    WEBHOOK_ACCEPTED.contains(&outcome)
+}
+
+/// The document holding a webhook source's last delivery
+/// ([`WebhookLast`]): one per source label, rewritten by each delivery,
+/// so bounded by the sources, never by the deliveries.
+pub fn webhook_last_key(source: &str) -> String {
+    format!("metrics:webhook-last:{}", cut(source, MAX_LABEL_BYTES))
+}
+
+/// A webhook source's last delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookLast {
+    /// When it arrived (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    /// Its outcome, as the `outcome` label of
+    /// `spindle_webhooks_received_total` names it.
+    pub outcome: String,
+}
+
+/// One webhook source in the overview: its deliveries by outcome, and its
+/// last delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookSource {
+    /// The source label (`unknown` for deliveries to no known source).
+    pub source: String,
+    /// Deliveries with an accepted outcome ([`WEBHOOK_ACCEPTED`]).
+    pub accepted: u64,
+    /// Deliveries with any other outcome.
+    pub rejected: u64,
+    /// Deliveries by outcome.
+    pub by_outcome: std::collections::BTreeMap<String, u64>,
+    /// When the last delivery arrived, if it was recorded.
+    pub last_delivery_at_ms: Option<u64>,
+    /// The last delivery's outcome, if it was recorded.
+    pub last_outcome: Option<String>,
+}
+
+/// The webhook overview of the counts of
+/// [`WEBHOOKS`]' series (`[source, outcome]`): one entry per source,
+/// sorted by name, without the last delivery (the caller reads it).
+pub fn webhook_sources(counts: impl IntoIterator<Item = (Series, u64)>) -> Vec<WebhookSource> {
+    let mut by_source: std::collections::BTreeMap<String, WebhookSource> = Default::default();
+    for (series, n) in counts {
+        let [source, outcome] = &series.0[..] else {
+            continue;
+        };
+        let entry = by_source
+            .entry(source.clone())
+            .or_insert_with(|| WebhookSource {
+                source: source.clone(),
+                accepted: 0,
+                rejected: 0,
+                by_outcome: Default::default(),
+                last_delivery_at_ms: None,
+                last_outcome: None,
+            });
+        if webhook_accepted(outcome) {
+            entry.accepted += n;
+        } else {
+            entry.rejected += n;
+        }
+        *entry.by_outcome.entry(outcome.clone()).or_default() += n;
+    }
+    by_source.into_values().collect()
+}
+
 /// The API's path templates, for the `route` label: a request's path is
 /// named by the template it matches, so the label takes one value per
 /// route, never one per run or key. Kept equal to `docs/openapi.json`'s
@@ -748,12 +844,14 @@ pub const ROUTES: &[&str] = &[
     "/api/runs/{id}",
     "/api/runs/{id}/cancel",
     "/api/runs/{id}/rerun",
+    "/api/runs/{id}/steps/{step}/output",
     "/api/keys",
     "/api/keys/{id}",
     "/api/whoami",
     "/api/audit",
     "/api/metrics/activity",
     "/api/metrics/summary",
+    "/api/metrics/webhooks",
     "/jobs/{job_id}/result",
     "/jobs/{job_id}/heartbeat",
     "/internal/tick",
@@ -834,6 +932,11 @@ mod tests {
         assert_eq!(route_of("/approvals/link/abc"), "/approvals/link/{token}");
         assert_eq!(route_of("/approvals/x/links"), "/approvals/{id}/links");
         assert_eq!(route_of("/api/metrics/summary"), "/api/metrics/summary");
+        assert_eq!(
+            route_of("/api/runs/r1-2/steps/scan/output"),
+            "/api/runs/{id}/steps/{step}/output"
+        );
+        assert_eq!(route_of("/api/metrics/webhooks"), "/api/metrics/webhooks");
         assert_eq!(route_of("/nope/at/all"), "other");
         assert_eq!(route_of(""), "other");
         assert_eq!(route_of("/api/runs//cancel"), "other");
@@ -953,5 +1056,47 @@ mod tests {
         let s = HTTP_REQUESTS.series(&["api", &long, "200"]);
         assert!(s.0[1].len() <= MAX_LABEL_BYTES);
         assert!(s.0[1].chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn webhook_outcomes_are_accepted_or_rejected_and_grouped_by_source() {
+        for o in WEBHOOK_ACCEPTED {
+            assert!(webhook_accepted(o), "{o}");
+            assert!(!WEBHOOK_REJECTED.contains(o), "{o} is in both lists");
+        }
+        for o in WEBHOOK_REJECTED {
+            assert!(!webhook_accepted(o), "{o}");
+        }
+        // Every refused signature or timestamp is a rejection.
+        use crate::webhook::Rejection;
+        for r in [
+            Rejection::MissingSignature,
+            Rejection::BadSignature,
+            Rejection::MissingTimestamp,
+            Rejection::StaleTimestamp,
+        ] {
+            assert!(WEBHOOK_REJECTED.contains(&r.reason()), "{}", r.reason());
+        }
+
+        let s = |source: &str, outcome: &str| WEBHOOKS.series(&[source, outcome]);
+        let sources = webhook_sources([
+            (s("github", "started"), 3),
+            (s("builder", "unmatched"), 1),
+            (s("github", "bad-signature"), 2),
+            (s("github", "ping"), 1),
+            (s("github", "something-new"), 1),
+            (s("unknown", "unknown-source"), 4),
+            // Not a series of this family: ignored.
+            (Series(vec!["x".into()]), 9),
+        ]);
+        let names: Vec<&str> = sources.iter().map(|s| s.source.as_str()).collect();
+        assert_eq!(names, ["builder", "github", "unknown"]);
+        let github = &sources[1];
+        assert_eq!((github.accepted, github.rejected), (4, 3));
+        assert_eq!(github.by_outcome["bad-signature"], 2);
+        assert_eq!(github.by_outcome.len(), 4);
+        assert_eq!((sources[2].accepted, sources[2].rejected), (0, 4));
+        assert_eq!(github.last_delivery_at_ms, None);
+        assert_eq!(webhook_last_key("github"), "metrics:webhook-last:github");
     }
 }

@@ -184,6 +184,52 @@ fn non_negative(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// Records one webhook delivery: counts its outcome in
+/// `spindle_webhooks_received_total{source,outcome}` and keeps it as the
+/// source's last delivery (one small document per source, rewritten: the
+/// last writer wins, so of two deliveries a moment apart either may be
+/// shown as the last).
+pub async fn record_webhook<S: Store>(
+    store: &S,
+    source: &str,
+    outcome: &str,
+    now_ms: u64,
+) -> Result<()> {
+    let counted = count(store, &m::WEBHOOKS, &[source, outcome], 1).await;
+    let last = m::WebhookLast {
+        at_ms: now_ms,
+        outcome: outcome.to_owned(),
+    };
+    let kept = store.set(&m::webhook_last_key(source), &last).await;
+    counted.and(kept)
+}
+
+/// The webhook overview: each source's deliveries by outcome, accepted
+/// and rejected (see [`m::WEBHOOK_ACCEPTED`]), and its last delivery,
+/// sorted by source. The reads are the family's index, one counter per
+/// series and one document per source: bounded by the labels' values,
+/// never by how many deliveries arrived.
+pub async fn webhook_sources<S: Store>(store: &S) -> Result<Vec<m::WebhookSource>> {
+    let family = &m::WEBHOOKS;
+    let index: SeriesIndex = store.get(&family.index_key()).await?.unwrap_or_default();
+    let mut counts = Vec::with_capacity(index.len());
+    for s in index {
+        let n = non_negative(store.counter(&family.count_key(&s)).await?);
+        counts.push((s, n));
+    }
+    let mut sources = m::webhook_sources(counts);
+    for s in &mut sources {
+        if let Some(last) = store
+            .get::<m::WebhookLast>(&m::webhook_last_key(&s.source))
+            .await?
+        {
+            s.last_delivery_at_ms = Some(last.at_ms);
+            s.last_outcome = Some(last.outcome);
+        }
+    }
+    Ok(sources)
+}
+
 /// Where the sweep of old activity counts has got to (a day number).
 pub const ACTIVITY_CURSOR: &str = "metrics:activity-cursor";
 

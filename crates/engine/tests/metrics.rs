@@ -380,3 +380,70 @@ fn old_activity_is_swept_a_day_per_tick() {
             .is_none()
     );
 }
+
+/// Webhook deliveries recorded by source and outcome give the overview:
+/// accepted and rejected counts, every outcome, the last delivery, sorted
+/// by source; its reads are set by the sources and outcomes, not by how
+/// many deliveries arrived.
+#[test]
+fn the_webhook_overview_counts_each_sources_outcomes_and_keeps_its_last_delivery() {
+    let e = engine();
+    assert_eq!(
+        block_on(metrics::webhook_sources(&e.store)).unwrap(),
+        vec![]
+    );
+    let deliveries = [
+        ("github", "started", 1_000),
+        ("github", "bad-signature", 2_000),
+        ("github", "started", 3_000),
+        ("github", "duplicate", 4_000),
+        ("builder", "unmatched", 5_000),
+        ("github", "ping", 6_000),
+        ("unknown", "unknown-source", 7_000),
+        ("github", "missing-signature", 8_000),
+    ];
+    for (source, outcome, at) in deliveries {
+        block_on(metrics::record_webhook(&e.store, source, outcome, at)).unwrap();
+    }
+    let overview = |e: &TestEngine| {
+        let before = e.store.reads();
+        let v = block_on(metrics::webhook_sources(&e.store)).unwrap();
+        (v, e.store.reads() - before)
+    };
+    let (sources, reads) = overview(&e);
+    let v = serde_json::to_value(&sources).unwrap();
+    assert_eq!(
+        v,
+        json!([
+            {"source": "builder", "accepted": 1, "rejected": 0,
+             "by_outcome": {"unmatched": 1},
+             "last_delivery_at_ms": 5_000, "last_outcome": "unmatched"},
+            {"source": "github", "accepted": 4, "rejected": 2,
+             "by_outcome": {"bad-signature": 1, "duplicate": 1, "missing-signature": 1,
+                            "ping": 1, "started": 2},
+             "last_delivery_at_ms": 8_000, "last_outcome": "missing-signature"},
+            {"source": "unknown", "accepted": 0, "rejected": 1,
+             "by_outcome": {"unknown-source": 1},
+             "last_delivery_at_ms": 7_000, "last_outcome": "unknown-source"},
+        ])
+    );
+    // The index, a counter per series (7) and a document per source (3).
+    assert_eq!(reads, 1 + 7 + 3);
+
+    // A thousand more deliveries of the same kinds read no more.
+    for i in 0..1_000u64 {
+        let (source, outcome, _) = deliveries[(i % 8) as usize];
+        block_on(metrics::record_webhook(
+            &e.store,
+            source,
+            outcome,
+            10_000 + i,
+        ))
+        .unwrap();
+    }
+    let (sources, more) = overview(&e);
+    assert_eq!(more, reads);
+    let github = sources.iter().find(|s| s.source == "github").unwrap();
+    assert_eq!(github.accepted + github.rejected, 6 + 750);
+    assert_eq!(github.last_delivery_at_ms, Some(10_999));
+}
