@@ -43,7 +43,7 @@ apt_install() {
 
 # The wasm components spin.toml serves.
 COMPONENTS=(spindle-api spindle-metrics spindle-webhook spindle-trigger spindle-approve
-    spindle-jobs spindle-scheduler spindle-docs)
+    spindle-jobs spindle-scheduler spindle-docs spindle-dashboard)
 # Crates that only build for wasm32-wasip2 (they link spin-sdk).
 WASM_ONLY=("${COMPONENTS[@]}" spindle-probe spindle-spin)
 
@@ -86,6 +86,23 @@ ensure_prometheus_tools() {
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]} (promtool, amtool)"
         apt_install --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# The dashboard's browser test: Debian's Chromium, Node.js, and
+# playwright-core from npm (tests/ui/package-lock.json; no browser download).
+ensure_browser_tools() {
+    local missing=()
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]} for the dashboard's browser test"
+        apt_install --no-install-recommends "${missing[@]}"
+    fi
+    if [ ! -d "$ROOT/tests/ui/node_modules/playwright-core" ]; then
+        log "installing playwright-core into tests/ui (npm ci)"
+        (cd "$ROOT/tests/ui" && npm ci --no-audit --no-fund)
     fi
 }
 

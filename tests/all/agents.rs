@@ -18,7 +18,7 @@ fn definition(name: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-async fn register_reference_agents(s: &Stack) {
+pub(crate) async fn register_reference_agents(s: &Stack) {
     for name in [
         "security-scanner",
         "code-reviewer",
@@ -32,7 +32,7 @@ async fn register_reference_agents(s: &Stack) {
 }
 
 /// A webhook receiver: every JSON body posted to it.
-async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+pub(crate) async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let store = seen.clone();
     let app = axum::Router::new().route(

@@ -30,5 +30,6 @@ mod problems;
 mod registry;
 mod request_lifetime;
 mod soak;
+mod ui;
 mod webhooks;
 mod worker;

@@ -4,14 +4,17 @@
 //!
 //! With `trigger`, it measures the trigger path instead (see `trigger.rs`);
 //! with `webhook`, signed GitHub deliveries through the host against a
-//! native server running the same engine (see `webhook.rs`).
+//! native server running the same engine (see `webhook.rs`); with `ui`,
+//! the dashboard's first page (see `ui.rs`).
 //!
 //! Usage: spindle-bench [--secs N] [--connections N]
 //!        spindle-bench trigger [--runs N] [--fill N] [--clients N]
 //!        spindle-bench webhook [--deliveries N] [--fill N] [--clients N]
+//!        spindle-bench ui [--loads N]
 //! (run through `scripts/bench`, which builds everything in release mode).
 
 mod trigger;
+mod ui;
 mod webhook;
 
 use std::time::{Duration, Instant};
@@ -89,6 +92,19 @@ async fn main() -> anyhow::Result<()> {
     if args.peek().map(String::as_str) == Some("trigger") {
         args.next();
         return trigger_main(args).await;
+    }
+    if args.peek().map(String::as_str) == Some("ui") {
+        args.next();
+        let mut n = 500;
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--loads" => n = args.next().unwrap_or_default().parse()?,
+                other => {
+                    anyhow::bail!("unknown argument {other:?}; usage: spindle-bench ui [--loads N]")
+                }
+            }
+        }
+        return ui::run(n.max(1)).await;
     }
     if args.peek().map(String::as_str) == Some("webhook") {
         args.next();

@@ -546,6 +546,8 @@ pub fn client_with(credential: Option<&str>) -> reqwest::Client {
     }
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        // A redirect is an answer to check, not to follow.
+        .redirect(reqwest::redirect::Policy::none())
         .default_headers(headers)
         .build()
         .unwrap()

@@ -16,7 +16,7 @@
 
 use spin_sdk::http::{FullBody, Method, Request};
 use spin_sdk::http_service;
-use spindle_spin::http::{Problem, Response};
+use spindle_spin::http::{Problem, Response, not_modified};
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/generated.rs"));
@@ -108,16 +108,4 @@ fn page(req: &Request) -> Result<Response, Problem> {
             )))
     };
     Ok(resp.expect("valid response"))
-}
-
-/// Whether `If-None-Match` names the current version (RFC 9110, 13.1.2:
-/// weak comparison, `*` matches any).
-fn not_modified(req: &Request, etag: &str) -> bool {
-    req.headers()
-        .get_all("if-none-match")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }

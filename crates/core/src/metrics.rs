@@ -864,6 +864,10 @@ pub const ROUTES: &[&str] = &[
     "/approvals/{id}/links",
     "/approvals/link/{token}",
     "/api/policies/approvals",
+    "/",
+    "/ui/",
+    "/ui/{view}",
+    "/ui/assets/{name}",
 ];
 
 /// The template in [`ROUTES`] that `path` matches (literal segments before

@@ -288,3 +288,16 @@ pub fn path_info(req: &Request) -> String {
         .unwrap_or("/")
         .to_owned()
 }
+
+/// Whether the request's `If-None-Match` names `etag`, the current version
+/// of what it asks for (RFC 9110, 13.1.2: weak comparison, `*` matches
+/// any), so the answer may be `304 Not Modified`.
+pub fn not_modified(req: &Request, etag: &str) -> bool {
+    req.headers()
+        .get_all("if-none-match")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}

@@ -1,0 +1,252 @@
+// The dashboard in headless Chromium (Debian's), driven by playwright-core.
+// tests/all/ui.rs starts Spindle, sets the scene through the API and runs
+// this with:
+//   SPINDLE_URL     the host's base URL
+//   APPROVER_KEY    an approver's API key (alice)
+//   VIEWER_KEY      a viewer's API key (vic)
+//   DIAMOND_RUN     a finished run of the pr-checks diamond
+//   APPROVE_RUN, REJECT_RUN, VIEWER_RUN
+//                   runs of `fix` parked on the patcher's approval
+//   SCREENSHOT_DIR  where each page's screenshot goes
+// It exits non-zero, saying what it expected, on the first failed check.
+
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set (tests/all/ui.rs sets it)`);
+  return v;
+};
+const base = env('SPINDLE_URL').replace(/\/$/, '');
+const shots = env('SCREENSHOT_DIR');
+const runs = {
+  diamond: env('DIAMOND_RUN'),
+  approve: env('APPROVE_RUN'),
+  reject: env('REJECT_RUN'),
+  viewer: env('VIEWER_RUN'),
+};
+
+const browser = await chromium.launch({
+  executablePath: process.env.SPINDLE_CHROMIUM || '/usr/bin/chromium',
+  // Without the background-networking flags Chromium keeps trying hosts
+  // this machine cannot reach.
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const problems = [];
+let step = 'start';
+
+async function newPage(viewport = { width: 1280, height: 900 }) {
+  const context = await browser.newContext({ viewport, acceptDownloads: true });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  // Anything the page's script throws, or the CSP refuses, fails the test.
+  page.on('pageerror', (e) => problems.push(`${step}: page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/status of 40[134]/.test(m.text())) problems.push(`${step}: console error: ${m.text()}`);
+  });
+  return { context, page };
+}
+
+const shot = (page, name, fullPage = true) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage });
+
+async function signIn(page, key) {
+  await page.goto(`${base}/`);
+  await page.waitForURL(/\/ui\/?$|\/ui\/runs/);
+  await page.getByLabel('API key or token').fill(key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#who-name').waitFor();
+}
+
+try {
+  // ---- sign-in: a wrong key is refused with the API's own words
+  step = 'login';
+  const { page } = await newPage();
+  const first = await page.goto(`${base}/`);
+  assert.match(page.url(), /\/ui\/$/, 'the root sends the browser to /ui/');
+  const csp = first.headers()['content-security-policy'];
+  assert.ok(csp?.includes("script-src 'self'") && !csp.includes('unsafe-inline'), `a strict CSP, got ${csp}`);
+  const timing = await page.evaluate(() => {
+    const n = performance.getEntriesByType('navigation')[0];
+    return { ttfb: Math.round(n.responseStart - n.requestStart), loaded: Math.round(n.loadEventEnd - n.startTime) };
+  });
+  console.log(`first page: ${timing.ttfb} ms to the first byte, ${timing.loaded} ms to load (reported, not asserted; scripts/bench measures it)`);
+  await page.getByLabel('API key or token').fill('spk_not-a-real-key-but-long-enough-0000000000');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('alert').waitFor();
+  assert.match(await page.getByRole('alert').innerText(), /unauthorized|credential|key/i);
+  await shot(page, 'login');
+
+  // ---- runs: the diamond's run is listed, with its trigger and actor
+  step = 'runs';
+  await page.getByLabel('API key or token').fill(env('APPROVER_KEY'));
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Runs' }).waitFor();
+  const row = page.locator(`tr[data-run="${runs.diamond}"]`);
+  await row.waitFor();
+  assert.equal(await row.getAttribute('data-status'), 'succeeded');
+  assert.match(await row.innerText(), /pr-checks[\s\S]*succeeded[\s\S]*manual[\s\S]*key:bootstrap/);
+  for (const id of [runs.approve, runs.reject, runs.viewer]) {
+    assert.equal(await page.locator(`tr[data-run="${id}"]`).getAttribute('data-status'), 'waiting_approval');
+  }
+  // The filter by workflow narrows the list (and the address says so).
+  await page.getByLabel('Workflow').selectOption('pr-checks');
+  await page.waitForURL(/workflow=pr-checks/);
+  await page.locator(`tr[data-run="${runs.diamond}"]`).waitFor();
+  assert.equal(await page.locator(`tr[data-run="${runs.approve}"]`).count(), 0, 'the fix runs are filtered out');
+  await page.getByLabel('Workflow').selectOption('');
+  await page.locator(`tr[data-run="${runs.approve}"]`).waitFor();
+  await shot(page, 'runs');
+
+  // ---- one run: its DAG, each step's state, a step's output
+  step = 'run';
+  await page.locator(`tr[data-run="${runs.diamond}"] a`).click();
+  await page.getByRole('heading', { name: `Run ${runs.diamond}` }).waitFor();
+  const nodes = page.locator('svg.dag g.node');
+  assert.equal(await nodes.count(), 4, 'four steps drawn');
+  for (const id of ['scan', 'compliance', 'review', 'notify']) {
+    assert.equal(await page.locator(`svg.dag g.node[data-step="${id}"]`).getAttribute('data-status'), 'succeeded', id);
+  }
+  assert.equal(await page.locator('svg.dag path.edge').count(), 4, 'edges from needs: scan→compliance, scan→review, both→notify');
+  // Rows of the DAG follow the needs: scan above compliance and review, notify below them.
+  const y = async (id) => (await page.locator(`svg.dag g.node[data-step="${id}"]`).boundingBox()).y;
+  assert.ok(await y('scan') < await y('review') && await y('review') < await y('notify'), 'layered by needs');
+  assert.equal(await y('review'), await y('compliance'), 'the two branches side by side');
+  assert.ok(await page.locator('#cancel-run').count() === 0, 'no cancel button on a finished run');
+  await shot(page, 'run');
+  await page.locator('svg.dag g.node[data-step="scan"]').click();
+  const panel = page.locator('#step-panel');
+  await panel.getByRole('heading', { name: 'Step scan' }).waitFor();
+  const text = await panel.innerText();
+  assert.match(text, /hardcoded-secret/, 'the scan output shows its finding');
+  assert.match(text, /security-scanner v1/);
+  assert.match(text, /Attempts[\s\S]*1/);
+  // Keyboard: another step, by Enter on its box.
+  await page.locator('svg.dag g.node[data-step="review"]').focus();
+  await page.keyboard.press('Enter');
+  await panel.getByRole('heading', { name: 'Step review' }).waitFor();
+  assert.match(await panel.innerText(), /request_changes/);
+  // The download gives the stored output.
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    panel.getByRole('button', { name: 'Download output (JSON)' }).click(),
+  ]);
+  assert.equal(download.suggestedFilename(), `${runs.diamond}-review-output.json`);
+  const saved = JSON.parse(await (await import('node:fs/promises')).readFile(await download.path(), 'utf8'));
+  assert.equal(saved.verdict, 'request_changes');
+  // The run's audit trail.
+  assert.match(await page.locator('table.trail').innerText(), /run_succeeded|run_finished|step_succeeded/);
+  await shot(page, 'run-step-output');
+
+  // ---- approvals: approve one and watch its run finish; reject another
+  step = 'approvals';
+  await page.getByRole('link', { name: 'Approvals', exact: true }).click();
+  await page.getByRole('heading', { name: 'Waiting for a decision' }).waitFor();
+  const card = (run) => page.locator('article.approval').filter({ has: page.locator(`a:text-is("${run}")`) });
+  for (const run of [runs.approve, runs.reject, runs.viewer]) await card(run).waitFor();
+  const mine = card(runs.approve);
+  assert.match(await mine.innerText(), /medium risk|high risk|low risk|critical risk/);
+  assert.equal(await mine.locator('.diff .add').first().innerText(), '+PORT=8080', 'the preview is drawn as a diff');
+  assert.match(await mine.locator('.time-left').innerText(), /expires in/);
+  await shot(page, 'approvals');
+  await mine.getByLabel('Comment').fill('looks right');
+  await mine.getByRole('button', { name: 'Approve' }).click();
+  await mine.getByText(/dispatched|approved/i).first().waitFor();
+  // The run, live: it finishes without a reload.
+  await page.goto(`${base}/ui/runs/${runs.approve}`);
+  await page.locator('svg.dag g.node[data-step="patch"]').waitFor();
+  await page.locator('#run-status .st-succeeded').waitFor({ timeout: 30000 });
+  assert.equal(await page.locator('svg.dag g.node[data-step="patch"]').getAttribute('data-status'), 'succeeded');
+  await shot(page, 'approved-run');
+
+  step = 'reject';
+  await page.goto(`${base}/ui/approvals`);
+  const theirs = card(runs.reject);
+  await theirs.waitFor();
+  await theirs.getByLabel('Comment').fill('not this release');
+  await theirs.getByRole('button', { name: 'Reject' }).click();
+  await page.locator('table.decided').getByText('not this release', { exact: false }).waitFor();
+  assert.equal(await card(runs.reject).count(), 0, 'a decided approval leaves the pending list');
+  assert.match(await page.locator('table.decided').innerText(), /key:alice: approve[\s\S]*|key:alice: reject/);
+
+  // ---- overview: the chart has data; workers, events, webhooks, schedules
+  step = 'overview';
+  await page.getByRole('link', { name: 'Overview' }).click();
+  await page.locator('svg.chart rect.bar').first().waitFor({ state: 'attached' });
+  assert.equal(await page.locator('svg.chart rect.bar').count(), 7, 'seven days');
+  const todayRuns = Number(await page.locator('svg.chart rect.bar').last().getAttribute('data-runs'));
+  assert.ok(todayRuns >= 4, `today's bar counts the runs, got ${todayRuns}`);
+  const barHeight = Number(await page.locator('svg.chart rect.bar').last().getAttribute('height'));
+  assert.ok(barHeight > 10, `today's bar is drawn, height ${barHeight}`);
+  assert.ok(await page.locator('table.top-events tbody tr').count() > 0, 'the most frequent events');
+  assert.match(await page.locator('table.top-events tbody tr').first().innerText(), /^[a-z_]+\s+\d+$/, 'each event named with its count');
+  assert.match(await page.locator('table.workers').innerText(), /ok[\s\S]*closed/);
+  assert.match(await page.locator('table.webhooks').innerText(), /unknown[\s\S]*unknown-source/);
+  assert.match(await page.locator('table.schedules').innerText(), /nightly[\s\S]*fix[\s\S]*0 3 \* \* \*/);
+  await page.getByRole('button', { name: '30 days' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('svg.chart rect.bar').length === 30);
+  await page.getByRole('button', { name: '7 days' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('svg.chart rect.bar').length === 7);
+  await shot(page, 'overview');
+
+  // ---- registry: the workflow with its DAG, read-only
+  step = 'registry';
+  await page.getByRole('link', { name: 'Registry' }).click();
+  await page.getByRole('link', { name: 'pr-checks' }).click();
+  await page.getByRole('heading', { name: 'Workflow pr-checks' }).waitFor();
+  assert.equal(await page.locator('svg.dag g.node').count(), 4);
+  await shot(page, 'workflow');
+  for (const kind of ['Agents', 'Schedules', 'Subscriptions']) {
+    await page.getByRole('link', { name: kind, exact: true }).click();
+    await page.getByRole('heading', { name: kind }).waitFor();
+  }
+  assert.equal(await page.locator('button.approve, button.reject, button.danger').count(), 0);
+
+  // ---- a viewer: no decision buttons, and a forced decision is refused
+  step = 'viewer';
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByLabel('API key or token').waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0, 'signing out forgets the credential');
+  await signIn(page, env('VIEWER_KEY'));
+  await page.goto(`${base}/ui/approvals`);
+  const seen = card(runs.viewer);
+  await seen.waitFor();
+  assert.equal(await page.getByRole('button', { name: 'Approve' }).count(), 0, 'no approve button for a viewer');
+  assert.equal(await page.getByRole('button', { name: 'Reject' }).count(), 0, 'no reject button for a viewer');
+  assert.match(await seen.innerText(), /Your role \(viewer\) cannot decide/);
+  const approvalId = await seen.getAttribute('data-approval');
+  const forced = await page.evaluate(async (id) => {
+    const r = await fetch(`/approvals/${encodeURIComponent(id)}/decision`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${sessionStorage.getItem('spindle.credential')}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ decision: 'approve' }),
+    });
+    return { status: r.status, body: await r.json() };
+  }, approvalId);
+  assert.equal(forced.status, 403, JSON.stringify(forced.body));
+  assert.match(forced.body.type, /forbidden/);
+  await shot(page, 'viewer-approvals');
+  await page.goto(`${base}/ui/runs/${runs.viewer}`);
+  await page.locator('svg.dag g.node[data-step="patch"][data-status="waiting_approval"]').waitFor();
+  assert.equal(await page.locator('#cancel-run').count(), 0, 'no cancel button for a viewer');
+
+  // ---- a phone: the runs page fits the width
+  step = 'phone';
+  const phone = await newPage({ width: 390, height: 844 });
+  await signIn(phone.page, env('VIEWER_KEY'));
+  await phone.page.locator(`tr[data-run="${runs.diamond}"]`).waitFor();
+  const overflow = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the page scrolls sideways by ${overflow} px on a phone`);
+  await shot(phone.page, 'runs-phone');
+
+  assert.deepEqual(problems, [], 'no script errors and no CSP violations');
+  console.log('dashboard: every check passed');
+} catch (err) {
+  console.error(`failed at ${step}: ${err.stack || err}`);
+  if (problems.length) console.error(problems.join('\n'));
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
