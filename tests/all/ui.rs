@@ -116,6 +116,42 @@ async fn the_dashboard_shows_runs_and_decides_approvals_in_a_real_browser() {
     let v = s.finished(&diamond, 60).await;
     assert_eq!(v["status"], "succeeded", "{v:#}");
 
+    // A run with every shape the DAG draws apart: a fan-out of three, a
+    // step skipped by its condition, a failure that runs the compensation
+    // of the step before it and the workflow's on-failure step.
+    s.agent(
+        "echo",
+        r#"in=$(cat); printf '{"seen":%s}' "$in""#,
+        json!({}),
+    )
+    .await;
+    s.agent(
+        "fail",
+        "cat >/dev/null; echo 'verification failed' >&2; exit 1",
+        json!({}),
+    )
+    .await;
+    s.workflow(json!({"name": "shapes", "on_failure": ["alert"], "steps": [
+        {"id": "each", "agent": "echo", "for_each": "trigger.payload.files", "input": {"path": "{{ item }}"}},
+        {"id": "optional", "agent": "echo", "needs": ["each"], "when": "trigger.payload.extra == true"},
+        {"id": "apply", "agent": "echo", "needs": ["each"], "compensate": "undo"},
+        {"id": "verify", "agent": "fail", "needs": ["apply"]},
+        {"id": "undo", "agent": "echo"},
+        {"id": "alert", "agent": "echo"}
+    ]}))
+    .await;
+    let shapes = s
+        .trigger(
+            "shapes",
+            json!({"files": ["a.rs", "b.rs", "c.rs"], "extra": false}),
+        )
+        .await;
+    let v = s.finished(&shapes, 60).await;
+    assert_eq!(v["status"], "failed", "{v:#}");
+    assert_eq!(step(&v, "undo")["status"], "succeeded", "{v:#}");
+    assert_eq!(step(&v, "alert")["status"], "succeeded", "{v:#}");
+    assert_eq!(step(&v, "optional")["status"], "skipped", "{v:#}");
+
     // Three runs parked on the patcher's approval, started by an operator:
     // one to approve, one to reject, one for the viewer to look at.
     let approve = parked(&s, &carl).await;
@@ -147,6 +183,7 @@ async fn the_dashboard_shows_runs_and_decides_approvals_in_a_real_browser() {
             ("APPROVER_KEY", alice.clone()),
             ("VIEWER_KEY", vic.clone()),
             ("DIAMOND_RUN", diamond.clone()),
+            ("SHAPES_RUN", shapes.clone()),
             ("APPROVE_RUN", approve.clone()),
             ("REJECT_RUN", reject.clone()),
             ("VIEWER_RUN", viewer_run.clone()),
@@ -195,6 +232,7 @@ async fn the_dashboard_shows_runs_and_decides_approvals_in_a_real_browser() {
         "runs",
         "run",
         "run-step-output",
+        "run-shapes",
         "approvals",
         "approved-run",
         "overview",

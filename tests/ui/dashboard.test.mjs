@@ -5,6 +5,8 @@
 //   APPROVER_KEY    an approver's API key (alice)
 //   VIEWER_KEY      a viewer's API key (vic)
 //   DIAMOND_RUN     a finished run of the pr-checks diamond
+//   SHAPES_RUN      a failed run with a fan-out, a skipped step, a
+//                   compensation and an on-failure step
 //   APPROVE_RUN, REJECT_RUN, VIEWER_RUN
 //                   runs of `fix` parked on the patcher's approval
 //   SCREENSHOT_DIR  where each page's screenshot goes
@@ -23,6 +25,7 @@ const base = env('SPINDLE_URL').replace(/\/$/, '');
 const shots = env('SCREENSHOT_DIR');
 const runs = {
   diamond: env('DIAMOND_RUN'),
+  shapes: env('SHAPES_RUN'),
   approve: env('APPROVE_RUN'),
   reject: env('REJECT_RUN'),
   viewer: env('VIEWER_RUN'),
@@ -51,6 +54,8 @@ async function newPage(viewport = { width: 1280, height: 900 }) {
 }
 
 const shot = (page, name, fullPage = true) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage });
+// The top of a page, as the README shows it (docs/images/).
+const readmeShot = (page, name, height) => page.screenshot({ path: path.join(shots, `readme-${name}.png`), fullPage: true, clip: { x: 0, y: 0, width: 1280, height } });
 
 async function signIn(page, key) {
   await page.goto(`${base}/`);
@@ -139,6 +144,27 @@ try {
   // The run's audit trail.
   assert.match(await page.locator('table.trail').innerText(), /run_succeeded|run_finished|step_succeeded/);
   await shot(page, 'run-step-output');
+  await readmeShot(page, 'run', 1400);
+
+  // ---- the shapes the DAG draws apart
+  step = 'shapes';
+  await page.goto(`${base}/ui/runs/${runs.shapes}`);
+  await page.getByRole('heading', { name: `Run ${runs.shapes}` }).waitFor();
+  assert.equal(await page.locator('#run-status .st-failed').count(), 1, 'the run failed');
+  const node = (id) => page.locator(`svg.dag g.node[data-step="${id}"]`);
+  assert.match(await node('each').textContent(), /3\/3 items/, 'a fan-out shows its item count');
+  assert.equal(await node('optional').getAttribute('data-status'), 'skipped');
+  assert.match(await node('optional').locator('title').textContent(), /skipped: .+/, "a skipped step's reason on hover");
+  assert.equal(await node('verify').getAttribute('data-status'), 'failed');
+  const lanes = await page.locator('svg.dag text.lane-label').allTextContents();
+  assert.deepEqual(lanes, ['Compensation', 'On failure'], 'compensation and on-failure steps in lanes of their own');
+  const top = async (id) => (await node(id).boundingBox()).y;
+  assert.ok(await top('undo') > await top('verify') && await top('alert') > await top('undo'), 'the lanes below the DAG');
+  assert.equal(await page.locator('svg.dag path.edge.compensates').count(), 1, 'apply is joined to its compensation');
+  await node('verify').click();
+  await page.locator('#step-panel').getByRole('heading', { name: 'Step verify' }).waitFor();
+  assert.match(await page.locator('#step-panel').innerText(), /verification failed/, "the failed attempt's stderr");
+  await shot(page, 'run-shapes');
 
   // ---- approvals: approve one and watch its run finish; reject another
   step = 'approvals';
@@ -151,6 +177,7 @@ try {
   assert.equal(await mine.locator('.diff .add').first().innerText(), '+PORT=8080', 'the preview is drawn as a diff');
   assert.match(await mine.locator('.time-left').innerText(), /expires in/);
   await shot(page, 'approvals');
+  await readmeShot(page, 'approvals', 1000);
   await mine.getByLabel('Comment').fill('looks right');
   await mine.getByRole('button', { name: 'Approve' }).click();
   await mine.getByText(/dispatched|approved/i).first().waitFor();

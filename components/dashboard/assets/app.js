@@ -655,7 +655,7 @@ async function runPage(id) {
         h('td', { class: 'time', text: fmtTime(a.finished_at_ms) }),
         h('td', { class: 'num', text: a.finished_at_ms ? fmtDuration(a.finished_at_ms - (a.started_at_ms ?? a.dispatched_at_ms)) : '—' }),
         h('td', { class: 'num', text: a.exit_code ?? '—' }),
-        h('td', {}, a.error ? `${a.error.kind}: ${a.error.message}` : '', a.logs_tail ? h('details', {}, h('summary', { text: 'stderr' }), h('pre', { text: a.logs_tail })) : null)))))) : h('p', { class: 'muted', text: 'Not dispatched yet.' });
+        h('td', {}, a.error ? `${a.error.kind}: ${a.error.message}` : '', a.logs_tail ? h('details', { open: Boolean(a.error) }, h('summary', { text: 'stderr' }), h('pre', { text: a.logs_tail })) : null)))))) : h('p', { class: 'muted', text: 'Not dispatched yet.' });
     const items = st.items ? [h('h3', { text: `Items (${st.items.length})` }), h('div', { class: 'table-wrap' }, h('table', {},
       h('thead', {}, h('tr', {}, ['Item', 'Status', 'Attempts', 'Output bytes', 'Error'].map((t) => h('th', { scope: 'col', text: t })))),
       h('tbody', {}, st.items.map((i) => h('tr', {}, h('td', { class: 'mono', text: i.id }), h('td', {}, badge(i.status)), h('td', { class: 'num', text: i.attempts?.length ?? 0 }),
