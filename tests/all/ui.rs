@@ -247,3 +247,106 @@ async fn the_dashboard_shows_runs_and_decides_approvals_in_a_real_browser() {
         assert!(size > 2_000, "{} is only {size} bytes", shot.display());
     }
 }
+
+/// The dashboard's own answers, without a browser: the root sends a browser
+/// to `/ui/`, every view's address is the page, the page and its assets
+/// carry a strict policy and revalidate by entity tag, only the current
+/// fingerprint is cached for long, and nothing but GET and HEAD is taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_is_served_with_a_strict_policy_and_revalidates() {
+    let host = spindle_tests::HostBuilder::new(root().join("spin.toml")).start();
+    let c = spindle_tests::anon_client();
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+
+    let r = c.get(host.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(header(&r, "location"), "/ui/");
+
+    let page = c.get(host.url("/ui/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+    let csp = header(&page, "content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(header(&page, "cache-control"), "no-cache");
+    let etag = header(&page, "etag");
+    let body = page.text().await.unwrap();
+    assert!(!body.contains("<script>"), "no inline script");
+    assert!(!body.contains("style="), "no inline style");
+
+    // Every view's address is the same page.
+    for view in ["/ui/runs", "/ui/runs/r1-000001", "/ui/registry/workflows/x"] {
+        let r = c.get(host.url(view)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{view}");
+        assert_eq!(r.text().await.unwrap(), body, "{view}");
+    }
+    let r = c
+        .get(host.url("/ui/"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // Each asset the page names, at its fingerprint: kept for a year.
+    let mut named = 0;
+    for (i, _) in body.match_indices("/ui/assets/") {
+        let end = i + body[i..].find('"').unwrap();
+        let url = &body[i..end];
+        named += 1;
+        let r = c.get(host.url(url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert_eq!(
+            header(&r, "cache-control"),
+            "public, max-age=31536000, immutable",
+            "{url}"
+        );
+        let etag = header(&r, "etag");
+        let r = c
+            .get(host.url(url))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304, "{url}");
+        // Without the fingerprint (or with a stale one): revalidated.
+        let bare = url.split('?').next().unwrap();
+        let r = c
+            .get(host.url(&format!("{bare}?v=stale")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&r, "cache-control"), "no-cache", "{bare}");
+        assert!(
+            header(&r, "content-security-policy").contains("sandbox"),
+            "{bare}"
+        );
+    }
+    assert_eq!(named, 4, "the icon twice, the style sheet and the script");
+
+    let r = c.get(host.url("/ui/assets/nope.js")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(header(&r, "content-type"), "application/problem+json");
+    for (method, path) in [("POST", "/ui/"), ("DELETE", "/ui/runs"), ("POST", "/")] {
+        let r = c
+            .request(method.parse().unwrap(), host.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(header(&r, "allow"), "GET, HEAD", "{method} {path}");
+    }
+}

@@ -17,9 +17,9 @@
 //! its own script and style sheet and talk to its own origin, and nothing
 //! else: no inline script, no outside font or script, no framing.
 
-use spin_sdk::http::{FullBody, Method, Request};
+use spin_sdk::http::{FullBody, Request};
 use spin_sdk::http_service;
-use spindle_spin::http::{Problem, Response, not_modified};
+use spindle_spin::http::{Builtin, INERT_CSP, Problem, Response, builtin, refuse_unless_get};
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/generated.rs"));
@@ -37,13 +37,6 @@ const ICON: &str = include_str!("../assets/icon.svg");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
-
-/// For the assets themselves: nothing in them may run or load anything,
-/// should a browser be talked into rendering one as a page.
-const INERT_CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
-
-/// The methods every path accepts.
-const ALLOWED: &str = "GET, HEAD";
 
 struct Asset {
     body: &'static str,
@@ -78,15 +71,10 @@ fn asset(name: &str) -> Option<Asset> {
 }
 
 fn answer(req: &Request) -> Result<Response, Problem> {
-    let path = req.uri().path();
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut problem = Problem::method_not_allowed(ALLOWED);
-        problem.request_id = Some(spindle_spin::context::request_id());
-        let mut resp = problem.response();
-        resp.headers_mut()
-            .insert("allow", http::HeaderValue::from_static(ALLOWED));
-        return Ok(resp);
+    if let Some(refused) = refuse_unless_get(req) {
+        return Ok(refused);
     }
+    let path = req.uri().path();
     if path == "/" || path == "/ui" {
         return Ok(redirect("/ui/"));
     }
@@ -104,54 +92,32 @@ fn answer(req: &Request) -> Result<Response, Problem> {
         // The page names each asset with its fingerprint: an address that
         // carries the current one never changes meaning, so it may be kept.
         let current = query_param(req, "v") == Some(asset.version);
-        let cache = if current {
-            "public, max-age=31536000, immutable"
-        } else {
-            "no-cache"
-        };
-        return Ok(page(
+        return Ok(builtin(
             req,
-            asset.body,
-            asset.content_type,
-            asset.version,
-            cache,
-            INERT_CSP,
+            &Builtin {
+                body: asset.body,
+                content_type: asset.content_type,
+                etag: &format!("\"{}\"", asset.version),
+                cache: if current {
+                    "public, max-age=31536000, immutable"
+                } else {
+                    "no-cache"
+                },
+                csp: INERT_CSP,
+            },
         ));
     }
     // Revalidated on every visit: an upgrade shows at the next load.
-    Ok(page(
+    Ok(builtin(
         req,
-        PAGE,
-        "text/html; charset=utf-8",
-        generated::PAGE_VERSION,
-        "no-cache",
-        CSP,
+        &Builtin {
+            body: PAGE,
+            content_type: "text/html; charset=utf-8",
+            etag: &format!("\"{}\"", generated::PAGE_VERSION),
+            cache: "no-cache",
+            csp: CSP,
+        },
     ))
-}
-
-fn page(
-    req: &Request,
-    body: &'static str,
-    content_type: &'static str,
-    version: &str,
-    cache: &'static str,
-    csp: &'static str,
-) -> Response {
-    let etag = format!("\"{version}\"");
-    let builder = http::Response::builder()
-        .header("etag", &etag)
-        .header("cache-control", cache)
-        .header("content-security-policy", csp);
-    let resp = if not_modified(req, &etag) {
-        builder.status(304).body(FullBody::new(bytes::Bytes::new()))
-    } else {
-        // The full body for HEAD too: the host sends only its headers.
-        builder
-            .status(200)
-            .header("content-type", content_type)
-            .body(FullBody::new(bytes::Bytes::from_static(body.as_bytes())))
-    };
-    resp.expect("valid response")
 }
 
 fn redirect(to: &'static str) -> Response {

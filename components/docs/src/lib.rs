@@ -14,9 +14,9 @@
 //! variable and makes no outbound request. Each answer carries an entity
 //! tag, so a client revalidates with `If-None-Match` and gets `304`.
 
-use spin_sdk::http::{FullBody, Method, Request};
+use spin_sdk::http::Request;
 use spin_sdk::http_service;
-use spindle_spin::http::{Problem, Response, not_modified};
+use spindle_spin::http::{Builtin, INERT_CSP, Problem, Response, builtin};
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/generated.rs"));
@@ -30,13 +30,6 @@ const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
 /// The OpenAPI document rendered as HTML by `build.rs`.
 const API_DOCS: &str = include_str!(concat!(env!("OUT_DIR"), "/api-docs.html"));
-
-/// For the pages that are not HTML: nothing they contain may run or load
-/// anything, should a browser be talked into rendering them.
-const INERT_CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
-
-/// The methods every page accepts.
-const ALLOWED: &str = "GET, HEAD";
 
 /// One page and how it is answered.
 struct Page {
@@ -82,30 +75,16 @@ fn page(req: &Request) -> Result<Response, Problem> {
             "no documentation page at {path}"
         )));
     };
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut problem = Problem::method_not_allowed(ALLOWED);
-        problem.request_id = Some(spindle_spin::context::request_id());
-        let mut resp = problem.response();
-        resp.headers_mut()
-            .insert("allow", http::HeaderValue::from_static(ALLOWED));
-        return Ok(resp);
-    }
-    let builder = http::Response::builder()
-        .header("etag", page.etag)
-        // Public and the same for every caller until the app is upgraded;
-        // the entity tag makes revalidation after that cheap.
-        .header("cache-control", "public, max-age=300")
-        .header("content-security-policy", page.csp);
-    let resp = if not_modified(req, page.etag) {
-        builder.status(304).body(FullBody::new(bytes::Bytes::new()))
-    } else {
-        // The full page for HEAD too: the host sends only its headers.
-        builder
-            .status(200)
-            .header("content-type", page.content_type)
-            .body(FullBody::new(bytes::Bytes::from_static(
-                page.body.as_bytes(),
-            )))
-    };
-    Ok(resp.expect("valid response"))
+    Ok(builtin(
+        req,
+        &Builtin {
+            body: page.body,
+            content_type: page.content_type,
+            etag: page.etag,
+            // Public and the same for every caller until the app is
+            // upgraded; the entity tag makes revalidation after that cheap.
+            cache: "public, max-age=300",
+            csp: page.csp,
+        },
+    ))
 }

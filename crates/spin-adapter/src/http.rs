@@ -301,3 +301,61 @@ pub fn not_modified(req: &Request, etag: &str) -> bool {
         .map(str::trim)
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
+
+/// The Content-Security-Policy of a built-in file that is not a page:
+/// nothing in it may run or load anything, should a browser be talked into
+/// rendering it as one.
+pub const INERT_CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
+
+/// `405` with `Allow: GET, HEAD` unless the request is a `GET` or `HEAD`.
+pub fn refuse_unless_get(req: &Request) -> Option<Response> {
+    use spin_sdk::http::Method;
+    const ALLOWED: &str = "GET, HEAD";
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return None;
+    }
+    let mut problem = Problem::method_not_allowed(ALLOWED);
+    problem.request_id = Some(crate::context::request_id());
+    let mut resp = problem.response();
+    resp.headers_mut()
+        .insert("allow", http::HeaderValue::from_static(ALLOWED));
+    Some(resp)
+}
+
+/// A file built into a component, and how it is answered.
+pub struct Builtin<'a> {
+    /// The bytes.
+    pub body: &'static str,
+    /// Its media type.
+    pub content_type: &'a str,
+    /// Its entity tag, quoted.
+    pub etag: &'a str,
+    /// Its `Cache-Control`.
+    pub cache: &'a str,
+    /// Its `Content-Security-Policy`.
+    pub csp: &'a str,
+}
+
+/// Answers `GET` or `HEAD` for a built-in file: `304` when the client's
+/// `If-None-Match` names its entity tag, else the file (for `HEAD` too: the
+/// host sends only the headers). Any other method gets `405` with `Allow`.
+pub fn builtin(req: &Request, file: &Builtin<'_>) -> Response {
+    if let Some(refused) = refuse_unless_get(req) {
+        return refused;
+    }
+    let builder = http::Response::builder()
+        .header("etag", file.etag)
+        .header("cache-control", file.cache)
+        .header("content-security-policy", file.csp);
+    let resp = if not_modified(req, file.etag) {
+        builder.status(304).body(FullBody::new(bytes::Bytes::new()))
+    } else {
+        builder
+            .status(200)
+            .header("content-type", file.content_type)
+            .body(FullBody::new(bytes::Bytes::from_static(
+                file.body.as_bytes(),
+            )))
+    };
+    resp.expect("valid response")
+}
