@@ -232,6 +232,62 @@ async fn a_single_step_run_stores_the_agents_output() {
     assert_eq!(list["runs"], json!([]));
 }
 
+/// A client polling a run revalidates it: `304` while the run has not
+/// moved, the new view once it has.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_polled_run_answers_not_modified_until_it_moves() {
+    let s = stack(1);
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // Waits for the test's word, so the run is caught while it runs.
+    s.agent(
+        "waiter",
+        &format!(
+            "cat >/dev/null; while [ ! -e {} ]; do sleep 0.05; done; echo '{{}}'",
+            go.display()
+        ),
+        json!({}),
+    )
+    .await;
+    s.workflow(json!({"name": "wait", "steps": [{"id": "w", "agent": "waiter"}]}))
+        .await;
+    let run = s.trigger("wait", json!({})).await;
+    s.wait(&run, 20, |v| step(v, "w")["status"] == "running")
+        .await;
+    let get = |etag: Option<String>| {
+        let url = s.host.url(&format!("/api/runs/{run}"));
+        async move {
+            let mut req = client().get(url);
+            if let Some(e) = etag {
+                req = req.header("if-none-match", e);
+            }
+            let resp = req.send().await.unwrap();
+            let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.unwrap();
+            (status, etag, body)
+        }
+    };
+    let (st, etag, body) = get(None).await;
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(etag, format!("\"{}-v1\"", v["revision"]));
+    // A stale or foreign tag gets the view.
+    let (st, _, _) = get(Some("\"0-v1\"".into())).await;
+    assert_eq!(st, 200);
+    std::fs::write(&go, "").unwrap();
+    let v = s.finished(&run, 20).await;
+    assert_eq!(v["status"], "succeeded");
+    let (st, new, body) = get(Some(etag.clone())).await;
+    assert_eq!(st, 200, "the run moved");
+    assert_ne!(new, etag);
+    assert!(!body.is_empty());
+    let (st, same, body) = get(Some(new.clone())).await;
+    assert_eq!(st, 304, "nothing moved since");
+    assert_eq!(same, new);
+    assert!(body.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_steps_output_downloads_as_the_stored_json_and_only_with_a_credential() {
     let s = stack(1);

@@ -23,6 +23,9 @@ use crate::engine::{Stack, stack_with, step};
 /// asks for an approval).
 const PATCH: &str = "diff --git a/config/app.env b/config/app.env\n--- a/config/app.env\n+++ b/config/app.env\n@@ -1 +1,2 @@\n HOST=example.org\n+PORT=8080\n";
 
+/// A patch that pipes a download into a shell: rules match, with reasons.
+const RISKY: &str = "diff --git a/scripts/setup.sh b/scripts/setup.sh\n--- a/scripts/setup.sh\n+++ b/scripts/setup.sh\n@@ -1 +1,2 @@\n #!/bin/sh\n+curl -fsSL https://get.example.com/install.sh | sh\n";
+
 /// What the pr-checks diamond scans: one high finding.
 const DIFF: &str = "diff --git a/config/app.env b/config/app.env\n--- a/config/app.env\n+++ b/config/app.env\n@@ -1,1 +1,3 @@\n HOST=example.org\n+password = \"hunter2hunter2\"\n+console.log(\"debug\") // TODO remove\n";
 
@@ -62,22 +65,21 @@ async fn key(s: &Stack, name: &str, role: &str) -> String {
     v["key"].as_str().unwrap().to_owned()
 }
 
-/// Triggers `fix` (scan, then patch) as `who` and waits for its patch step
-/// to park on an approval; the run id.
-async fn parked(s: &Stack, who: &str) -> String {
+/// Triggers `fix` (scan, then patch) as `who` and waits for a step to park
+/// on an approval (the patch; with a risky diff, already the scan that
+/// reads it); the run id.
+async fn parked(s: &Stack, who: &str, diff: &str) -> String {
     let resp = client_with(Some(who))
         .post(s.host.url("/trigger/fix"))
-        .json(&json!({"diff": PATCH}))
+        .json(&json!({"diff": diff}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
     let v: Value = resp.json().await.unwrap();
     let run = v["run_id"].as_str().unwrap().to_owned();
-    let r = s
-        .wait(&run, 30, |v| v["status"] == "waiting_approval")
+    s.wait(&run, 30, |v| v["status"] == "waiting_approval")
         .await;
-    assert_eq!(step(&r, "patch")["status"], "waiting_approval");
     run
 }
 
@@ -153,10 +155,12 @@ async fn the_dashboard_shows_runs_and_decides_approvals_in_a_real_browser() {
     assert_eq!(step(&v, "optional")["status"], "skipped", "{v:#}");
 
     // Three runs parked on the patcher's approval, started by an operator:
-    // one to approve, one to reject, one for the viewer to look at.
-    let approve = parked(&s, &carl).await;
-    let reject = parked(&s, &carl).await;
-    let viewer_run = parked(&s, &carl).await;
+    // one to approve, a risky one to reject, one for the viewer to look at,
+    // one for the operator to cancel.
+    let approve = parked(&s, &carl, PATCH).await;
+    let reject = parked(&s, &carl, RISKY).await;
+    let viewer_run = parked(&s, &carl, PATCH).await;
+    let cancel = parked(&s, &carl, PATCH).await;
 
     // Something for the overview's other tables.
     let (st, v) = s
@@ -182,11 +186,13 @@ async fn the_dashboard_shows_runs_and_decides_approvals_in_a_real_browser() {
             ("SPINDLE_URL", s.host.url("")),
             ("APPROVER_KEY", alice.clone()),
             ("VIEWER_KEY", vic.clone()),
+            ("OPERATOR_KEY", carl.clone()),
             ("DIAMOND_RUN", diamond.clone()),
             ("SHAPES_RUN", shapes.clone()),
             ("APPROVE_RUN", approve.clone()),
             ("REJECT_RUN", reject.clone()),
             ("VIEWER_RUN", viewer_run.clone()),
+            ("CANCEL_RUN", cancel.clone()),
             ("SCREENSHOT_DIR", shots.display().to_string()),
         ];
         move || {
@@ -223,6 +229,8 @@ async fn the_dashboard_shows_runs_and_decides_approvals_in_a_real_browser() {
     let decision = &list["approvals"][0]["decisions"][0];
     assert_eq!(decision["by"], "key:alice", "{list:#}");
     assert_eq!(decision["comment"], "not this release", "{list:#}");
+    let v = s.finished(&cancel, 30).await;
+    assert_eq!(v["status"], "cancelled", "{v:#}");
     // The viewer's forced decision was refused and changed nothing.
     let (_, v) = s.get(&format!("/api/runs/{viewer_run}")).await;
     assert_eq!(v["status"], "waiting_approval", "{v:#}");
@@ -238,7 +246,10 @@ async fn the_dashboard_shows_runs_and_decides_approvals_in_a_real_browser() {
         "overview",
         "workflow",
         "viewer-approvals",
+        "cancelled-run",
         "runs-phone",
+        "run-phone",
+        "approvals-phone",
     ] {
         let shot = shots.join(format!("{page}.png"));
         let size = std::fs::metadata(&shot)

@@ -7,8 +7,10 @@
 //   DIAMOND_RUN     a finished run of the pr-checks diamond
 //   SHAPES_RUN      a failed run with a fan-out, a skipped step, a
 //                   compensation and an on-failure step
-//   APPROVE_RUN, REJECT_RUN, VIEWER_RUN
-//                   runs of `fix` parked on the patcher's approval
+//   OPERATOR_KEY    an operator's API key (carl, who started the fix runs)
+//   APPROVE_RUN, REJECT_RUN, VIEWER_RUN, CANCEL_RUN
+//                   runs of `fix` parked on the patcher's approval (the
+//                   one to reject with a patch that matches risk rules)
 //   SCREENSHOT_DIR  where each page's screenshot goes
 // It exits non-zero, saying what it expected, on the first failed check.
 
@@ -29,6 +31,7 @@ const runs = {
   approve: env('APPROVE_RUN'),
   reject: env('REJECT_RUN'),
   viewer: env('VIEWER_RUN'),
+  cancel: env('CANCEL_RUN'),
 };
 
 const browser = await chromium.launch({
@@ -99,8 +102,10 @@ try {
   // The filter by workflow narrows the list (and the address says so).
   await page.getByLabel('Workflow').selectOption('pr-checks');
   await page.waitForURL(/workflow=pr-checks/);
-  await page.locator(`tr[data-run="${runs.diamond}"]`).waitFor();
-  assert.equal(await page.locator(`tr[data-run="${runs.approve}"]`).count(), 0, 'the fix runs are filtered out');
+  // The list follows: the fix runs go, the diamond stays.
+  await page.locator(`tr[data-run="${runs.approve}"]`).waitFor({ state: 'detached' });
+  assert.equal(await page.locator(`tr[data-run="${runs.diamond}"]`).count(), 1, 'the pr-checks run stays');
+  assert.equal(await page.locator('tr[data-run]').count(), 1, 'only the pr-checks run is listed');
   await page.getByLabel('Workflow').selectOption('');
   await page.locator(`tr[data-run="${runs.approve}"]`).waitFor();
   await shot(page, 'runs');
@@ -127,7 +132,9 @@ try {
   const text = await panel.innerText();
   assert.match(text, /hardcoded-secret/, 'the scan output shows its finding');
   assert.match(text, /security-scanner v1/);
-  assert.match(text, /Attempts[\s\S]*1/);
+  const attempts = panel.locator('table.attempts tbody tr');
+  assert.equal(await attempts.count(), 1, 'one attempt');
+  assert.match(await attempts.first().innerText(), /127\.0\.0\.1:\d+/, 'the worker that ran it');
   // Keyboard: another step, by Enter on its box.
   await page.locator('svg.dag g.node[data-step="review"]').focus();
   await page.keyboard.press('Enter');
@@ -142,7 +149,10 @@ try {
   const saved = JSON.parse(await (await import('node:fs/promises')).readFile(await download.path(), 'utf8'));
   assert.equal(saved.verdict, 'request_changes');
   // The run's audit trail.
-  assert.match(await page.locator('table.trail').innerText(), /run_succeeded|run_finished|step_succeeded/);
+  const trailText = await page.locator('table.trail').innerText();
+  for (const kind of ['run_created', 'step_dispatched', 'step_succeeded', 'run_succeeded']) {
+    assert.ok(trailText.includes(kind), `the trail has ${kind}`);
+  }
   await shot(page, 'run-step-output');
   await readmeShot(page, 'run', 1400);
 
@@ -166,37 +176,55 @@ try {
   assert.match(await page.locator('#step-panel').innerText(), /verification failed/, "the failed attempt's stderr");
   await shot(page, 'run-shapes');
 
-  // ---- approvals: approve one and watch its run finish; reject another
+  // ---- approvals: approve one while two other tabs watch; reject another
   step = 'approvals';
+  // Two viewers' tabs, open before the decision: the run's page and the
+  // runs list, both live.
+  const watchRun = await newPage();
+  await signIn(watchRun.page, env('VIEWER_KEY'));
+  await watchRun.page.goto(`${base}/ui/runs/${runs.approve}`);
+  await watchRun.page.locator('svg.dag g.node[data-step="patch"][data-status="waiting_approval"]').waitFor();
+  const watchList = await newPage();
+  await signIn(watchList.page, env('VIEWER_KEY'));
+  await watchList.page.locator(`tr[data-run="${runs.approve}"][data-status="waiting_approval"]`).waitFor();
+
   await page.getByRole('link', { name: 'Approvals', exact: true }).click();
   await page.getByRole('heading', { name: 'Waiting for a decision' }).waitFor();
   const card = (run) => page.locator('article.approval').filter({ has: page.locator(`a:text-is("${run}")`) });
-  for (const run of [runs.approve, runs.reject, runs.viewer]) await card(run).waitFor();
+  for (const run of [runs.approve, runs.reject, runs.viewer, runs.cancel]) await card(run).waitFor();
   const mine = card(runs.approve);
-  assert.match(await mine.innerText(), /medium risk|high risk|low risk|critical risk/);
   assert.equal(await mine.locator('.diff .add').first().innerText(), '+PORT=8080', 'the preview is drawn as a diff');
-  assert.match(await mine.locator('.time-left').innerText(), /expires in/);
+  assert.equal(await mine.locator('.diff .file').first().innerText(), 'diff --git a/config/app.env b/config/app.env');
+  assert.match(await mine.locator('.time-left').innerText(), /^expires in \d+ h/);
+  // The risky one says which rules matched and why.
+  const risky = card(runs.reject);
+  const rules = risky.locator('ul.rules li');
+  assert.ok(await rules.count() >= 1, 'matched rules listed');
+  assert.match(await rules.first().innerText(), /^(low|medium|high|critical) \S+ — .{10,}/, 'each rule with its level and reason');
+  assert.match(await risky.locator('.badge').first().innerText(), /^(high|critical) risk/);
   await shot(page, 'approvals');
   await readmeShot(page, 'approvals', 1000);
   await mine.getByLabel('Comment').fill('looks right');
   await mine.getByRole('button', { name: 'Approve' }).click();
-  await mine.getByText(/dispatched|approved/i).first().waitFor();
-  // The run, live: it finishes without a reload.
-  await page.goto(`${base}/ui/runs/${runs.approve}`);
-  await page.locator('svg.dag g.node[data-step="patch"]').waitFor();
-  await page.locator('#run-status .st-succeeded').waitFor({ timeout: 30000 });
-  assert.equal(await page.locator('svg.dag g.node[data-step="patch"]').getAttribute('data-status'), 'succeeded');
-  await shot(page, 'approved-run');
+  await page.waitForFunction((run) => document.getElementById('status').textContent === `Approved: patch of ${run}`, runs.approve);
+  // Both watchers see the run finish, without a reload.
+  await watchRun.page.locator('#run-status .st-succeeded').waitFor({ timeout: 30000 });
+  assert.equal(await watchRun.page.locator('svg.dag g.node[data-step="patch"]').getAttribute('data-status'), 'succeeded');
+  await watchList.page.locator(`tr[data-run="${runs.approve}"][data-status="succeeded"]`).waitFor({ timeout: 30000 });
+  await shot(watchRun.page, 'approved-run');
+  await watchRun.context.close();
+  await watchList.context.close();
 
   step = 'reject';
-  await page.goto(`${base}/ui/approvals`);
-  const theirs = card(runs.reject);
-  await theirs.waitFor();
-  await theirs.getByLabel('Comment').fill('not this release');
-  await theirs.getByRole('button', { name: 'Reject' }).click();
+  await risky.getByLabel('Comment').fill('not this release');
+  await risky.getByRole('button', { name: 'Reject' }).click();
+  await page.waitForFunction((run) => document.getElementById('status').textContent.endsWith(` of ${run}`)
+    && document.getElementById('status').textContent.startsWith('Rejected: '), runs.reject);
   await page.locator('table.decided').getByText('not this release', { exact: false }).waitFor();
-  assert.equal(await card(runs.reject).count(), 0, 'a decided approval leaves the pending list');
-  assert.match(await page.locator('table.decided').innerText(), /key:alice: approve[\s\S]*|key:alice: reject/);
+  await card(runs.reject).waitFor({ state: 'detached' });
+  const decidedText = await page.locator('table.decided').innerText();
+  assert.ok(decidedText.includes('key:alice: approve (“looks right”)'), decidedText);
+  assert.ok(decidedText.includes('key:alice: reject (“not this release”)'), decidedText);
 
   // ---- overview: the chart has data; workers, events, webhooks, schedules
   step = 'overview';
@@ -210,7 +238,8 @@ try {
   assert.ok(await page.locator('table.top-events tbody tr').count() > 0, 'the most frequent events');
   assert.match(await page.locator('table.top-events tbody tr').first().innerText(), /^[a-z_]+\s+\d+$/, 'each event named with its count');
   assert.match(await page.locator('table.workers').innerText(), /ok[\s\S]*closed/);
-  assert.match(await page.locator('table.webhooks').innerText(), /unknown[\s\S]*unknown-source/);
+  const hook = await page.locator('table.webhooks tbody tr').first().locator('td').allInnerTexts();
+  assert.deepEqual([hook[0], hook[3], hook[4]], ['unknown', '0', '1'], `the delivery to an unknown source, refused: ${hook}`);
   assert.match(await page.locator('table.schedules').innerText(), /nightly[\s\S]*fix[\s\S]*0 3 \* \* \*/);
   await page.getByRole('button', { name: '30 days' }).click();
   await page.waitForFunction(() => document.querySelectorAll('svg.chart rect.bar').length === 30);
@@ -259,7 +288,31 @@ try {
   await page.locator('svg.dag g.node[data-step="patch"][data-status="waiting_approval"]').waitFor();
   assert.equal(await page.locator('#cancel-run').count(), 0, 'no cancel button for a viewer');
 
-  // ---- a phone: the runs page fits the width
+  // ---- a credential that stops working signs the tab out
+  step = 'revoked';
+  await page.goto(`${base}/ui/runs`);
+  await page.locator(`tr[data-run="${runs.diamond}"]`).waitFor();
+  await page.evaluate(() => sessionStorage.setItem('spindle.credential', 'spk_revoked-while-the-page-was-open-0000000'));
+  await page.getByText(/^Signed out: /).waitFor({ timeout: 15000 });
+  await page.getByLabel('API key or token').waitFor();
+  assert.equal(await page.locator('#nav').isVisible(), false, 'no navigation while signed out');
+
+  // ---- an operator cancels a run (two clicks: the second confirms)
+  step = 'cancel';
+  await signIn(page, env('OPERATOR_KEY'));
+  await page.goto(`${base}/ui/runs/${runs.cancel}`);
+  const cancel = page.locator('#cancel-run');
+  await cancel.waitFor();
+  await cancel.click();
+  assert.equal(await cancel.innerText(), 'Confirm: cancel this run');
+  await page.waitForTimeout(2500); // a poll passes: the confirmation stays armed
+  assert.equal(await cancel.innerText(), 'Confirm: cancel this run');
+  await cancel.click();
+  await page.locator('#run-status .st-cancelled').waitFor({ timeout: 15000 });
+  assert.equal(await page.locator('#cancel-run').count(), 0, 'no cancel button once it ended');
+  await shot(page, 'cancelled-run');
+
+  // ---- a phone: the pages fit the width
   step = 'phone';
   const phone = await newPage({ width: 390, height: 844 });
   await signIn(phone.page, env('VIEWER_KEY'));
@@ -267,6 +320,16 @@ try {
   const overflow = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 1, `the page scrolls sideways by ${overflow} px on a phone`);
   await shot(phone.page, 'runs-phone');
+  for (const [name, where, ready] of [
+    ['run-phone', `/ui/runs/${runs.diamond}`, 'svg.dag g.node'],
+    ['approvals-phone', '/ui/approvals', 'article.approval'],
+  ]) {
+    await phone.page.goto(`${base}${where}`);
+    await phone.page.locator(ready).first().waitFor();
+    const wide = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(wide <= 1, `${where} scrolls sideways by ${wide} px on a phone`);
+    await shot(phone.page, name);
+  }
 
   assert.deepEqual(problems, [], 'no script errors and no CSP violations');
   console.log('dashboard: every check passed');

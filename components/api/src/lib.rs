@@ -135,7 +135,7 @@ async fn dispatch(
         (_, ["audit"]) => Err(Problem::method_not_allowed("GET")),
         (Method::GET, ["runs"]) => runs::list(req.uri().query().unwrap_or("")).await,
         (_, ["runs"]) => Err(Problem::method_not_allowed("GET")),
-        (Method::GET, ["runs", id]) => runs::get(id).await,
+        (Method::GET, ["runs", id]) => runs::get(id, &req).await,
         (_, ["runs", _]) => Err(Problem::method_not_allowed("GET")),
         (Method::POST, ["runs", id, "cancel"]) => runs::cancel(id, req).await,
         (_, ["runs", _, "cancel"]) => Err(Problem::method_not_allowed("POST")),

@@ -88,9 +88,29 @@ pub async fn list(query: &str) -> Result<Response, Problem> {
     ))
 }
 
-pub async fn get(id: &str) -> Result<Response, Problem> {
+/// The version of the run view: the run's revision (inputs and outputs are
+/// immutable documents named by the jobs the run holds, so the revision
+/// decides the whole view), and the view's own format.
+fn view_etag(run: &Run) -> String {
+    format!("\"{}-v1\"", run.revision)
+}
+
+/// `GET /api/runs/{id}`. A client polling a run sends the entity tag it
+/// holds in `If-None-Match` and gets `304` for the price of one read while
+/// the run has not moved, instead of every step's input and output.
+pub async fn get(id: &str, req: &Request) -> Result<Response, Problem> {
     let engine = spindle_spin::engine::open().await?;
     let run = engine.run(id).await?;
+    let etag = view_etag(&run);
+    if spindle_spin::http::not_modified(req, &etag) {
+        let mut resp = spindle_spin::http::no_content();
+        *resp.status_mut() = http::StatusCode::NOT_MODIFIED;
+        resp.headers_mut().insert(
+            "etag",
+            http::HeaderValue::from_str(&etag).map_err(|e| Problem::internal(e.to_string()))?,
+        );
+        return Ok(resp);
+    }
     let mut steps = Vec::with_capacity(run.steps.len());
     for (state, plan) in run.steps.iter().zip(&run.plan) {
         let job = state.current().map(|a| a.job_id.clone());
@@ -212,7 +232,11 @@ pub async fn get(id: &str) -> Result<Response, Problem> {
     if let Some(f) = &run.failure {
         doc["failure"] = j!(f);
     }
-    Ok(json(200, &doc))
+    let mut resp = json(200, &doc);
+    if let Ok(v) = http::HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert("etag", v);
+    }
+    Ok(resp)
 }
 
 /// Most bytes of fan-out item outputs `GET /api/runs/{id}` gathers into a

@@ -143,10 +143,14 @@ const session = {
   me: null,
 };
 
-async function api(path, { method = 'GET', body, raw = false } = {}) {
+/** What `revalidate` answers while the resource has not changed. */
+const NOT_MODIFIED = Symbol('not modified');
+
+async function request(path, { method = 'GET', body, etag } = {}) {
   const headers = { Accept: 'application/json' };
   if (session.credential) headers.Authorization = `Bearer ${session.credential}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (etag) headers['If-None-Match'] = etag;
   const resp = await fetch(path, {
     method,
     headers,
@@ -154,16 +158,27 @@ async function api(path, { method = 'GET', body, raw = false } = {}) {
     credentials: 'omit',
     cache: 'no-store',
   });
-  if (raw && resp.ok) return resp;
+  if (resp.ok || resp.status === 304) return resp;
   let data = null;
   try { data = await resp.json(); } catch { data = null; }
   if (resp.status === 401 && session.me) {
     // The key was revoked or the token expired: ask again.
     signOut(`Signed out: ${data?.detail || 'the credential is no longer accepted'}`);
-    throw new ApiError(401, data);
   }
-  if (!resp.ok) throw new ApiError(resp.status, data);
-  return data;
+  throw new ApiError(resp.status, data);
+}
+
+/** The JSON answer to a request, or an ApiError. */
+async function api(path, opts = {}) {
+  const resp = await request(path, opts);
+  return resp.json();
+}
+
+/** `{data, etag}`, or NOT_MODIFIED while `etag` is still current. */
+async function revalidate(path, etag) {
+  const resp = await request(path, { etag });
+  if (resp.status === 304) return NOT_MODIFIED;
+  return { data: await resp.json(), etag: resp.headers.get('etag') };
 }
 
 function problemNote(err) {
@@ -179,7 +194,10 @@ function problemNote(err) {
 // ---------------------------------------------------------------- routing
 
 const main = () => document.getElementById('main');
-let view = 0; // which navigation a timer belongs to
+// Which navigation is current: a page, its timers and its late answers
+// belong to the navigation that started them, and give way to a newer one.
+let view = 0;
+let routed = '';
 
 function go(path, { replace = false } = {}) {
   if (replace) history.replaceState(null, '', path);
@@ -193,55 +211,84 @@ document.addEventListener('click', (e) => {
   e.preventDefault();
   go(a.getAttribute('href'));
 });
-window.addEventListener('popstate', () => route());
+window.addEventListener('popstate', () => {
+  // A jump within the page (the skip link) is not a new view.
+  if (location.pathname + location.search !== routed) route();
+});
 
-/** Runs `fn` every `ms` while this view is shown and the tab is visible. */
-function every(ms, fn) {
-  const mine = view;
+/** Runs `fn` every `ms` while navigation `token` is shown and the tab is visible. */
+function every(token, ms, fn) {
   const tick = async () => {
-    if (mine !== view) return;
+    if (token !== view) return;
     if (!document.hidden) {
       try { await fn(); } catch (err) { if (err.status === 401) return; console.warn(err); }
     }
-    if (mine === view) setTimeout(tick, ms);
+    if (token === view) setTimeout(tick, ms);
   };
   setTimeout(tick, ms);
 }
 
+/**
+ * For loaders whose answers may arrive out of order: each call starts a
+ * load and gives a check that stays true until the next one starts.
+ */
+function latest() {
+  let seq = 0;
+  return () => {
+    const mine = ++seq;
+    return () => mine === seq;
+  };
+}
+
 async function route() {
-  view += 1;
-  const path = location.pathname.replace(/\/+$/, '') || '/ui';
+  const token = ++view;
+  routed = location.pathname + location.search;
   const root = main();
-  if (!session.credential || !session.me) {
-    if (session.credential && !session.me) {
-      try { session.me = await api('/api/whoami'); } catch { session.credential = null; }
+  if (session.credential && !session.me) {
+    try {
+      session.me = await api('/api/whoami');
+    } catch (err) {
+      if (token !== view) return;
+      if (err.status === 401 || err.status === 403) {
+        session.credential = null;
+      } else {
+        // Spindle is down or busy: keep the credential and say so.
+        fill(root, h('h1', { text: 'Spindle does not answer' }), problemNote(err),
+          h('button', { type: 'button', text: 'Try again', onclick: () => route() }));
+        return;
+      }
     }
-    if (!session.me) { showLogin(); return; }
+    if (token !== view) return;
   }
+  if (!session.me) { showLogin(); return; }
   showChrome();
-  const parts = path.split('/').slice(2).map(decodeURIComponent);
+  const path = location.pathname.replace(/\/+$/, '') || '/ui';
+  let parts;
+  try { parts = path.split('/').slice(2).map(decodeURIComponent); } catch { parts = ['?']; }
   const section = parts[0] || 'runs';
   for (const a of document.querySelectorAll('#nav a')) {
     if (a.dataset.section === section) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   fill(root, h('p', { class: 'loading', text: 'Loading…' }));
+  let page;
   try {
-    let page;
-    if (section === 'runs' && parts[1]) page = await runPage(parts[1]);
-    else if (section === 'runs') page = await runsPage();
-    else if (section === 'approvals') page = await approvalsPage();
-    else if (section === 'overview') page = await overviewPage();
+    if (section === 'runs' && parts[1]) page = await runPage(token, parts[1]);
+    else if (section === 'runs') page = await runsPage(token);
+    else if (section === 'approvals') page = await approvalsPage(token);
+    else if (section === 'overview') page = await overviewPage(token);
     else if (section === 'registry') page = await registryPage(parts[1] || 'workflows', parts[2]);
     else page = h('div', {}, h('h1', { text: 'Not found' }), h('p', {}, 'Nothing is shown at this address. ', h('a', { href: '/ui/runs', text: 'See the runs' }), '.'));
-    fill(root, page);
-    const heading = root.querySelector('h1');
-    document.title = heading ? `${heading.textContent} · Spindle` : 'Spindle';
-    root.focus({ preventScroll: true });
   } catch (err) {
-    if (err.status === 401) return;
-    fill(root, h('h1', { text: 'Could not load this page' }), problemNote(err));
+    if (err.status === 401 || token !== view) return;
+    page = h('div', {}, h('h1', { text: 'Could not load this page' }), problemNote(err));
   }
+  // A newer navigation (or a sign-out) wins over this one's late answer.
+  if (token !== view) return;
+  fill(root, page);
+  const heading = root.querySelector('h1');
+  document.title = heading ? `${heading.textContent} · Spindle` : 'Spindle';
+  root.focus({ preventScroll: true });
 }
 
 // ---------------------------------------------------------------- sign-in
@@ -329,27 +376,35 @@ function jsonNode(v, depth, openDepth) {
   return details;
 }
 
+/** A button that saves a step's stored output as a file. */
+function downloadButton(runId, stepId) {
+  const note = h('span', { 'aria-live': 'polite' });
+  const button = h('button', { type: 'button', class: 'download', text: 'Download output (JSON)', onclick: async () => {
+    button.disabled = true;
+    fill(note);
+    try {
+      const resp = await request(`/api/runs/${encodeURIComponent(runId)}/steps/${encodeURIComponent(stepId)}/output`);
+      const blob = await resp.blob();
+      const href = URL.createObjectURL(blob);
+      const a = h('a', { href, download: `${runId}-${stepId}-output.json` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(href), 10000);
+    } catch (err) {
+      note.append(problemNote(err));
+    } finally {
+      button.disabled = false;
+    }
+  } });
+  return h('span', {}, button, note);
+}
+
 /** A step's output: drawn while small, else its beginning and a download. */
 function outputView(runId, step) {
   let text;
   try { text = JSON.stringify(step.output, null, 2); } catch { text = ''; }
-  const download = h('button', { type: 'button', class: 'download', text: 'Download output (JSON)', onclick: async () => {
-    download.disabled = true;
-    try {
-      const resp = await api(`/api/runs/${encodeURIComponent(runId)}/steps/${encodeURIComponent(step.id)}/output`, { raw: true });
-      const blob = await resp.blob();
-      const url = URL.createObjectURL(blob);
-      const a = h('a', { href: url, download: `${runId}-${step.id}-output.json` });
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10000);
-    } catch (err) {
-      download.after(problemNote(err));
-    } finally {
-      download.disabled = false;
-    }
-  } });
+  const download = downloadButton(runId, step.id);
   if (text.length > SHOWN_OUTPUT_CHARS) {
     return h('div', {},
       h('p', { class: 'notice', text: `Large output (${(step.output_bytes ?? text.length).toLocaleString()} bytes): the first ${SHOWN_OUTPUT_CHARS / 1024} KiB are shown.` }),
@@ -476,30 +531,28 @@ function workflowSteps(wf) {
 
 // ---------------------------------------------------------------- runs
 
-async function runsPage() {
+/** Rows of runs a poll may keep, newest first: the rest are dropped. */
+const MAX_RUN_ROWS = 500;
+/** Runs per page: the first page is polled, older ones loaded on demand. */
+const RUNS_PAGE = 25;
+
+async function runsPage(token) {
   const params = new URLSearchParams(location.search);
   const filter = { workflow: params.get('workflow') || '', status: params.get('status') || '', range: params.get('range') || '' };
   const ranges = { '': 'Any time', '1h': 'Last hour', '24h': 'Last 24 hours', '7d': 'Last 7 days', '30d': 'Last 30 days' };
   const rangeMs = { '1h': 3600e3, '24h': 86400e3, '7d': 7 * 86400e3, '30d': 30 * 86400e3 };
   const workflows = await api('/api/workflows').catch(() => ({ workflows: [] }));
 
-  const select = (id, label, options, value) => h('div', { class: 'field' },
+  const select = (id, key, label, options) => h('div', { class: 'field' },
     h('label', { for: id, text: label }),
-    h('select', { id, onchange: () => apply() }, options.map(([v, t]) => h('option', { value: v, selected: v === value, text: t }))));
+    h('select', { id, onchange: (e) => apply(key, e.currentTarget.value) },
+      options.map(([v, t]) => h('option', { value: v, selected: v === filter[key], text: t }))));
   const filters = h('form', { class: 'filters', 'aria-label': 'Filter runs', onsubmit: (e) => e.preventDefault() },
-    select('f-workflow', 'Workflow', [['', 'All workflows'], ...(workflows.workflows || []).map((w) => [w.name, w.name])], filter.workflow),
-    select('f-status', 'Status', [['', 'Any status'], ...['queued', 'running', 'waiting_approval', 'compensating', 'succeeded', 'failed', 'cancelled', 'timed_out'].map((x) => [x, x.replace(/_/g, ' ')])], filter.status),
-    select('f-range', 'Started', Object.entries(ranges), filter.range));
-  const apply = () => {
-    const q = new URLSearchParams();
-    for (const [k, id] of [['workflow', 'f-workflow'], ['status', 'f-status'], ['range', 'f-range']]) {
-      const v = document.getElementById(id).value;
-      if (v) q.set(k, v);
-    }
-    go(`/ui/runs${q.toString() ? `?${q}` : ''}`, { replace: true });
-  };
+    select('f-workflow', 'workflow', 'Workflow', [['', 'All workflows'], ...(workflows.workflows || []).map((w) => [w.name, w.name])]),
+    select('f-status', 'status', 'Status', [['', 'Any status'], ...['queued', 'running', 'waiting_approval', 'compensating', 'succeeded', 'failed', 'cancelled', 'timed_out'].map((x) => [x, x.replace(/_/g, ' ')])]),
+    select('f-range', 'range', 'Started', Object.entries(ranges)));
   const query = (cursor) => {
-    const q = new URLSearchParams({ limit: '50' });
+    const q = new URLSearchParams({ limit: String(RUNS_PAGE) });
     if (filter.workflow) q.set('workflow', filter.workflow);
     if (filter.status) q.set('status', filter.status);
     if (rangeMs[filter.range]) q.set('since', String(Date.now() - rangeMs[filter.range]));
@@ -507,45 +560,87 @@ async function runsPage() {
     return `/api/runs?${q}`;
   };
 
-  const runs = new Map();
+  // The newest page, as the last poll saw it, and older pages the user
+  // asked for; drawn only when something changed, so focus stays put.
+  let newest = [];
+  let older = [];
+  let next = null;
+  let drawn = '';
   const tbody = h('tbody');
   const empty = h('p', { class: 'muted', text: 'No runs match.' });
+  const note = h('div', { 'aria-live': 'polite' });
   const draw = () => {
-    const list = [...runs.values()].sort((a, b) => b.created_at_ms - a.created_at_ms || (b.id < a.id ? -1 : 1));
+    const seen = new Set(newest.map((r) => r.id));
+    const last = newest.length ? newest[newest.length - 1].created_at_ms : Infinity;
+    older = older.filter((r) => !seen.has(r.id) && r.created_at_ms <= last).slice(0, MAX_RUN_ROWS);
+    const list = [...newest, ...older];
+    const key = JSON.stringify(list.map((r) => [r.id, r.status, r.started_at_ms, r.finished_at_ms]));
+    if (key === drawn) {
+      // Only the running runs' durations move.
+      for (const r of list) if (!r.finished_at_ms) {
+        const cell = tbody.querySelector(`tr[data-run="${CSS.escape(r.id)}"] td.duration`);
+        if (cell) cell.textContent = fmtDuration(runDuration(r));
+      }
+      return;
+    }
+    drawn = key;
+    const focused = document.activeElement?.closest?.('tr')?.dataset.run;
     fill(tbody, ...list.map((r) => h('tr', { 'data-run': r.id, 'data-status': r.status },
       h('td', {}, h('a', { href: `/ui/runs/${encodeURIComponent(r.id)}`, class: 'mono', text: r.id })),
       h('td', { text: r.workflow }),
       h('td', {}, badge(r.status)),
       h('td', {}, timeEl(r.started_at_ms ?? r.created_at_ms)),
-      h('td', { class: 'num', text: fmtDuration(runDuration(r)) }),
+      h('td', { class: 'num duration', text: fmtDuration(runDuration(r)) }),
       h('td', { class: 'hide-narrow', text: r.trigger_kind ?? '—' }),
       h('td', { class: 'hide-narrow', text: r.actor ?? '—' }))));
+    if (focused) tbody.querySelector(`tr[data-run="${CSS.escape(focused)}"] a`)?.focus();
     empty.hidden = list.length > 0;
   };
-  let next = null;
+  const current = latest();
+  const reload = async () => {
+    const fresh = current();
+    const page = await api(query());
+    if (!fresh() || token !== view) return;
+    newest = page.runs;
+    if (!older.length) next = page.next_cursor;
+    more.hidden = !next;
+    draw();
+  };
   const more = h('button', { type: 'button', text: 'Older runs', onclick: async () => {
     more.disabled = true;
-    const page = await api(query(next));
-    for (const r of page.runs) runs.set(r.id, r);
-    next = page.next_cursor;
-    more.hidden = !next;
-    more.disabled = false;
-    draw();
+    fill(note);
+    try {
+      const page = await api(query(next));
+      older = [...older, ...page.runs];
+      next = page.next_cursor;
+      more.hidden = !next;
+      draw();
+    } catch (err) {
+      note.append(problemNote(err));
+    } finally {
+      more.disabled = false;
+    }
   } });
-  const first = await api(query());
-  for (const r of first.runs) runs.set(r.id, r);
-  next = first.next_cursor;
-  more.hidden = !next;
-  draw();
-  // Live: the newest page again, merged, every two seconds.
-  every(2000, async () => {
-    const page = await api(query());
-    for (const r of page.runs) runs.set(r.id, r);
-    draw();
-  });
+  // A filter changes the address (so it can be shared) and the list, not
+  // the page: focus stays on the control.
+  const apply = async (key, value) => {
+    filter[key] = value;
+    const q = new URLSearchParams();
+    for (const k of ['workflow', 'status', 'range']) if (filter[k]) q.set(k, filter[k]);
+    history.replaceState(null, '', `/ui/runs${q.toString() ? `?${q}` : ''}`);
+    routed = location.pathname + location.search;
+    older = [];
+    next = null;
+    fill(note);
+    try { await reload(); } catch (err) { note.append(problemNote(err)); }
+  };
+  await reload();
+  // Live: the newest page again; a status filter asks the store for more.
+  every(token, filter.status ? 5000 : 3000, reload);
   return h('div', {},
     h('h1', { text: 'Runs' }),
     filters,
+    note,
     h('div', { class: 'table-wrap' }, h('table', { class: 'runs' },
       h('caption', { class: 'sr-only', text: 'Runs, newest first; updated while you watch' }),
       h('thead', {}, h('tr', {}, ['Run', 'Workflow', 'Status', 'Started', 'Duration'].map((t) => h('th', { scope: 'col', text: t })),
@@ -577,8 +672,14 @@ function runSteps(run) {
   });
 }
 
-async function runPage(id) {
-  let run = await api(`/api/runs/${encodeURIComponent(id)}`);
+/** Run events the run document keeps (the newest; the audit log has all). */
+const RUN_EVENTS_KEPT = 256;
+
+async function runPage(token, id) {
+  const url = `/api/runs/${encodeURIComponent(id)}`;
+  const first = await revalidate(url);
+  let run = first.data;
+  let etag = first.etag;
   let selected = new URLSearchParams(location.search).get('step') || null;
   const head = h('div');
   const graph = h('div');
@@ -589,11 +690,23 @@ async function runPage(id) {
   const select = (stepId) => {
     selected = stepId;
     history.replaceState(null, '', `/ui/runs/${encodeURIComponent(run.id)}?step=${encodeURIComponent(stepId)}`);
-    drawGraph();
+    routed = location.pathname + location.search;
+    drawGraph(true);
     drawPanel(true);
     panel.scrollIntoView({ block: 'nearest' });
   };
+  let headKey = '';
+  let graphKey = '';
   const drawHead = () => {
+    // Heartbeats move the run's revision every few seconds; redrawing the
+    // head for them would drop focus and a half-confirmed cancel.
+    const key = JSON.stringify([run.status, run.started_at_ms, run.finished_at_ms, run.error]);
+    if (key === headKey) {
+      const d = head.querySelector('#run-duration');
+      if (d) d.textContent = fmtDuration(runDuration(run));
+      return;
+    }
+    headKey = key;
     const canCancel = rank(session.me.role) >= rank('operator') && !TERMINAL_RUN.has(run.status);
     const cancelNote = h('span');
     let armed = false;
@@ -603,7 +716,7 @@ async function runPage(id) {
       try {
         await api(`/api/runs/${encodeURIComponent(run.id)}/cancel`, { method: 'POST', body: {} });
         announce('Run cancelled');
-        await refresh(true);
+        await refresh();
       } catch (err) { fill(cancelNote, problemNote(err)); cancel.disabled = false; }
     } });
     fill(head, 
@@ -613,21 +726,29 @@ async function runPage(id) {
         fact('Workflow', h('a', { href: `/ui/registry/workflows/${encodeURIComponent(run.workflow)}`, text: `${run.workflow} v${run.workflow_version}` })),
         fact('Trigger', `${run.trigger?.kind ?? run.trigger_kind ?? '—'}${run.trigger?.actor ? ` by ${run.trigger.actor}` : ''}`),
         fact('Started', fmtTime(run.started_at_ms ?? run.created_at_ms)),
-        fact('Duration', fmtDuration(runDuration(run))),
+        fact('Duration', h('span', { id: 'run-duration', text: fmtDuration(runDuration(run)) })),
         run.rerun_of ? fact('Re-run of', h('a', { href: `/ui/runs/${encodeURIComponent(run.rerun_of)}`, text: run.rerun_of })) : null)),
       run.error ? h('p', { class: 'notice error', text: run.error }) : null,
       cancelNote);
   };
-  const drawGraph = () => {
+  const drawGraph = (force) => {
+    const steps = runSteps(run);
+    const key = JSON.stringify(steps);
+    if (!force && key === graphKey) return;
+    graphKey = key;
+    const focused = document.activeElement?.closest?.('g.node')?.dataset.step;
     fill(graph, 
       h('h2', { text: 'Steps' }),
-      dag(runSteps(run), { selected, onSelect: select, label: `Steps of run ${run.id}` }),
+      dag(steps, { selected, onSelect: select, label: `Steps of run ${run.id}` }),
       legend(),
       h('p', { class: 'muted', text: 'Select a step for its attempts, input and output.' }));
+    if (focused) graph.querySelector(`g.node[data-step="${CSS.escape(focused)}"]`)?.focus();
   };
   const drawPanel = (force) => {
     const st = run.steps.find((x) => x.id === selected);
-    const key = st ? JSON.stringify(st) : '';
+    // The lease moves with every heartbeat: not a reason to collapse what
+    // the user opened.
+    const key = st ? JSON.stringify({ ...st, lease_expires_at_ms: undefined }) : '';
     if (!force && key === shownStep) return;
     shownStep = key;
     if (!st) { panel.hidden = true; return; }
@@ -667,32 +788,67 @@ async function runPage(id) {
       items,
       h('h3', { text: 'Input' }), st.input === undefined || st.input === null ? h('p', { class: 'muted', text: 'Not rendered yet.' }) : jsonView(st.input),
       h('h3', { text: 'Output' }),
-      st.output !== undefined && st.output !== null ? outputView(run.id, st) : h('p', { class: 'muted', text: st.output_note || 'No output yet.' }));
+      st.output !== undefined && st.output !== null ? outputView(run.id, st)
+        : st.status === 'succeeded' ? h('div', {}, h('p', { class: 'muted', text: st.output_note || 'The output is not shown here.' }), h('p', {}, downloadButton(run.id, st.id)))
+          : h('p', { class: 'muted', text: 'No output yet.' }));
   };
-  const drawTrail = async () => {
-    const page = await api(`/api/audit?run=${encodeURIComponent(run.id)}&limit=200`).catch((err) => ({ error: err }));
-    if (page.error) { fill(trail, h('h2', { text: 'Audit trail' }), problemNote(page.error)); return; }
-    const entries = [...page.entries].reverse();
-    fill(trail, h('h2', { text: 'Audit trail' }), h('div', { class: 'table-wrap' }, h('table', { class: 'trail' },
-      h('thead', {}, h('tr', {}, ['Time', 'Event', 'Step', 'Actor', 'What'].map((t) => h('th', { scope: 'col', text: t })))),
-      h('tbody', {}, entries.map((e) => h('tr', {}, h('td', { class: 'time', text: fmtTime(e.at_ms) }), h('td', { class: 'mono', text: e.type }), h('td', { text: e.step ?? '' }), h('td', { text: e.actor ?? '' }), h('td', { text: e.summary ?? '' })))))));
+  // The run's own trail (its newest events, kept in the run); older
+  // entries from the audit log on request.
+  let trailShown = '';
+  const drawTrail = () => {
+    const events = run.events || [];
+    const key = `${events.length}:${events[events.length - 1]?.at_ms}:${events[events.length - 1]?.kind}`;
+    if (key === trailShown) return;
+    trailShown = key;
+    const rows = (list) => list.map((e) => h('tr', {}, h('td', { class: 'time', text: fmtTime(e.at_ms) }), h('td', { class: 'mono', text: e.kind ?? e.type }),
+      h('td', { text: e.step ?? '' }), h('td', { text: e.actor ?? '' }), h('td', { text: e.detail ?? e.summary ?? '' })));
+    const tbody = h('tbody', {}, rows(events));
+    const note = h('div', { 'aria-live': 'polite' });
+    let cursor = null;
+    const more = events.length >= RUN_EVENTS_KEPT && h('button', { type: 'button', text: 'Earlier entries from the audit log', onclick: async () => {
+      more.disabled = true;
+      fill(note);
+      try {
+        const q = new URLSearchParams({ run: run.id, limit: '200', until: String(events[0].at_ms - 1) });
+        if (cursor) q.set('cursor', cursor);
+        const page = await api(`/api/audit?${q}`);
+        tbody.prepend(...rows([...page.entries].reverse()));
+        cursor = page.next_cursor;
+        if (!cursor) { more.hidden = true; note.append(h('p', { class: 'muted', text: 'That is the whole trail the audit log keeps.' })); }
+      } catch (err) {
+        note.append(problemNote(err));
+      } finally {
+        more.disabled = false;
+      }
+    } });
+    fill(trail, h('h2', { text: 'Audit trail' }),
+      more ? [h('p', { class: 'muted', text: `The newest ${RUN_EVENTS_KEPT} events; the audit log keeps the rest.` }), more, note] : null,
+      h('div', { class: 'table-wrap' }, h('table', { class: 'trail' },
+        h('thead', {}, h('tr', {}, ['Time', 'Event', 'Step', 'Actor', 'What'].map((x) => h('th', { scope: 'col', text: x })))),
+        tbody)));
   };
-  const refresh = async (force) => {
-    const next = await api(`/api/runs/${encodeURIComponent(run.id)}`);
-    if (!force && next.revision === run.revision) return;
-    const finished = !TERMINAL_RUN.has(run.status) && TERMINAL_RUN.has(next.status);
-    run = next;
+  const fresh = latest();
+  const refresh = async () => {
+    const mine = fresh();
+    const answer = await revalidate(url, etag);
+    if (answer === NOT_MODIFIED || !mine() || token !== view) return;
+    // An answer that crossed a newer one on the way is older news.
+    if (answer.data.revision < run.revision) return;
+    const finished = !TERMINAL_RUN.has(run.status) && TERMINAL_RUN.has(answer.data.status);
+    run = answer.data;
+    etag = answer.etag;
     drawHead();
     drawGraph();
     drawPanel(false);
-    await drawTrail();
+    drawTrail();
     if (finished) announce(`Run ${run.status}`);
   };
   drawHead();
   drawGraph();
   drawPanel(true);
-  await drawTrail();
-  every(1500, async () => { if (!TERMINAL_RUN.has(run.status)) await refresh(false); });
+  drawTrail();
+  // While it moves: one store read per poll until it does (304).
+  every(token, 2000, async () => { if (!TERMINAL_RUN.has(run.status)) await refresh(); });
   return h('div', {}, head, graph, panel, trail);
 }
 
@@ -711,17 +867,26 @@ function preview(text) {
   }));
 }
 
+/** Most bytes of a decision's comment (the API's limit). */
+const MAX_COMMENT_BYTES = 1000;
+
 function approvalCard(a, onDecided) {
-  const mayDecide = (a.approver_roles || []).includes(session.me.role);
+  const ownRun = !a.allow_self_approval && a.requested_by === session.me.actor;
+  const mayDecide = (a.approver_roles || []).includes(session.me.role) && !ownRun;
   const left = h('span', { class: 'time-left', 'data-expires': a.expires_at_ms });
   const note = h('div', { 'aria-live': 'polite' });
   const comment = h('textarea', { id: `comment-${a.id}`, maxlength: 1000, placeholder: 'Why (kept in the audit trail)' });
   const decide = async (decision, button) => {
-    for (const b of card.querySelectorAll('.decide button')) b.disabled = true;
     fill(note);
+    const text = comment.value.trim();
+    if (new TextEncoder().encode(text).length > MAX_COMMENT_BYTES) {
+      note.append(h('p', { class: 'notice error', role: 'alert', text: `The comment is longer than ${MAX_COMMENT_BYTES} bytes.` }));
+      return;
+    }
+    for (const b of card.querySelectorAll('.decide button')) b.disabled = true;
     try {
       const body = { decision, input_sha256: a.input_sha256 };
-      if (comment.value.trim()) body.comment = comment.value.trim();
+      if (text) body.comment = text;
       const answer = await api(`/approvals/${encodeURIComponent(a.id)}/decision`, { method: 'POST', body });
       note.append(h('p', { class: 'notice', text: answer.message || answer.result }));
       announce(`${decision === 'approve' ? 'Approved' : 'Rejected'}: ${a.step} of ${a.run_id}`);
@@ -749,7 +914,8 @@ function approvalCard(a, onDecided) {
       h('div', { class: 'row' },
         h('button', { type: 'button', class: 'approve', text: 'Approve', onclick: (e) => decide('approve', e.currentTarget) }),
         h('button', { type: 'button', class: 'reject', text: 'Reject', onclick: (e) => decide('reject', e.currentTarget) }))) :
-      h('p', { class: 'muted', text: `Your role (${session.me.role}) cannot decide this approval; ${(a.approver_roles || []).join(' or ')} can.` }),
+      h('p', { class: 'muted', text: ownRun ? 'You started this run: someone else decides it.'
+        : `Your role (${session.me.role}) cannot decide this approval; ${(a.approver_roles || []).join(' or ')} can.` }),
     note);
   return card;
 }
@@ -764,47 +930,68 @@ function tickTimeLeft(root) {
   }
 }
 
-async function approvalsPage() {
+async function approvalsPage(token) {
   const pendingList = h('div', { id: 'pending' });
   const decidedBody = h('tbody');
   const cards = new Map();
-  const load = async () => {
-    const [pending, approved, rejected, expired] = await Promise.all(['pending', 'approved', 'rejected', 'expired']
-      .map((st) => api(`/approvals?status=${st}&limit=${st === 'pending' ? 100 : 20}`)));
+  const freshPending = latest();
+  const freshDecided = latest();
+  // What waits: polled. Each card is kept while its approval is unchanged,
+  // so a comment being typed survives the polls.
+  const loadPending = async () => {
+    const mine = freshPending();
+    const pending = await api('/approvals?status=pending&limit=100');
+    if (!mine() || token !== view) return;
     const ids = new Set(pending.approvals.map((a) => a.id));
     for (const [id, card] of cards) if (!ids.has(id)) { card.remove(); cards.delete(id); }
     for (const a of pending.approvals) {
       const known = cards.get(a.id);
       const key = `${a.approvals}/${a.status}`;
       if (known && known.dataset.key === key) continue;
-      const card = approvalCard(a, () => setTimeout(load, 300));
+      const card = approvalCard(a, decided);
       card.dataset.key = key;
       if (known) known.replaceWith(card); else pendingList.append(card);
       cards.set(a.id, card);
     }
+    // The most urgent first: the soonest to expire. Moved only when the
+    // order changed, since moving a card would take the focus from it.
+    const order = [...pending.approvals].sort((x, y) => (x.expires_at_ms ?? Infinity) - (y.expires_at_ms ?? Infinity) || (x.id < y.id ? -1 : 1))
+      .map((a) => cards.get(a.id));
+    const shown = [...pendingList.querySelectorAll('article.approval')];
+    if (order.some((c, i) => shown[i] !== c)) pendingList.append(...order);
     const none = pendingList.querySelector('.none');
     if (!cards.size && !none) pendingList.append(h('p', { class: 'muted none', text: 'Nothing waits for a decision.' }));
     if (cards.size && none) none.remove();
-    const decided = [...approved.approvals, ...rejected.approvals, ...expired.approvals]
-      .sort((x, y) => (y.decided_at_ms ?? y.created_at_ms) - (x.decided_at_ms ?? x.created_at_ms)).slice(0, 30);
+    tickTimeLeft(pendingList);
+  };
+  // What was decided: the newest approvals of any status but pending, on
+  // load, after a decision and every minute (one listing, not one per status).
+  const loadDecided = async () => {
+    const mine = freshDecided();
+    const list = await api('/approvals?limit=50');
+    if (!mine() || token !== view) return;
+    const decided = list.approvals.filter((a) => a.status !== 'pending').slice(0, 30);
     fill(decidedBody, ...decided.map((a) => h('tr', { 'data-approval': a.id },
       h('td', {}, `${a.step} in `, h('a', { href: `/ui/runs/${encodeURIComponent(a.run_id)}`, class: 'mono', text: a.run_id })),
       h('td', {}, h('span', { class: `badge lvl-${a.level}`, text: a.level })),
       h('td', {}, badge(a.status)),
-      h('td', { text: (a.decisions || []).map((d) => `${d.by}: ${d.decision}${d.comment ? ` (“${d.comment}”)` : ''}${d.via_link ? ' via link' : ''}`).join('; ') || (a.status === 'expired' ? 'expired' : '—') }),
+      h('td', { text: (a.decisions || []).map((d) => `${d.by}: ${d.decision}${d.comment ? ` (“${d.comment}”)` : ''}${d.via_link ? ' via link' : ''}`).join('; ') || '—' }),
       h('td', { class: 'time', text: fmtTime(a.decided_at_ms) }))));
-    tickTimeLeft(pendingList);
   };
-  await load();
-  every(3000, load);
-  every(1000, async () => tickTimeLeft(pendingList));
+  function decided() {
+    setTimeout(() => { loadPending().catch(() => {}); loadDecided().catch(() => {}); }, 300);
+  }
+  await Promise.all([loadPending(), loadDecided()]);
+  every(token, 5000, loadPending);
+  every(token, 60000, loadDecided);
+  every(token, 1000, async () => tickTimeLeft(pendingList));
   return h('div', {},
     h('h1', { text: 'Approvals' }),
     h('h2', { text: 'Waiting for a decision' }),
     pendingList,
     h('h2', { text: 'Decided' }),
     h('div', { class: 'table-wrap' }, h('table', { class: 'decided' },
-      h('thead', {}, h('tr', {}, ['Step', 'Risk', 'Outcome', 'Decided by', 'When'].map((t) => h('th', { scope: 'col', text: t })))),
+      h('thead', {}, h('tr', {}, ['Step', 'Risk', 'Outcome', 'Decided by', 'When'].map((x) => h('th', { scope: 'col', text: x })))),
       decidedBody)));
 }
 
@@ -847,21 +1034,33 @@ function activityChart(days) {
   return h('div', {}, svgEl, h('p', { class: 'muted', text: 'Bars: runs started per day. Line: errors per event (right axis).' }), table);
 }
 
-async function overviewPage() {
+async function overviewPage(token) {
   let span = 7;
   const chart = h('div', { id: 'activity' });
-  const tabs = h('div', { class: 'tabs', role: 'group', 'aria-label': 'Days shown' });
+  const chartNote = h('div', { 'aria-live': 'polite' });
+  const fresh = latest();
   const drawChart = async () => {
+    const mine = fresh();
     const act = await api(`/api/metrics/activity?days=${span}`);
+    // A poll's answer must not undo a later click on the other span.
+    if (!mine() || token !== view) return;
     const days = act.days || [];
     const runs = days.reduce((n, d) => n + d.runs, 0);
     const events = days.reduce((n, d) => n + d.events, 0);
     const errors = days.reduce((n, d) => n + d.errors, 0);
-    fill(chart, 
+    fill(chart,
       h('p', { text: `${runs} runs, ${events} events, ${errors} errors (${events ? ((errors / events) * 100).toFixed(1) : '0.0'}% error rate) in the last ${span} days.` }),
       activityChart(days));
-    fill(tabs, ...[7, 30].map((d) => h('button', { type: 'button', 'aria-pressed': String(d === span), text: `${d} days`, onclick: () => { span = d; drawChart(); } })));
   };
+  // Built once, so the pressed button keeps its focus.
+  const tabs = h('div', { class: 'tabs', role: 'group', 'aria-label': 'Days shown' }, [7, 30].map((d) => h('button', {
+    type: 'button', 'aria-pressed': String(d === span), text: `${d} days`, onclick: async (e) => {
+      span = d;
+      for (const b of tabs.querySelectorAll('button')) b.setAttribute('aria-pressed', String(b === e.currentTarget));
+      fill(chartNote);
+      try { await drawChart(); } catch (err) { chartNote.append(problemNote(err)); }
+    },
+  })));
   const summary = h('div');
   const workers = h('div');
   const hooks = h('div');
@@ -896,10 +1095,12 @@ async function overviewPage() {
         h('td', {}, x.last_run_id ? h('a', { href: `/ui/runs/${encodeURIComponent(x.last_run_id)}`, class: 'mono', text: x.last_run_id }) : '—'))), 'schedules') : h('p', { class: 'muted', text: 'No schedules.' }));
   };
   await Promise.all([drawChart(), drawRest()]);
-  every(15000, async () => { await Promise.all([drawChart(), drawRest()]); });
+  // Each look costs the store a walk of today's audit trail and the
+  // workers a probe: once a minute is plenty for an overview.
+  every(token, 60000, async () => { await Promise.all([drawChart(), drawRest()]); });
   return h('div', {},
     h('h1', { text: 'Overview' }),
-    h('section', { class: 'card' }, h('div', { class: 'row' }, h('h2', { text: 'Activity' }), h('span', { class: 'spacer' }), tabs), chart),
+    h('section', { class: 'card' }, h('div', { class: 'row' }, h('h2', { text: 'Activity' }), h('span', { class: 'spacer' }), tabs), chartNote, chart),
     h('div', { class: 'grid' }, h('section', { class: 'card' }, summary), h('section', { class: 'card' }, workers)),
     h('div', { class: 'grid' }, h('section', { class: 'card' }, hooks), h('section', { class: 'card' }, schedules)));
 }

@@ -188,7 +188,9 @@ fn non_negative(v: i64) -> u64 {
 /// `spindle_webhooks_received_total{source,outcome}` and keeps it as the
 /// source's last delivery (one small document per source, rewritten: the
 /// last writer wins, so of two deliveries a moment apart either may be
-/// shown as the last).
+/// shown as the last). Deliveries to no known source and deliveries
+/// refused for their rate are counted only: a flood of them costs one
+/// write each, not two, and does not hide a source's last real delivery.
 pub async fn record_webhook<S: Store>(
     store: &S,
     source: &str,
@@ -196,6 +198,9 @@ pub async fn record_webhook<S: Store>(
     now_ms: u64,
 ) -> Result<()> {
     let counted = count(store, &m::WEBHOOKS, &[source, outcome], 1).await;
+    if outcome == "rate-limited" || outcome == "unknown-source" {
+        return counted;
+    }
     let last = m::WebhookLast {
         at_ms: now_ms,
         outcome: outcome.to_owned(),
