@@ -1340,6 +1340,8 @@ async fn cors_admits_the_listed_origins_only() {
             assert_eq!(a.status, status);
             assert_eq!(a.header("access-control-allow-origin"), Some(origin));
             assert_eq!(a.header("vary"), Some("origin"));
+            let exposed = a.header("access-control-expose-headers").unwrap();
+            assert!(exposed.contains("etag"), "{exposed}");
         }
         for path in ["/api/agents", "/trigger/x"] {
             let a = preflight(&host, path, origin).await;
@@ -1352,6 +1354,8 @@ async fn cors_admits_the_listed_origins_only() {
                 headers.contains("authorization") && headers.contains("x-api-key"),
                 "{headers}"
             );
+            // A polling client revalidates with If-None-Match and reads ETag.
+            assert!(headers.contains("if-none-match"), "{headers}");
             assert!(a.header("x-request-id").is_some());
             assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
         }

@@ -148,7 +148,8 @@ const NOT_MODIFIED = Symbol('not modified');
 
 async function request(path, { method = 'GET', body, etag } = {}) {
   const headers = { Accept: 'application/json' };
-  if (session.credential) headers.Authorization = `Bearer ${session.credential}`;
+  const sent = session.credential;
+  if (sent) headers.Authorization = `Bearer ${sent}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (etag) headers['If-None-Match'] = etag;
   const resp = await fetch(path, {
@@ -161,7 +162,9 @@ async function request(path, { method = 'GET', body, etag } = {}) {
   if (resp.ok || resp.status === 304) return resp;
   let data = null;
   try { data = await resp.json(); } catch { data = null; }
-  if (resp.status === 401 && session.me) {
+  // Only the credential this request carried is dead: a sign-in since
+  // then is not undone by a late answer.
+  if (resp.status === 401 && session.me && session.credential === sent) {
     // The key was revoked or the token expired: ask again.
     signOut(`Signed out: ${data?.detail || 'the credential is no longer accepted'}`);
   }
@@ -531,7 +534,7 @@ function workflowSteps(wf) {
 
 // ---------------------------------------------------------------- runs
 
-/** Rows of runs a poll may keep, newest first: the rest are dropped. */
+/** Older runs the list holds at most; past this, a narrower filter serves. */
 const MAX_RUN_ROWS = 500;
 /** Runs per page: the first page is polled, older ones loaded on demand. */
 const RUNS_PAGE = 25;
@@ -566,20 +569,23 @@ async function runsPage(token) {
   let older = [];
   let next = null;
   let drawn = '';
+  // Bumped by a filter change: an older page asked for before it is dropped.
+  let generation = 0;
   const tbody = h('tbody');
   const empty = h('p', { class: 'muted', text: 'No runs match.' });
   const note = h('div', { 'aria-live': 'polite' });
   const draw = () => {
     const seen = new Set(newest.map((r) => r.id));
-    const last = newest.length ? newest[newest.length - 1].created_at_ms : Infinity;
-    older = older.filter((r) => !seen.has(r.id) && r.created_at_ms <= last).slice(0, MAX_RUN_ROWS);
+    older = older.filter((r) => !seen.has(r.id));
     const list = [...newest, ...older];
     const key = JSON.stringify(list.map((r) => [r.id, r.status, r.started_at_ms, r.finished_at_ms]));
     if (key === drawn) {
-      // Only the running runs' durations move.
-      for (const r of list) if (!r.finished_at_ms) {
-        const cell = tbody.querySelector(`tr[data-run="${CSS.escape(r.id)}"] td.duration`);
-        if (cell) cell.textContent = fmtDuration(runDuration(r));
+      // Only the running runs' durations and the relative times move.
+      for (const r of list) {
+        const row = tbody.querySelector(`tr[data-run="${CSS.escape(r.id)}"]`);
+        if (!row) continue;
+        if (!r.finished_at_ms) row.querySelector('td.duration').textContent = fmtDuration(runDuration(r));
+        row.querySelector('time').textContent = fmtRelative(r.started_at_ms ?? r.created_at_ms);
       }
       return;
     }
@@ -601,19 +607,36 @@ async function runsPage(token) {
     const fresh = current();
     const page = await api(query());
     if (!fresh() || token !== view) return;
+    const previous = newest;
     newest = page.runs;
-    if (!older.length) next = page.next_cursor;
-    more.hidden = !next;
+    if (older.length) {
+      // Rows the new first page pushed down (they were after its new last
+      // row) join the older ones, so nothing between the two vanishes;
+      // rows above it that are gone no longer match the filter.
+      const ids = new Set(newest.map((r) => r.id));
+      const lastId = newest.length ? newest[newest.length - 1].id : null;
+      const cut = previous.findIndex((r) => r.id === lastId);
+      const slid = previous.slice(cut + 1).filter((r) => !ids.has(r.id));
+      const slidIds = new Set(slid.map((r) => r.id));
+      older = [...slid, ...older.filter((r) => !slidIds.has(r.id))];
+    } else {
+      next = page.next_cursor;
+    }
+    more.hidden = !next || older.length >= MAX_RUN_ROWS;
     draw();
   };
   const more = h('button', { type: 'button', text: 'Older runs', onclick: async () => {
     more.disabled = true;
     fill(note);
+    const asked = generation;
     try {
       const page = await api(query(next));
+      if (asked !== generation || token !== view) return;
       older = [...older, ...page.runs];
       next = page.next_cursor;
-      more.hidden = !next;
+      // Past this many rows, narrowing the filter serves better than scrolling.
+      more.hidden = !next || older.length >= MAX_RUN_ROWS;
+      if (next && older.length >= MAX_RUN_ROWS) note.append(h('p', { class: 'muted', text: `Showing ${MAX_RUN_ROWS} older runs; narrow the filter to see others.` }));
       draw();
     } catch (err) {
       note.append(problemNote(err));
@@ -629,6 +652,7 @@ async function runsPage(token) {
     for (const k of ['workflow', 'status', 'range']) if (filter[k]) q.set(k, filter[k]);
     history.replaceState(null, '', `/ui/runs${q.toString() ? `?${q}` : ''}`);
     routed = location.pathname + location.search;
+    generation += 1;
     older = [];
     next = null;
     fill(note);
@@ -715,9 +739,10 @@ async function runPage(token, id) {
       cancel.disabled = true;
       try {
         await api(`/api/runs/${encodeURIComponent(run.id)}/cancel`, { method: 'POST', body: {} });
-        announce('Run cancelled');
-        await refresh();
-      } catch (err) { fill(cancelNote, problemNote(err)); cancel.disabled = false; }
+      } catch (err) { fill(cancelNote, problemNote(err)); cancel.disabled = false; return; }
+      announce('Run cancelled');
+      // The next poll shows it too, should this look fail.
+      refresh().catch(() => {});
     } });
     fill(head, 
       h('div', { class: 'row' }, h('h1', { text: `Run ${run.id}` }), h('span', { class: 'spacer' }), cancel || null),
@@ -795,26 +820,35 @@ async function runPage(token, id) {
   // The run's own trail (its newest events, kept in the run); older
   // entries from the audit log on request.
   let trailShown = '';
+  // Entries the user fetched from the audit log, kept across redraws.
+  let earlier = [];
+  let cursor = null;
+  let exhausted = false;
   const drawTrail = () => {
     const events = run.events || [];
-    const key = `${events.length}:${events[events.length - 1]?.at_ms}:${events[events.length - 1]?.kind}`;
+    const key = JSON.stringify([events.length, events.slice(-3)]);
     if (key === trailShown) return;
     trailShown = key;
     const rows = (list) => list.map((e) => h('tr', {}, h('td', { class: 'time', text: fmtTime(e.at_ms) }), h('td', { class: 'mono', text: e.kind ?? e.type }),
       h('td', { text: e.step ?? '' }), h('td', { text: e.actor ?? '' }), h('td', { text: e.detail ?? e.summary ?? '' })));
-    const tbody = h('tbody', {}, rows(events));
+    const tbody = h('tbody', {}, rows(earlier), rows(events));
     const note = h('div', { 'aria-live': 'polite' });
-    let cursor = null;
-    const more = events.length >= RUN_EVENTS_KEPT && h('button', { type: 'button', text: 'Earlier entries from the audit log', onclick: async () => {
+    if (exhausted) note.append(h('p', { class: 'muted', text: 'That is the whole trail the audit log keeps.' }));
+    // The same moment and event seen in the run and in the log.
+    const same = (e) => `${e.at_ms}|${e.kind ?? e.type}|${e.step ?? ''}`;
+    const more = events.length >= RUN_EVENTS_KEPT && !exhausted && h('button', { type: 'button', text: 'Earlier entries from the audit log', onclick: async () => {
       more.disabled = true;
       fill(note);
       try {
-        const q = new URLSearchParams({ run: run.id, limit: '200', until: String(events[0].at_ms - 1) });
+        const q = new URLSearchParams({ run: run.id, limit: '200', until: String(events[0].at_ms) });
         if (cursor) q.set('cursor', cursor);
         const page = await api(`/api/audit?${q}`);
-        tbody.prepend(...rows([...page.entries].reverse()));
+        const shown = new Set([...earlier, ...events].map(same));
+        const found = [...page.entries].reverse().filter((e) => !shown.has(same(e)));
+        earlier = [...found, ...earlier];
+        tbody.prepend(...rows(found));
         cursor = page.next_cursor;
-        if (!cursor) { more.hidden = true; note.append(h('p', { class: 'muted', text: 'That is the whole trail the audit log keeps.' })); }
+        if (!cursor) { exhausted = true; more.hidden = true; note.append(h('p', { class: 'muted', text: 'That is the whole trail the audit log keeps.' })); }
       } catch (err) {
         note.append(problemNote(err));
       } finally {
@@ -932,6 +966,7 @@ function tickTimeLeft(root) {
 
 async function approvalsPage(token) {
   const pendingList = h('div', { id: 'pending' });
+  const beyond = h('p', { class: 'notice', hidden: true, text: 'More approvals may be waiting than are listed here (the listing looks at the newest ones): GET /approvals?status=pending with its next_cursor finds them.' });
   const decidedBody = h('tbody');
   const cards = new Map();
   const freshPending = latest();
@@ -942,6 +977,7 @@ async function approvalsPage(token) {
     const mine = freshPending();
     const pending = await api('/approvals?status=pending&limit=100');
     if (!mine() || token !== view) return;
+    beyond.hidden = !pending.next_cursor;
     const ids = new Set(pending.approvals.map((a) => a.id));
     for (const [id, card] of cards) if (!ids.has(id)) { card.remove(); cards.delete(id); }
     for (const a of pending.approvals) {
@@ -965,12 +1001,20 @@ async function approvalsPage(token) {
     tickTimeLeft(pendingList);
   };
   // What was decided: the newest approvals of any status but pending, on
-  // load, after a decision and every minute (one listing, not one per status).
+  // load, after a decision and every minute (one listing, not one per
+  // status; a few pages at most when many newer ones still wait).
   const loadDecided = async () => {
     const mine = freshDecided();
-    const list = await api('/approvals?limit=50');
+    let found = [];
+    let cursor = null;
+    for (let pages = 0; pages < 3 && found.length < 30; pages += 1) {
+      const list = await api(`/approvals?limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+      found = [...found, ...list.approvals.filter((a) => a.status !== 'pending')];
+      cursor = list.next_cursor;
+      if (!cursor) break;
+    }
     if (!mine() || token !== view) return;
-    const decided = list.approvals.filter((a) => a.status !== 'pending').slice(0, 30);
+    const decided = found.sort((x, y) => (y.decided_at_ms ?? 0) - (x.decided_at_ms ?? 0)).slice(0, 30);
     fill(decidedBody, ...decided.map((a) => h('tr', { 'data-approval': a.id },
       h('td', {}, `${a.step} in `, h('a', { href: `/ui/runs/${encodeURIComponent(a.run_id)}`, class: 'mono', text: a.run_id })),
       h('td', {}, h('span', { class: `badge lvl-${a.level}`, text: a.level })),
@@ -982,12 +1026,15 @@ async function approvalsPage(token) {
     setTimeout(() => { loadPending().catch(() => {}); loadDecided().catch(() => {}); }, 300);
   }
   await Promise.all([loadPending(), loadDecided()]);
-  every(token, 5000, loadPending);
+  // A pending listing looks through the newest approvals (and their runs):
+  // every ten seconds is live enough for a human decision.
+  every(token, 10000, loadPending);
   every(token, 60000, loadDecided);
   every(token, 1000, async () => tickTimeLeft(pendingList));
   return h('div', {},
     h('h1', { text: 'Approvals' }),
     h('h2', { text: 'Waiting for a decision' }),
+    beyond,
     pendingList,
     h('h2', { text: 'Decided' }),
     h('div', { class: 'table-wrap' }, h('table', { class: 'decided' },

@@ -147,7 +147,7 @@ where
         );
         h.insert(
             "access-control-allow-headers",
-            hv("authorization, x-api-key, content-type, idempotency-key, x-request-id"),
+            hv("authorization, x-api-key, content-type, idempotency-key, x-request-id, if-none-match"),
         );
         h.insert("access-control-max-age", hv("600"));
         return finish(resp, allowed_origin.as_deref());
@@ -239,7 +239,7 @@ fn finish(mut resp: Response, cors_origin: Option<&str>) -> Response {
         h.insert("vary", hv("origin"));
         h.insert(
             "access-control-expose-headers",
-            hv("x-request-id, location, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset"),
+            hv("x-request-id, location, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset, etag"),
         );
     }
     resp
