@@ -30,6 +30,7 @@ mod problems;
 mod registry;
 mod request_lifetime;
 mod soak;
+mod stores;
 mod ui;
 mod webhooks;
 mod worker;

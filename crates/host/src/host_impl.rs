@@ -6,6 +6,7 @@
 //! define is `no-such-store` (start-up already refuses such manifests).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
@@ -20,8 +21,8 @@ use crate::kv::{CasHandle, KvError, SqliteKv, StoreHandle};
 pub struct ComponentEnv {
     /// The component id.
     pub id: String,
-    /// The store every label maps onto.
-    pub kv: SqliteKv,
+    /// The store behind each defined label.
+    pub kv: Arc<BTreeMap<String, SqliteKv>>,
     /// Labels the component may open.
     pub stores: HashSet<String>,
     /// Labels the host defines.
@@ -84,6 +85,16 @@ impl KvView<'_> {
         Ok(self.table.get(r)?.label.clone())
     }
 
+    /// The store behind a `wasi:keyvalue` bucket, and its label.
+    fn wasi_store(&self, r: &Resource<StoreHandle>) -> Result<(SqliteKv, String), wasi_kv::Error> {
+        let label = self.wasi_label(r)?;
+        // A handle exists only for a defined label (see `open`).
+        let kv = self.env.kv.get(&label).cloned().ok_or_else(|| {
+            wasi_kv::Error::Other(format!("key-value store {label:?} is not defined"))
+        })?;
+        Ok((kv, label))
+    }
+
     fn wasi_label(&self, r: &Resource<StoreHandle>) -> Result<String, wasi_kv::Error> {
         self.label(r)
             .map_err(|e| wasi_kv::Error::Other(e.to_string()))
@@ -96,7 +107,12 @@ fn with_label<T>(
 ) -> wasmtime::Result<(SqliteKv, String)> {
     accessor.with(|mut a| {
         let v = a.get();
-        Ok((v.env.kv.clone(), v.label(store)?))
+        let label = v.label(store)?;
+        // A handle exists only for a defined label (see `open`).
+        let kv = v.env.kv.get(&label).cloned().ok_or_else(|| {
+            wasmtime::Error::msg(format!("key-value store {label:?} is not defined"))
+        })?;
+        Ok((kv, label))
     })
 }
 
@@ -235,8 +251,8 @@ impl wasi_kv::HostBucket for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> Result<Option<Vec<u8>>, wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        self.env.kv.get(&label, &key).await.map_err(wasi_other)
+        let (kv, label) = self.wasi_store(&bucket)?;
+        kv.get(&label, &key).await.map_err(wasi_other)
     }
 
     async fn set(
@@ -245,12 +261,8 @@ impl wasi_kv::HostBucket for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        self.env
-            .kv
-            .set(&label, &key, value)
-            .await
-            .map_err(wasi_other)
+        let (kv, label) = self.wasi_store(&bucket)?;
+        kv.set(&label, &key, value).await.map_err(wasi_other)
     }
 
     async fn delete(
@@ -258,8 +270,8 @@ impl wasi_kv::HostBucket for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> Result<(), wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        self.env.kv.delete(&label, &key).await.map_err(wasi_other)
+        let (kv, label) = self.wasi_store(&bucket)?;
+        kv.delete(&label, &key).await.map_err(wasi_other)
     }
 
     async fn exists(
@@ -267,8 +279,8 @@ impl wasi_kv::HostBucket for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> Result<bool, wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        self.env.kv.exists(&label, &key).await.map_err(wasi_other)
+        let (kv, label) = self.wasi_store(&bucket)?;
+        kv.exists(&label, &key).await.map_err(wasi_other)
     }
 
     async fn list_keys(
@@ -276,8 +288,8 @@ impl wasi_kv::HostBucket for KvView<'_> {
         bucket: Resource<StoreHandle>,
         cursor: Option<String>,
     ) -> Result<wasi_kv::KeyResponse, wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        let keys = self.env.kv.keys(&label).await.map_err(wasi_other)?;
+        let (kv, label) = self.wasi_store(&bucket)?;
+        let keys = kv.keys(&label).await.map_err(wasi_other)?;
         // Keys come back sorted, so a cursor is simply the last key returned.
         let keys = match cursor {
             Some(after) => keys.into_iter().filter(|k| *k > after).collect(),
@@ -299,12 +311,8 @@ impl atomics::Host for KvView<'_> {
         key: String,
         delta: i64,
     ) -> Result<i64, wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        self.env
-            .kv
-            .increment(&label, &key, delta)
-            .await
-            .map_err(wasi_other)
+        let (kv, label) = self.wasi_store(&bucket)?;
+        kv.increment(&label, &key, delta).await.map_err(wasi_other)
     }
 
     async fn swap(
@@ -316,9 +324,13 @@ impl atomics::Host for KvView<'_> {
             .table
             .delete(cas)
             .map_err(|e| atomics::CasError::StoreError(wasi_kv::Error::Other(e.to_string())))?;
-        let swapped = self
-            .env
-            .kv
+        let kv = self.env.kv.get(&handle.label).cloned().ok_or_else(|| {
+            atomics::CasError::StoreError(wasi_kv::Error::Other(format!(
+                "key-value store {:?} is not defined",
+                handle.label
+            )))
+        })?;
+        let swapped = kv
             .compare_and_swap(&handle.label, &handle.key, handle.observed, value)
             .await
             .map_err(|e| atomics::CasError::StoreError(wasi_other(e)))?;
@@ -327,9 +339,7 @@ impl atomics::Host for KvView<'_> {
         }
         // The contract: a failed swap hands back a CAS already reading the
         // latest value, ready for a retry.
-        let observed = self
-            .env
-            .kv
+        let observed = kv
             .get(&handle.label, &handle.key)
             .await
             .map_err(|e| atomics::CasError::StoreError(wasi_other(e)))?;
@@ -355,10 +365,10 @@ impl atomics::HostCas for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> Result<Resource<CasHandle>, wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
+        let (kv, label) = self.wasi_store(&bucket)?;
         // Read now: the swap compares against what the key held when the CAS
         // began, whether or not the guest calls `current`.
-        let observed = self.env.kv.get(&label, &key).await.map_err(wasi_other)?;
+        let observed = kv.get(&label, &key).await.map_err(wasi_other)?;
         self.table
             .push(CasHandle {
                 label,
@@ -391,8 +401,8 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<StoreHandle>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        self.env.kv.get_many(&label, keys).await.map_err(wasi_other)
+        let (kv, label) = self.wasi_store(&bucket)?;
+        kv.get_many(&label, keys).await.map_err(wasi_other)
     }
 
     async fn set_many(
@@ -400,12 +410,8 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<StoreHandle>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        self.env
-            .kv
-            .set_many(&label, key_values)
-            .await
-            .map_err(wasi_other)
+        let (kv, label) = self.wasi_store(&bucket)?;
+        kv.set_many(&label, key_values).await.map_err(wasi_other)
     }
 
     async fn delete_many(
@@ -413,12 +419,8 @@ impl batch::Host for KvView<'_> {
         bucket: Resource<StoreHandle>,
         keys: Vec<String>,
     ) -> Result<(), wasi_kv::Error> {
-        let label = self.wasi_label(&bucket)?;
-        self.env
-            .kv
-            .delete_many(&label, keys)
-            .await
-            .map_err(wasi_other)
+        let (kv, label) = self.wasi_store(&bucket)?;
+        kv.delete_many(&label, keys).await.map_err(wasi_other)
     }
 }
 

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod outbound;
 pub mod routes;
 pub mod runtime;
+pub mod runtime_config;
 pub mod server;
 pub mod stdio;
 pub mod ticker;

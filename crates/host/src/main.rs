@@ -47,6 +47,10 @@ enum Command {
         /// Where the store lives (default: `.spin` beside the manifest).
         #[arg(long, env = "SPINDLE_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Spin's runtime configuration file: its `default` store is the
+        /// one read or written.
+        #[arg(long, env = "SPINDLE_RUNTIME_CONFIG_FILE")]
+        runtime_config_file: Option<PathBuf>,
         /// The backup file to write.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
@@ -62,21 +66,50 @@ enum Command {
         /// Where the store lives (default: `.spin` beside the manifest).
         #[arg(long, env = "SPINDLE_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Spin's runtime configuration file: its `default` store is the
+        /// one read or written.
+        #[arg(long, env = "SPINDLE_RUNTIME_CONFIG_FILE")]
+        runtime_config_file: Option<PathBuf>,
         /// Replace every entry of a store that is not empty.
         #[arg(long)]
         overwrite: bool,
     },
 }
 
-/// The store file of `--state-dir`, or of `.spin` beside the manifest.
-fn store_path(manifest: &std::path::Path, state_dir: Option<PathBuf>) -> PathBuf {
-    state_dir
-        .unwrap_or_else(|| {
-            manifest
-                .parent()
-                .map_or_else(|| PathBuf::from(".spin"), |d| d.join(".spin"))
-        })
-        .join("sqlite_key_value.db")
+/// The file of the `default` store: the runtime configuration's, else the
+/// one in `--state-dir`, or in `.spin` beside the manifest.
+fn store_path(
+    manifest: &std::path::Path,
+    state_dir: Option<PathBuf>,
+    runtime_config: Option<&std::path::Path>,
+) -> anyhow::Result<PathBuf> {
+    let state_dir = state_dir.unwrap_or_else(|| {
+        manifest
+            .parent()
+            .map_or_else(|| PathBuf::from(".spin"), |d| d.join(".spin"))
+    });
+    let stores = stores(runtime_config, &state_dir)?;
+    match stores
+        .labels
+        .get(spindle_host::runtime_config::DEFAULT_LABEL)
+    {
+        Some(spindle_host::runtime_config::StoreLocation::Sqlite(path)) => Ok(path.clone()),
+        _ => anyhow::bail!(
+            "the default store is kept in memory (no `path` in the runtime configuration): there is no file to back up or restore"
+        ),
+    }
+}
+
+/// The stores of the runtime configuration file, if any, with `default` in
+/// `state_dir` unless it says otherwise.
+fn stores(
+    runtime_config: Option<&std::path::Path>,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<spindle_host::runtime_config::Stores> {
+    Ok(match runtime_config {
+        Some(file) => spindle_host::runtime_config::Stores::load(file, state_dir)?,
+        None => spindle_host::runtime_config::Stores::default_in(state_dir),
+    })
 }
 
 #[derive(Parser)]
@@ -91,6 +124,10 @@ struct UpArgs {
     /// `.spin` beside the manifest, where Spin keeps them).
     #[arg(long, env = "SPINDLE_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Spin's runtime configuration file (`[key_value_store.<label>]`
+    /// sections), the same file `spin up --runtime-config-file` takes.
+    #[arg(long, env = "SPINDLE_RUNTIME_CONFIG_FILE")]
+    runtime_config_file: Option<PathBuf>,
     /// Use a fresh component instance for every request.
     #[arg(long)]
     instance_per_request: bool,
@@ -168,9 +205,10 @@ fn run() -> anyhow::Result<()> {
         Command::Export {
             manifest,
             state_dir,
+            runtime_config_file,
             output,
         } => {
-            let db = store_path(&manifest, state_dir);
+            let db = store_path(&manifest, state_dir, runtime_config_file.as_deref())?;
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
@@ -211,9 +249,10 @@ fn run() -> anyhow::Result<()> {
             file,
             manifest,
             state_dir,
+            runtime_config_file,
             overwrite,
         } => {
-            let db = store_path(&manifest, state_dir);
+            let db = store_path(&manifest, state_dir, runtime_config_file.as_deref())?;
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
             let summary =
@@ -255,6 +294,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .state_dir
         .clone()
         .unwrap_or_else(|| app.base_dir.join(".spin"));
+    let stores = stores(args.runtime_config_file.as_deref(), &state_dir)?;
+    app.check_stores(&args.manifest, &|label| stores.defines(label))?;
     let reuse = if args.instance_per_request {
         ReuseConfig::per_request()
     } else {
@@ -267,6 +308,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let opts = RuntimeOptions {
         reuse,
         state_dir: state_dir.clone(),
+        stores: stores.clone(),
         request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
         cache_dir: if args.no_cache {
             None
@@ -288,10 +330,23 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "Logging component stdio to \"{}\"",
         state_dir.join("logs").display()
     );
-    println!(
-        "Storing default key-value data to \"{}\"",
-        state_dir.join("sqlite_key_value.db").display()
-    );
+    // Spin's own start-up lines, one per store.
+    for (label, location) in &stores.labels {
+        match location {
+            spindle_host::runtime_config::StoreLocation::Sqlite(path) if label == "default" => {
+                println!("Storing default key-value data to \"{}\"", path.display())
+            }
+            spindle_host::runtime_config::StoreLocation::Sqlite(path) => {
+                println!(
+                    "Storing key-value data for {label:?} to \"{}\"",
+                    path.display()
+                )
+            }
+            spindle_host::runtime_config::StoreLocation::Memory => {
+                println!("Keeping key-value data for {label:?} in memory")
+            }
+        }
+    }
     println!();
     print!("{}", server::banner(&rt, addr));
     use std::io::Write as _;

@@ -130,10 +130,6 @@ struct RawComponent {
     files: Option<toml::Value>,
 }
 
-/// The key-value store labels the host defines. Like Spin without a runtime
-/// config, only `default` exists.
-pub const DEFINED_STORES: &[&str] = &["default"];
-
 /// A validated, runnable application.
 #[derive(Debug)]
 pub struct App {
@@ -169,6 +165,32 @@ pub struct Component {
 }
 
 impl App {
+    /// Checks that every store label a component names is defined (by
+    /// `defines`: `default`, and the labels of the runtime configuration);
+    /// `path` is the manifest, for the message.
+    pub fn check_stores(
+        &self,
+        path: &Path,
+        defines: &dyn Fn(&str) -> bool,
+    ) -> Result<(), ManifestError> {
+        for (id, c) in &self.components {
+            let mut labels: Vec<&String> = c.key_value_stores.iter().collect();
+            labels.sort();
+            for label in labels {
+                if !defines(label) {
+                    return Err(ManifestError::Invalid {
+                        path: path.to_owned(),
+                        field: format!("component.{id}.key_value_stores"),
+                        message: format!(
+                            "unknown key-value store label {label:?} (only \"default\" exists unless a runtime configuration file, --runtime-config-file, defines [key_value_store.{label}])"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and validates the manifest at `path`, resolving variables from
     /// `env` (normally the process environment, as Spin reads it).
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ManifestError> {
@@ -288,17 +310,6 @@ impl App {
                     field("files"),
                     "mounting files is not supported by the local host".into(),
                 ));
-            }
-            for label in &c.key_value_stores {
-                if !DEFINED_STORES.contains(&label.as_str()) {
-                    return Err(invalid(
-                        field("key_value_stores"),
-                        format!(
-                            "unknown key-value store label {label:?} (defined: {})",
-                            DEFINED_STORES.join(", ")
-                        ),
-                    ));
-                }
             }
             let mut templates = BTreeMap::new();
             for (name, value) in &c.variables {

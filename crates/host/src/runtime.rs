@@ -43,9 +43,10 @@ use crate::answer::RequestId;
 use crate::deadline::{InstanceClock, RequestTimedOut, Ticket};
 use crate::host_impl::{ComponentEnv, KvData, KvView};
 use crate::kv::SqliteKv;
-use crate::manifest::{App, DEFINED_STORES};
+use crate::manifest::App;
 use crate::outbound::{AllowedHosts, Destination};
 use crate::routes::{RouteMatch, Router};
+use crate::runtime_config::StoreLocation;
 use crate::stdio::{ComponentOutput, Stream};
 
 /// How instances are reused.
@@ -91,8 +92,11 @@ impl ReuseConfig {
 pub struct RuntimeOptions {
     /// Instance reuse.
     pub reuse: ReuseConfig,
-    /// Directory for `sqlite_key_value.db` and `logs/` (Spin's `.spin`).
+    /// Directory for `logs/` (and the default store, unless the runtime
+    /// configuration puts it elsewhere): Spin's `.spin`.
     pub state_dir: PathBuf,
+    /// Where each key-value store label lives.
+    pub stores: crate::runtime_config::Stores,
     /// Longest a single request may run inside a component.
     pub request_timeout: Duration,
     /// Where compiled components are cached between starts; `None` compiles
@@ -217,13 +221,21 @@ impl Runtime {
     pub fn new(app: App, opts: &RuntimeOptions) -> anyhow::Result<Arc<Self>> {
         let engine = engine(opts.cache_dir.as_deref())?;
         crate::deadline::spawn_epoch_ticker(&engine).context("cannot start the epoch thread")?;
-        let kv =
-            SqliteKv::open(&opts.state_dir.join("sqlite_key_value.db")).with_context(|| {
+        let mut kv = BTreeMap::new();
+        for (label, location) in &opts.stores.labels {
+            let path = match location {
+                StoreLocation::Sqlite(path) => path.clone(),
+                StoreLocation::Memory => PathBuf::from(":memory:"),
+            };
+            let store = SqliteKv::open(&path).with_context(|| {
                 format!(
-                    "cannot open key-value store {}",
-                    opts.state_dir.join("sqlite_key_value.db").display()
+                    "cannot open key-value store {label:?} at {}",
+                    path.display()
                 )
             })?;
+            kv.insert(label.clone(), store);
+        }
+        let kv = Arc::new(kv);
         let logs = opts.state_dir.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create log directory {}", logs.display()))?;
@@ -261,7 +273,7 @@ impl Runtime {
                 id: id.clone(),
                 kv: kv.clone(),
                 stores: c.key_value_stores.clone(),
-                defined_stores: DEFINED_STORES.iter().map(|s| s.to_string()).collect(),
+                defined_stores: kv.keys().cloned().collect(),
                 variables,
             });
             let open_log = |stream: Stream| -> anyhow::Result<ComponentOutput> {

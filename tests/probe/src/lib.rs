@@ -47,7 +47,12 @@ async fn handle(req: Request) -> Response {
             Err(e) => json(500, &serde_json::json!({"error": format!("{e:?}")})),
         },
         ["probe", "incr", key] => {
-            let kv = Kv::open("default").await.unwrap();
+            // `?store=<label>` picks another store than `default`.
+            let label = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("store="))
+                .unwrap_or("default");
+            let kv = Kv::open(label).await.unwrap();
             json(
                 200,
                 &serde_json::json!({"value": kv.increment(key, 1).await.unwrap()}),
