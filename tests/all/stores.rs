@@ -130,6 +130,31 @@ async fn a_store_nothing_defines_or_a_bad_configuration_stops_start_up() {
         "{err}"
     );
     let config = dir.path().join("rc.toml");
+    // `spindle check` says the same, and accepts the app with the
+    // configuration that defines the label.
+    let check = |extra: &[&str]| {
+        std::process::Command::new(spindle_tests::spindle_bin())
+            .arg("check")
+            .arg("-f")
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown key-value store label \"cache\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&config, "[key_value_store.cache]\ntype = \"spin\"\n").unwrap();
+    let out = check(&["--runtime-config-file", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (text, words) in [
         (
             "[key_value_store.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1\"\n",
@@ -161,4 +186,43 @@ async fn a_store_nothing_defines_or_a_bad_configuration_stops_start_up() {
         .err()
         .expect("refused");
     assert!(err.contains("cannot read runtime configuration"), "{err}");
+}
+
+/// Two labels may name one file (as in Spin): each keeps its own keys in
+/// it, through one connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_labels_in_one_file_keep_their_own_keys() {
+    let (dir, path) = manifest(APP);
+    let config = dir.path().join("rc.toml");
+    std::fs::write(
+        &config,
+        "[key_value_store.default]\ntype = \"spin\"\npath = \"one.db\"\n\n[key_value_store.cache]\ntype = \"spin\"\npath = \"one.db\"\n",
+    )
+    .unwrap();
+    let host = HostBuilder::new(&path)
+        .arg("--runtime-config-file")
+        .arg(config.to_str().unwrap())
+        .start();
+    // Racing increments on both labels: each label's count is exact.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = host.url(&format!(
+            "/probe/incr/n?store={}",
+            if i % 2 == 0 { "default" } else { "cache" }
+        ));
+        tasks.push(tokio::spawn(async move {
+            let resp = client().get(url).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(incr(&host, "default", "n").await, 21);
+    assert_eq!(incr(&host, "cache", "n").await, 21);
+    host.stop();
+    assert_eq!(
+        rows(&dir.path().join("one.db")),
+        vec![("cache".into(), "n".into()), ("default".into(), "n".into())]
+    );
 }

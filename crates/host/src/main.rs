@@ -32,14 +32,18 @@ enum Command {
         /// The manifest.
         #[arg(short = 'f', long = "from", default_value = "spin.toml")]
         manifest: PathBuf,
+        /// Spin's runtime configuration file: the store labels it defines.
+        #[arg(long, env = "SPINDLE_RUNTIME_CONFIG_FILE")]
+        runtime_config_file: Option<PathBuf>,
     },
     /// Create, list and revoke API keys of a running app.
     #[command(subcommand)]
     Keys(access::KeysCommand),
     /// Mint a JWT bearer token (HS256, under the app's jwt_secret) for local use.
     Token(access::TokenArgs),
-    /// Write a consistent backup of the whole key-value store (every store
-    /// label) to a file, or to stdout with `-o -`.
+    /// Write a consistent backup of the key-value store file (every store
+    /// label in it: all of them unless a runtime configuration puts some in
+    /// other files) to a file, or to stdout with `-o -`.
     Export {
         /// The manifest, whose `.spin` directory holds the store.
         #[arg(short = 'f', long = "from", default_value = "spin.toml")]
@@ -93,7 +97,22 @@ fn store_path(
         .labels
         .get(spindle_host::runtime_config::DEFAULT_LABEL)
     {
-        Some(spindle_host::runtime_config::StoreLocation::Sqlite(path)) => Ok(path.clone()),
+        Some(spindle_host::runtime_config::StoreLocation::Sqlite(path)) => {
+            let elsewhere: Vec<&str> = stores
+                .labels
+                .iter()
+                .filter(|(_, l)| !matches!(l, spindle_host::runtime_config::StoreLocation::Sqlite(p) if p == path))
+                .map(|(label, _)| label.as_str())
+                .collect();
+            if !elsewhere.is_empty() {
+                eprintln!(
+                    "note: only {} is read or written; the runtime configuration keeps {} elsewhere (back those up on their own)",
+                    path.display(),
+                    elsewhere.join(", ")
+                );
+            }
+            Ok(path.clone())
+        }
         _ => anyhow::bail!(
             "the default store is kept in memory (no `path` in the runtime configuration): there is no file to back up or restore"
         ),
@@ -185,8 +204,14 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { manifest } => {
+        Command::Check {
+            manifest,
+            runtime_config_file,
+        } => {
             let app = load(&manifest)?;
+            // The labels are what matters here, not where the stores live.
+            let stores = stores(runtime_config_file.as_deref(), &app.base_dir.join(".spin"))?;
+            app.check_stores(&manifest, &|label| stores.defines(label))?;
             println!(
                 "{}: ok ({} components)",
                 manifest.display(),
@@ -330,7 +355,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "Logging component stdio to \"{}\"",
         state_dir.join("logs").display()
     );
-    // Spin's own start-up lines, one per store.
+    // Where each store lives (Spin prints the first line only).
     for (label, location) in &stores.labels {
         match location {
             spindle_host::runtime_config::StoreLocation::Sqlite(path) if label == "default" => {
@@ -342,8 +367,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                     path.display()
                 )
             }
+            spindle_host::runtime_config::StoreLocation::Memory if label == "default" => {
+                println!("Storing default key-value data to a temporary in-memory store.")
+            }
             spindle_host::runtime_config::StoreLocation::Memory => {
-                println!("Keeping key-value data for {label:?} in memory")
+                println!("Storing key-value data for {label:?} to a temporary in-memory store.")
             }
         }
     }

@@ -222,17 +222,28 @@ impl Runtime {
         let engine = engine(opts.cache_dir.as_deref())?;
         crate::deadline::spawn_epoch_ticker(&engine).context("cannot start the epoch thread")?;
         let mut kv = BTreeMap::new();
+        // Labels that name one file share one connection, so their writes
+        // queue on one lock instead of contending for SQLite's; each memory
+        // store is its own database.
+        let mut files: HashMap<PathBuf, SqliteKv> = HashMap::new();
         for (label, location) in &opts.stores.labels {
-            let path = match location {
-                StoreLocation::Sqlite(path) => path.clone(),
-                StoreLocation::Memory => PathBuf::from(":memory:"),
+            let store = match location {
+                StoreLocation::Sqlite(path) => match files.get(path) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        let store = SqliteKv::open(path).with_context(|| {
+                            format!(
+                                "cannot open key-value store {label:?} at {}",
+                                path.display()
+                            )
+                        })?;
+                        files.insert(path.clone(), store.clone());
+                        store
+                    }
+                },
+                StoreLocation::Memory => SqliteKv::open(std::path::Path::new(":memory:"))
+                    .with_context(|| format!("cannot open key-value store {label:?} in memory"))?,
             };
-            let store = SqliteKv::open(&path).with_context(|| {
-                format!(
-                    "cannot open key-value store {label:?} at {}",
-                    path.display()
-                )
-            })?;
             kv.insert(label.clone(), store);
         }
         let kv = Arc::new(kv);

@@ -114,9 +114,18 @@ impl Stores {
         let mut stores = Self::default_in(state_dir);
         for (section, value) in &doc {
             if section != "key_value_store" {
+                let hint = match section.as_str() {
+                    "variables_provider" | "config_provider" => {
+                        "; set variables with SPIN_VARIABLE_* environment variables"
+                    }
+                    "state_dir" | "log_dir" => "; use --state-dir",
+                    _ => "",
+                };
                 return Err(invalid(
                     section.clone(),
-                    "Spindle's host reads only [key_value_store.<label>] sections; set variables with SPIN_VARIABLE_* environment variables".into(),
+                    format!(
+                        "Spindle's host reads only [key_value_store.<label>] sections of a runtime configuration{hint}"
+                    ),
                 ));
             }
             let Some(labels) = value.as_table() else {
@@ -180,18 +189,23 @@ impl Stores {
     }
 }
 
-/// Labels as Spin accepts them: lower-case letters, digits and dashes
-/// (kebab case), starting with a letter.
+/// Labels as a Spin manifest accepts them: kebab-case or snake_case
+/// words, each starting with a letter and all lower or all upper case.
 fn check_label(label: &str) -> Result<(), String> {
-    let ok = label.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && label
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
+    let sep = if label.contains('-') { '-' } else { '_' };
+    let word_ok = |w: &str| {
+        w.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && (w
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                || w.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+    };
+    if !(label.contains('-') && label.contains('_')) && label.split(sep).all(word_ok) {
         Ok(())
     } else {
         Err(format!(
-            "{label:?} is not a store label (lower-case letters, digits, - and _, starting with a letter)"
+            "{label:?} is not a store label (kebab-case or snake_case words, each starting with a letter, all lower or all upper case)"
         ))
     }
 }
@@ -207,6 +221,20 @@ mod tests {
             Path::new("/etc/spindle"),
             Path::new("/state"),
         )
+    }
+
+    #[test]
+    fn labels_follow_spins_rule() {
+        for ok in [
+            "cache", "CACHE", "my-store", "MY-STORE", "my_store", "a1-b2", "x",
+        ] {
+            assert!(check_label(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "Bad", "1a", "a--b", "a-", "-a", "a-_b", "a_-b", "my-Store", "é",
+        ] {
+            assert!(check_label(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
