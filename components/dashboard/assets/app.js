@@ -122,6 +122,12 @@ function fact(term, value) {
   return h('div', {}, h('dt', { text: term }), h('dd', {}, value));
 }
 
+/** A table with column headings, in a box that scrolls sideways on a phone. */
+function table(cols, rows, cls) {
+  return h('div', { class: 'table-wrap' }, h('table', { class: cls },
+    h('thead', {}, h('tr', {}, cols.map((t) => h('th', { scope: 'col', text: t })))), h('tbody', {}, rows)));
+}
+
 function rank(role) { return ROLE_RANK[role] ?? -1; }
 
 // ---------------------------------------------------------------- the API
@@ -1075,10 +1081,10 @@ function activityChart(days) {
     for (const p of points) { const [cx, cy] = p.split(','); svgEl.append(s('circle', { class: 'dot', cx, cy, r: 2.5 })); }
   }
   // The same figures as a table, for screen readers.
-  const table = h('table', { class: 'sr-only' }, h('caption', { text: 'Activity per day' }),
+  const figures = h('table', { class: 'sr-only' }, h('caption', { text: 'Activity per day' }),
     h('thead', {}, h('tr', {}, ['Day', 'Runs', 'Events', 'Errors'].map((t) => h('th', { scope: 'col', text: t })))),
     h('tbody', {}, days.map((d) => h('tr', {}, h('td', { text: d.day }), h('td', { text: d.runs }), h('td', { text: d.events }), h('td', { text: d.errors })))));
-  return h('div', {}, svgEl, h('p', { class: 'muted', text: 'Bars: runs started per day. Line: errors per event (right axis).' }), table);
+  return h('div', {}, svgEl, h('p', { class: 'muted', text: 'Bars: runs started per day. Line: errors per event (right axis).' }), figures);
 }
 
 async function overviewPage(token) {
@@ -1112,8 +1118,6 @@ async function overviewPage(token) {
   const workers = h('div');
   const hooks = h('div');
   const schedules = h('div');
-  const table = (cols, rows, cls) => h('div', { class: 'table-wrap' }, h('table', { class: cls },
-    h('thead', {}, h('tr', {}, cols.map((t) => h('th', { scope: 'col', text: t })))), h('tbody', {}, rows)));
   const drawRest = async () => {
     const [sum, health, wh, sch] = await Promise.all([
       api('/api/metrics/summary').catch((e) => ({ error: e })),
@@ -1157,8 +1161,6 @@ async function overviewPage(token) {
 async function registryPage(kind, name) {
   const tabs = h('nav', { class: 'tabs', 'aria-label': 'Registry' }, ['workflows', 'agents', 'schedules', 'subscriptions'].map((k) =>
     h('a', { href: `/ui/registry/${k}`, class: 'button', 'aria-current': k === kind ? 'page' : undefined, text: k[0].toUpperCase() + k.slice(1) })));
-  const table = (cols, rows) => h('div', { class: 'table-wrap' }, h('table', {},
-    h('thead', {}, h('tr', {}, cols.map((t) => h('th', { scope: 'col', text: t })))), h('tbody', {}, rows)));
   const note = h('p', { class: 'muted', text: 'Read-only here; change the registry through the API (admin).' });
   let body;
   if (kind === 'workflows' && name) {
